@@ -1,0 +1,201 @@
+"""The `clipforge` command: one entry point, a subcommand per job, one-line errors."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+QUICKSTART_DATA = "data/synth"
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, default=str))
+
+
+def cmd_data_synth(a: argparse.Namespace) -> int:
+    from training.synth import write_synth
+
+    _print_json(
+        write_synth(a.out, train=a.train, val=a.val, per_class=a.per_class, shard_size=a.shard_size, seed=a.seed)
+    )
+    return 0
+
+
+def cmd_data_shards(a: argparse.Namespace) -> int:
+    from training.pack import pack_shards
+
+    _print_json(
+        pack_shards(
+            a.source,
+            a.out,
+            shard_size=a.shard_size,
+            max_size=a.max_size,
+            quality=a.quality,
+            path_col=a.path_col,
+            caption_col=a.caption_col,
+        )
+    )
+    return 0
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    from training.config import load_config
+    from training.loop import train
+
+    cfg = load_config(a.config, a.set)
+    summary = train(cfg, resume=a.resume)
+    _print_json({k: v for k, v in summary.items() if k != "eval"} | {"eval": _short_eval(summary.get("eval", {}))})
+    return 0
+
+
+def _short_eval(ev: dict[str, Any]) -> dict[str, Any]:
+    return {k: round(v, 4) if isinstance(v, float) else v for k, v in ev.items() if not isinstance(v, dict | list)}
+
+
+def cmd_eval(a: argparse.Namespace) -> int:
+    from encoders.bundle import load_bundle
+    from training.evaluate import retrieval_eval, zeroshot_eval
+
+    if not a.zeroshot and not a.val:
+        raise ValueError("give --zeroshot FOLDER and/or --val SHARDS")
+    bundle = load_bundle(a.bundle, device=a.device)
+    out: dict[str, Any] = {}
+    if a.zeroshot:
+        out.update(
+            zeroshot_eval(bundle, a.zeroshot, tuple(a.template) if a.template else ("a photo of a {}.", "a {}."))
+        )
+    if a.val:
+        out.update(retrieval_eval(bundle, a.val, a.limit, caption_key=a.caption_key))
+    _print_json(out if a.full else _short_eval(out))
+    return 0
+
+
+def cmd_export(a: argparse.Namespace) -> int:
+    from training.export import export_bundle
+
+    fp = export_bundle(a.source, a.out)
+    _print_json({"bundle": a.out, "fingerprint": fp})
+    return 0
+
+
+def cmd_bundle_info(a: argparse.Namespace) -> int:
+    from encoders.bundle import read_bundle_meta
+
+    meta = read_bundle_meta(a.bundle)
+    meta.get("provenance", {}).pop("config", None)
+    _print_json(meta)
+    return 0
+
+
+def cmd_quickstart(a: argparse.Namespace) -> int:
+    """The main job: synthesize data, train the CPU preset, evaluate, export a bundle."""
+    from training.config import load_config
+    from training.loop import train
+    from training.synth import write_synth
+
+    data = Path(a.data)
+    if not (data / "synth.json").is_file():
+        print(f"[1/3] synthesizing the coloured-shapes set into {data}", flush=True)
+        write_synth(data)
+    overrides = [
+        f"out_dir={a.out}",
+        f"data.train=['{data}/train/shard-{{000000..000019}}.tar']",
+        f"data.val={data}/val/shard-000000.tar",
+        f"data.zeroshot={data}/zeroshot",
+        *a.set,
+    ]
+    cfg = load_config("cpu-small", overrides)
+    print(f"[2/3] training {cfg.model.arch} for {cfg.train.samples} samples -> {cfg.out_dir}", flush=True)
+    summary = train(cfg, resume="auto")
+    ev = summary["eval"]
+    print("[3/3] evaluation of the exported bundle", flush=True)
+    print(
+        f"  zero-shot top-1 on all {len(ev['zeroshot_classes'])} classes: {ev['zeroshot_top1']:.3f} "
+        f"(chance {ev['zeroshot_chance']:.3f}); on held-out combinations: {ev.get('zeroshot_top1_heldout', 0):.3f}"
+    )
+    print(f"  retrieval R@1 image->text {ev['image_to_text_R@1']:.3f}, text->image {ev['text_to_image_R@1']:.3f}")
+    print(f"  bundle: {summary['bundle']} (fingerprint {summary['fingerprint'][:12]})")
+    print(f"  metrics: {Path(cfg.out_dir) / 'metrics.jsonl'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="clipforge", description="Train, index and serve CLIP-style image-text encoders.")
+    p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="make or pack WebDataset shards").add_subparsers(
+        dest="data_command", required=True
+    )
+    s = data.add_parser("synth", help="write the synthetic coloured-shapes set (shards + zero-shot folders)")
+    s.add_argument("out")
+    s.add_argument("--train", type=int, default=20_000, help="training samples")
+    s.add_argument("--val", type=int, default=1000, help="held-out samples")
+    s.add_argument("--per-class", type=int, default=20, help="zero-shot images per class")
+    s.add_argument("--shard-size", type=int, default=1000)
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=cmd_data_synth)
+    s = data.add_parser("shards", help="pack a folder (image + sidecar .txt) or CSV/JSONL of (path, caption)")
+    s.add_argument("source")
+    s.add_argument("out")
+    s.add_argument("--shard-size", type=int, default=1000)
+    s.add_argument("--max-size", type=int, default=512, help="downscale longer side to this (img2dataset style)")
+    s.add_argument("--quality", type=int, default=90)
+    s.add_argument("--path-col", default="path")
+    s.add_argument("--caption-col", default="caption")
+    s.set_defaults(func=cmd_data_shards)
+
+    s = sub.add_parser("train", help="train from a YAML config (a path or a shipped preset name)")
+    s.add_argument("config")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.batch_size=64")
+    s.add_argument("--resume", default=None, help="'auto' (newest valid checkpoint) or a checkpoint path")
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("eval", help="zero-shot and retrieval evaluation of a bundle")
+    s.add_argument("bundle")
+    s.add_argument("--zeroshot", help="folder-per-class image set")
+    s.add_argument("--val", help="held-out shards for retrieval")
+    s.add_argument("--template", action="append", help="prompt template with {} (repeatable)")
+    s.add_argument("--limit", type=int, default=1000)
+    s.add_argument("--caption-key", default="txt")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--full", action="store_true", help="also print per-class accuracy and the confusion matrix")
+    s.set_defaults(func=cmd_eval)
+
+    s = sub.add_parser("export", help="export a run directory or checkpoint to a model bundle")
+    s.add_argument("source")
+    s.add_argument("out")
+    s.set_defaults(func=cmd_export)
+
+    b = sub.add_parser("bundle", help="inspect model bundles").add_subparsers(dest="bundle_command", required=True)
+    s = b.add_parser("info", help="print a bundle's metadata")
+    s.add_argument("bundle")
+    s.set_defaults(func=cmd_bundle_info)
+
+    s = sub.add_parser("quickstart", help="the main job: synth data, train the CPU preset, evaluate, export")
+    s.add_argument("--data", default=QUICKSTART_DATA)
+    s.add_argument("--out", default="runs/quickstart")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    s.set_defaults(func=cmd_quickstart)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        print("clipforge: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, RuntimeError, OSError, KeyError) as exn:
+        if args.verbose:
+            raise
+        print(f"clipforge: error: {exn}", file=sys.stderr)
+        return 1

@@ -1,0 +1,1 @@
+"""Contrastive image-text training: WebDataset data, InfoNCE/SigLIP losses, loop, checkpoints, export."""

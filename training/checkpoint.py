@@ -1,0 +1,95 @@
+"""Atomic checkpoints: write a temp file, fsync, rename; keep the last K; resume from the newest valid one.
+
+A checkpoint holds only tensors and plain Python values, so it loads with `torch.load(weights_only=True)`.
+A `kill -9` at any moment leaves either the previous checkpoints or a complete new one, plus at worst a
+stray `*.tmp` file that is ignored and cleaned up.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+CKPT_RE = re.compile(r"^step-(\d{8})\.pt$")
+
+
+def ckpt_dir(run_dir: Path) -> Path:
+    return run_dir / "checkpoints"
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Checkpoints of a run, oldest first."""
+    d = ckpt_dir(run_dir)
+    if not d.is_dir():
+        return []
+    return sorted((p for p in d.iterdir() if CKPT_RE.match(p.name)), key=lambda p: p.name)
+
+
+def rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": repr(random.getstate()),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    import ast
+
+    py = ast.literal_eval(state["python"])
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(run_dir: Path, step: int, payload: dict[str, Any], keep: int) -> Path:
+    d = ckpt_dir(run_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    final = d / f"step-{step:08d}.pt"
+    tmp = d / f".step-{step:08d}.pt.{os.getpid()}.tmp"
+    with open(tmp, "wb") as f:
+        torch.save(payload, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, final)
+    dir_fd = os.open(d, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # make the rename itself durable
+    finally:
+        os.close(dir_fd)
+    for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
+        old.unlink(missing_ok=True)
+    return final
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def latest_valid_checkpoint(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
+    """Newest checkpoint that loads completely; damaged ones are reported and skipped."""
+    for stray in ckpt_dir(run_dir).glob(".*.tmp") if ckpt_dir(run_dir).is_dir() else []:
+        stray.unlink(missing_ok=True)
+    for path in reversed(list_checkpoints(run_dir)):
+        try:
+            payload = load_checkpoint(path)
+            if "model" in payload and "step" in payload:
+                return path, payload
+        except Exception as exn:  # truncated or corrupt: fall back to an older one
+            log.warning("checkpoint %s is unreadable (%s); trying an older one", path, exn)
+    return None

@@ -1,0 +1,166 @@
+"""Configs as data: frozen dataclasses are the schema, YAML presets fill them, `--set a.b=v` overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+import yaml
+
+PRESET_DIR = Path(__file__).parent / "configs"
+
+
+@dataclass(frozen=True)
+class ModelCfg:
+    arch: str = "cf-tiny-vit"  # shipped config name, open_clip architecture name, or JSON path
+    init_bundle: str | None = None  # start from an existing bundle's weights (fine-tuning)
+
+
+@dataclass(frozen=True)
+class DataCfg:
+    train: tuple[str, ...] = ()  # shard specs: brace patterns, local paths or pipe: URLs
+    weights: tuple[float, ...] = ()  # mixing weights, one per train source (default: equal)
+    val: str | None = None  # held-out shards for retrieval evaluation
+    zeroshot: str | None = None  # folder-per-class image set for zero-shot evaluation
+    caption_key: str = "txt"  # "txt", or "json:<field>" to read a field of the .json member
+    resampled: bool = False  # endless sampling of shards with replacement
+    shard_shuffle: bool = True
+    sample_shuffle: int = 2000  # shuffle buffer (samples); 0 disables
+    workers: int = 1  # DataLoader worker processes decoding images off the training thread
+    max_pixels: int = 89_478_485  # images above this are skipped as decompression bombs
+    max_caption_chars: int = 1000
+
+
+@dataclass(frozen=True)
+class LossCfg:
+    kind: str = "clip"  # "clip" (symmetric InfoNCE) or "siglip" (pairwise sigmoid)
+    max_logit_scale: float = 100.0
+    init_logit_bias: float = -10.0  # SigLIP only
+
+
+@dataclass(frozen=True)
+class OptimCfg:
+    lr: float = 5e-4
+    weight_decay: float = 0.2
+    beta1: float = 0.9
+    beta2: float = 0.98
+    eps: float = 1e-6
+    warmup_steps: int = 50
+    grad_clip: float = 1.0  # max global grad norm; 0 disables
+
+
+@dataclass(frozen=True)
+class TrainCfg:
+    batch_size: int = 128  # per process
+    samples: int = 50_000  # total training samples; steps = samples // (batch_size * world_size)
+    device: str = "auto"
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (CUDA, with GradScaler)
+    seed: int = 0
+    threads: int = 0  # torch intra-op threads; 0 = PyTorch default
+    log_every: int = 10
+    ckpt_every: int = 100
+    keep_ckpts: int = 3
+
+
+@dataclass(frozen=True)
+class EvalCfg:
+    every: int = 0  # steps between evaluations; 0 = only at the end
+    templates: tuple[str, ...] = ("a photo of a {}.", "a {}.", "a picture of a {}.")
+    val_samples: int = 1000  # held-out pairs used for retrieval
+    batch_size: int = 256
+
+
+@dataclass(frozen=True)
+class Config:
+    out_dir: str = "runs/default"
+    model: ModelCfg = field(default_factory=ModelCfg)
+    data: DataCfg = field(default_factory=DataCfg)
+    loss: LossCfg = field(default_factory=LossCfg)
+    optim: OptimCfg = field(default_factory=OptimCfg)
+    train: TrainCfg = field(default_factory=TrainCfg)
+    eval: EvalCfg = field(default_factory=EvalCfg)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    origin = get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return _build(tp, value, where)
+    if origin is tuple:
+        (item_tp, *_rest) = get_args(tp)
+        items = [value] if isinstance(value, str | int | float) else list(value or [])
+        return tuple(_coerce(item_tp, v, f"{where}[]") for v in items)
+    if origin is not None and type(None) in get_args(tp):  # Optional[X]
+        if value is None:
+            return None
+        inner = [a for a in get_args(tp) if a is not type(None)][0]
+        return _coerce(inner, value, where)
+    if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if tp is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if tp in (int, str, bool) and not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+        raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
+    return value
+
+
+def _build(cls: Any, data: dict[str, Any], where: str = "") -> Any:
+    hints = get_type_hints(cls)
+    names = {f.name for f in fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {sorted(f'{where}{k}' for k in unknown)}")
+    kwargs = {k: _coerce(hints[k], v, f"{where}{k}") for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {dotted}: {k} is not a section")
+    node[keys[-1]] = value
+
+
+def resolve_preset(name_or_path: str) -> Path:
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    preset = PRESET_DIR / f"{name_or_path}.yaml"
+    if preset.is_file():
+        return preset
+    names = ", ".join(sorted(p.stem for p in PRESET_DIR.glob("*.yaml")))
+    raise ConfigError(f"no config file {name_or_path!r} (shipped presets: {names})")
+
+
+def load_config(name_or_path: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Load a YAML preset (path or shipped name) and apply `a.b=value` overrides (values parsed as YAML)."""
+    tree: dict[str, Any] = {}
+    if name_or_path:
+        path = resolve_preset(name_or_path)
+        tree = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{path}: top level must be a mapping")
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        key, raw = item.split("=", 1)
+        _set_path(tree, key.strip(), yaml.safe_load(raw))
+    return _build(Config, tree)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(json.loads(json.dumps(cfg.to_dict())), sort_keys=False))

@@ -1,0 +1,284 @@
+"""The training loop: one visible loop counted in steps."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from encoders.bundle import Bundle, load_bundle, save_bundle
+from encoders.device import autocast, resolve_device, resolve_precision
+from encoders.model import (
+    build_model,
+    get_tokenizer,
+    image_transform,
+    preprocess_cfg,
+    resolve_model_config,
+    tokenizer_cfg,
+)
+from training.checkpoint import latest_valid_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from training.config import Config, save_config
+from training.data import DataState, ShardStream, StreamSpec, expand_urls, make_loader
+from training.distributed import DistInfo, gather_with_grad, init_distributed
+from training.evaluate import retrieval_eval, zeroshot_eval
+from training.loss import check_finite, clamp_logit_scale_, contrastive_loss, scaled_logit_scale
+from training.optim import lr_at, make_optimizer, set_lr
+
+log = logging.getLogger(__name__)
+
+
+def distributed_loss(kind: str, out: dict[str, torch.Tensor], scale: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Loss over the global batch: local rows against all gathered columns (gradients equal the global loss)."""
+    img, txt = out["image_features"], out["text_features"]  # [B, D] each
+    if not info.enabled:
+        return contrastive_loss(kind, img, txt, scale, out.get("logit_bias"))
+    all_img, all_txt = gather_with_grad(img.float(), info), gather_with_grad(txt.float(), info)  # [W*B, D]
+    b = img.shape[0]
+    labels = torch.arange(b, device=img.device) + info.rank * b
+    if kind == "clip":
+        loss_i = F.cross_entropy(scale * img.float() @ all_txt.T, labels)  # [B, W*B]
+        loss_t = F.cross_entropy(scale * txt.float() @ all_img.T, labels)
+        return (loss_i + loss_t) / 2
+    logits = scale * img.float() @ all_txt.T + out["logit_bias"].float()  # [B, W*B]
+    signs = -torch.ones_like(logits)
+    signs[torch.arange(b), labels] = 1.0
+    return -F.logsigmoid(signs * logits).sum() / b
+
+
+def as_encoder(model: torch.nn.Module, model_cfg: dict, device: torch.device, precision: str) -> Bundle:
+    """Wrap the model being trained with the Bundle interface the evaluators use."""
+    pp = preprocess_cfg(model_cfg)
+    meta = {"model_cfg": model_cfg, "preprocess": pp, "tokenizer": tokenizer_cfg(model_cfg), "weights_sha256": ""}
+    return Bundle(
+        Path("."), meta, model, get_tokenizer(meta["tokenizer"]), device, precision, image_transform(pp, train=False)
+    )
+
+
+def run_eval(cfg: Config, encoder: Bundle) -> dict[str, Any]:
+    was_training = encoder.model.training
+    encoder.model.eval()
+    out: dict[str, Any] = {}
+    try:
+        if cfg.data.zeroshot:
+            out.update(zeroshot_eval(encoder, cfg.data.zeroshot, cfg.eval.templates, cfg.eval.batch_size))
+        if cfg.data.val:
+            out.update(
+                retrieval_eval(encoder, cfg.data.val, cfg.eval.val_samples, cfg.eval.batch_size, cfg.data.caption_key)
+            )
+    finally:
+        encoder.model.train(was_training)
+    return out
+
+
+class MetricsLog:
+    def __init__(self, path: Path, enabled: bool) -> None:
+        self.path, self.enabled = path, enabled
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.enabled:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+def train(cfg: Config, resume: str | None = None, progress: bool = True) -> dict[str, Any]:
+    """Train per `cfg`; `resume` is None, "auto" (newest valid checkpoint of the run, if any) or a path."""
+    device = resolve_device(cfg.train.device)
+    info = init_distributed(device.type)
+    if info.enabled and device.type == "cuda":
+        device = torch.device("cuda", info.local_rank)
+    precision = resolve_precision(cfg.train.precision, device)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    torch.manual_seed(cfg.train.seed + info.rank)
+    run_dir = Path(cfg.out_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    arch, model_cfg = resolve_model_config(cfg.model.arch)
+    siglip = cfg.loss.kind == "siglip"
+    model = build_model(model_cfg, init_logit_bias=cfg.loss.init_logit_bias if siglip else None)
+    if cfg.model.init_bundle:
+        init = load_bundle(cfg.model.init_bundle, device="cpu", precision="fp32")
+        model.load_state_dict(init.model.state_dict())
+        arch, model_cfg = init.meta["arch"], init.meta["model_cfg"]
+    model.to(device)
+    pp = preprocess_cfg(model_cfg)
+    optimizer = make_optimizer(
+        model, cfg.optim.lr, cfg.optim.weight_decay, (cfg.optim.beta1, cfg.optim.beta2), cfg.optim.eps
+    )
+    scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
+    global_batch = cfg.train.batch_size * info.world_size
+    total_steps = max(1, cfg.train.samples // global_batch)
+
+    step, samples_seen, data_state = 0, 0, DataState()
+    if resume:
+        found = latest_valid_checkpoint(run_dir) if resume == "auto" else (Path(resume), load_checkpoint(Path(resume)))
+        if found:
+            path, ckpt = found
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scaler.load_state_dict(ckpt["scaler"])
+            set_rng_state(ckpt["rng"])
+            step, samples_seen = int(ckpt["step"]), int(ckpt["samples_seen"])
+            data_state = DataState.from_state_dict(ckpt["data"].get(str(info.rank)), cfg.data.workers)
+            torch.manual_seed(cfg.train.seed + info.rank + 1_000_003 * step)  # fresh augmentation stream
+            log.info("resumed from %s at step %d", path, step)
+    ddp_model = model
+    if info.enabled:
+        ddp_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    if info.is_main:
+        save_config(cfg, run_dir / "config.yaml")
+
+    sources = [expand_urls(s) for s in cfg.data.train]
+    spec = StreamSpec(
+        sources=sources,
+        weights=list(cfg.data.weights) or [1.0] * len(sources),
+        resampled=cfg.data.resampled,
+        shard_shuffle=cfg.data.shard_shuffle,
+        sample_shuffle=cfg.data.sample_shuffle,
+        seed=cfg.train.seed,
+        rank=info.rank,
+        world_size=info.world_size,
+        caption_key=cfg.data.caption_key,
+        max_pixels=cfg.data.max_pixels,
+        max_caption_chars=cfg.data.max_caption_chars,
+        resume=data_state.positions,
+    )
+    if len(spec.weights) != len(sources):
+        raise ValueError(f"data.weights has {len(spec.weights)} entries for {len(sources)} sources")
+    stream = ShardStream(
+        spec,
+        image_transform(pp, train=True),
+        get_tokenizer(tokenizer_cfg(model_cfg)),
+        cfg.train.batch_size,
+        draft_size=pp["image_size"] * 2,
+    )
+    loader = make_loader(stream, cfg.data.workers)
+    metrics = MetricsLog(run_dir / "metrics.jsonl", info.is_main)
+    encoder = as_encoder(model, model_cfg, device, precision)
+
+    def checkpoint() -> None:
+        data_sd = {str(info.rank): data_state.state_dict(cfg.data.workers)}
+        if info.enabled:  # every rank's data position goes into rank 0's file
+            gathered: list[Any] = [None] * info.world_size
+            torch.distributed.all_gather_object(gathered, data_sd)
+            data_sd = {k: v for d in gathered for k, v in d.items()}
+        if info.is_main:
+            save_checkpoint(
+                run_dir,
+                step,
+                {
+                    "step": step,
+                    "samples_seen": samples_seen,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "rng": rng_state(),
+                    "data": data_sd,
+                    "arch": arch,
+                    "model_cfg": model_cfg,
+                    "loss": cfg.loss.kind,
+                    "config": cfg.to_dict(),
+                },
+                cfg.train.keep_ckpts,
+            )
+
+    bar = tqdm(
+        total=total_steps, initial=step, disable=not (progress and info.is_main), unit="step", dynamic_ncols=True
+    )
+    model.train()
+    it = iter(loader)
+    t_last, n_last = time.perf_counter(), 0
+    rate = 0.0
+    while step < total_steps:
+        batch = next(it)
+        data_state.update(batch)
+        images = batch["image"].to(device, non_blocking=True)  # [B, 3, H, W]
+        texts = batch["text"].to(device, non_blocking=True)  # [B, L]
+        lr = lr_at(step, cfg.optim.lr, cfg.optim.warmup_steps, total_steps)
+        set_lr(optimizer, lr)
+
+        with autocast(device, precision):
+            out = ddp_model(images, texts)  # image_features, text_features: [B, D], L2-normalised
+        scale = scaled_logit_scale(model.logit_scale, cfg.loss.max_logit_scale)
+        loss = check_finite(distributed_loss(cfg.loss.kind, out, scale, info), step)
+
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if cfg.optim.grad_clip > 0:
+            scaler.unscale_(optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+            if not torch.isfinite(grad_norm) and precision != "fp16":
+                check_finite(grad_norm, step)
+        scaler.step(optimizer)
+        scaler.update()
+        clamp_logit_scale_(model.logit_scale, cfg.loss.max_logit_scale)
+        step += 1
+        samples_seen += global_batch
+        n_last += global_batch
+
+        if step % cfg.train.log_every == 0 or step == total_steps:
+            now = time.perf_counter()
+            rate = n_last / max(now - t_last, 1e-9)
+            t_last, n_last = now, 0
+            skipped = data_state.skipped
+            record = {
+                "step": step,
+                "samples_seen": samples_seen,
+                "loss": float(loss),
+                "logit_scale": float(scale),
+                "lr": lr,
+                "samples_per_s": rate,
+                "skipped": skipped,
+                "time": time.time(),
+            }
+            metrics.write(record)
+            bar.set_postfix(
+                loss=f"{float(loss):.3f}",
+                scale=f"{float(scale):.1f}",
+                lr=f"{lr:.1e}",
+                sps=f"{rate:.0f}",
+                skipped=sum(skipped.values()),
+            )
+        bar.update(1)
+        if cfg.train.ckpt_every and step % cfg.train.ckpt_every == 0 and step < total_steps:
+            checkpoint()
+        if cfg.eval.every and step % cfg.eval.every == 0 and step < total_steps and info.is_main:
+            metrics.write({"step": step, "samples_seen": samples_seen, "eval": run_eval(cfg, encoder)})
+    bar.close()
+    checkpoint()
+    summary: dict[str, Any] = {
+        "run_dir": str(run_dir),
+        "steps": step,
+        "samples_seen": samples_seen,
+        "skipped": data_state.skipped,
+        "samples_per_s": rate,
+    }
+    if info.is_main:
+        final_eval = run_eval(cfg, encoder)
+        metrics.write({"step": step, "samples_seen": samples_seen, "eval": final_eval, "final": True})
+        fingerprint = save_bundle(
+            model,
+            run_dir / "bundle",
+            arch=arch,
+            model_cfg=model_cfg,
+            loss=cfg.loss.kind,
+            provenance={
+                "steps": step,
+                "samples_seen": samples_seen,
+                "data": list(cfg.data.train),
+                "config": cfg.to_dict(),
+                "skipped": data_state.skipped,
+            },
+        )
+        summary.update({"eval": final_eval, "bundle": str(run_dir / "bundle"), "fingerprint": fingerprint})
+    if info.enabled:
+        torch.distributed.barrier()
+    return summary
