@@ -106,8 +106,11 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
             return None
         inner = [a for a in get_args(tp) if a is not type(None)][0]
         return _coerce(inner, value, where)
-    if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
+    if tp is float and not isinstance(value, bool):
+        try:
+            return float(value)  # YAML 1.1 reads "1e-3" as a string
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
     if tp is int and isinstance(value, float) and value.is_integer():
         return int(value)
     if tp in (int, str, bool) and not isinstance(value, tp) or (tp is int and isinstance(value, bool)):

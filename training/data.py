@@ -55,6 +55,7 @@ class StreamSpec:
     max_pixels: int = 89_478_485
     max_caption_chars: int = 1000
     resume: dict[int, tuple[int, int]] = field(default_factory=dict)  # worker -> (epoch, cursor)
+    first_worker: int = 0  # logical worker that yields the next batch (DataLoader starts at worker slot 0)
 
 
 class ShardStream(IterableDataset):
@@ -86,6 +87,7 @@ class ShardStream(IterableDataset):
         stats: Counter = Counter()
         images: list[torch.Tensor] = []
         captions: list[str] = []
+        keys: list[str] = []
         while True:
             shards = self._epoch_shards(epoch, worker, workers)
             if not shards:
@@ -106,6 +108,7 @@ class ShardStream(IterableDataset):
                 good += 1
                 images.append(self.transform(out[0]))
                 captions.append(out[1])
+                keys.append(f"{sample.get('__url__')}#{sample.get('__key__')}")
                 if len(images) == self.batch_size:
                     yield {
                         "image": torch.stack(images),  # [B, 3, H, W]
@@ -113,8 +116,9 @@ class ShardStream(IterableDataset):
                         "worker": worker,
                         "state": (epoch, cursor),
                         "stats": dict(stats),
+                        "keys": keys,  # shard#key of each sample, for tests and debugging
                     }
-                    images, captions = [], []
+                    images, captions, keys = [], [], []
             if stats["shard_error"] - before == len(shards):
                 raise RuntimeError(f"all {len(shards)} shards of epoch {epoch} failed to open, e.g. {shards[0]}")
             if good == 0 and skip == 0:
@@ -123,8 +127,9 @@ class ShardStream(IterableDataset):
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        return self._worker_stream(worker, workers)
+        slot, workers = (info.id, info.num_workers) if info else (0, 1)
+        # DataLoader takes batches round-robin from slot 0; rotating logical ids keeps the global order exact
+        return self._worker_stream((slot + self.spec.first_worker) % workers, workers)
 
 
 class DataState:
@@ -134,9 +139,12 @@ class DataState:
         self.positions: dict[int, tuple[int, int]] = dict(resume or {})
         self.worker_stats: dict[int, dict[str, int]] = {}
         self.base_stats: Counter = Counter()  # counts from before a resume
+        self.last_worker: int | None = None
+        self.first_worker = 0  # where a resumed stream starts
 
     def update(self, batch: dict[str, Any]) -> None:
         w = int(batch["worker"])
+        self.last_worker = w
         self.positions[w] = tuple(int(x) for x in batch["state"])  # type: ignore[assignment]
         self.worker_stats[w] = batch["stats"]
 
@@ -150,6 +158,7 @@ class DataState:
     def state_dict(self, workers: int) -> dict[str, Any]:
         return {
             "workers": workers,
+            "next_worker": 0 if self.last_worker is None else (self.last_worker + 1) % max(workers, 1),
             "positions": {str(k): list(v) for k, v in self.positions.items()},
             "skipped": self.skipped,
         }
@@ -166,6 +175,7 @@ class DataState:
             state = cls({w: (epoch + 1, 0) for w in range(max(workers, 1))})
         else:
             state = cls(positions)
+            state.first_worker = int(sd.get("next_worker", 0))
         state.base_stats = Counter(sd.get("skipped", {}))
         return state
 

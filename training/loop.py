@@ -150,6 +150,7 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True) -> dict
         max_pixels=cfg.data.max_pixels,
         max_caption_chars=cfg.data.max_caption_chars,
         resume=data_state.positions,
+        first_worker=data_state.first_worker,
     )
     if len(spec.weights) != len(sources):
         raise ValueError(f"data.weights has {len(spec.weights)} entries for {len(sources)} sources")
@@ -229,11 +230,12 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True) -> dict
             rate = n_last / max(now - t_last, 1e-9)
             t_last, n_last = now, 0
             skipped = data_state.skipped
+            loss_value, scale_value = loss.item(), scale.item()  # syncs with the device: only at log steps
             record = {
                 "step": step,
                 "samples_seen": samples_seen,
-                "loss": float(loss),
-                "logit_scale": float(scale),
+                "loss": loss_value,
+                "logit_scale": scale_value,
                 "lr": lr,
                 "samples_per_s": rate,
                 "skipped": skipped,
@@ -241,8 +243,8 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True) -> dict
             }
             metrics.write(record)
             bar.set_postfix(
-                loss=f"{float(loss):.3f}",
-                scale=f"{float(scale):.1f}",
+                loss=f"{loss_value:.3f}",
+                scale=f"{scale_value:.1f}",
                 lr=f"{lr:.1e}",
                 sps=f"{rate:.0f}",
                 skipped=sum(skipped.values()),

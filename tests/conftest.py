@@ -1,0 +1,33 @@
+"""Shared fixtures: everything a test needs is made here (synthetic shards, random-init bundles)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from encoders.bundle import save_bundle
+from encoders.model import build_model, resolve_model_config
+
+
+@pytest.fixture(scope="session")
+def synth_data(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A small coloured-shapes set: 6 train shards of 100, 1 val shard, 2 zero-shot images per class."""
+    from training.synth import write_synth
+
+    out = tmp_path_factory.mktemp("synth")
+    summary = write_synth(out, train=600, val=100, per_class=2, shard_size=100, seed=1)
+    summary["root"] = out
+    return summary
+
+
+@pytest.fixture(scope="session")
+def micro_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-init bundle of the micro ViT config, saved to disk."""
+    import torch
+
+    torch.manual_seed(0)
+    arch, cfg = resolve_model_config("cf-micro-vit")
+    out = tmp_path_factory.mktemp("bundles") / "micro"
+    save_bundle(build_model(cfg), out, arch=arch, model_cfg=cfg)
+    return out

@@ -1,0 +1,88 @@
+import json
+import subprocess
+import sys
+
+import open_clip
+import pytest
+import torch
+from PIL import Image
+
+from encoders.bundle import BundleError, load_bundle, save_bundle
+from encoders.model import CONFIG_DIR, build_model, resolve_model_config
+
+
+def test_resolve_shipped_and_open_clip_names():
+    assert resolve_model_config("cf-tiny-vit")[1]["embed_dim"] == 128
+    assert resolve_model_config("RN50")[1]["vision_cfg"]["layers"] == [3, 4, 6, 3]
+    with pytest.raises(ValueError, match="unknown architecture"):
+        resolve_model_config("no-such-model")
+
+
+def test_bundle_round_trip_and_fingerprint(micro_bundle):
+    meta = json.loads((micro_bundle / "bundle.json").read_text())
+    assert meta["format"] == "clipforge-bundle/1"
+    assert meta["tokenizer"] == {"name": "clip-bpe", "context_length": 12}
+    assert abs(meta["logit_scale"] - 1 / 0.07) < 1e-3
+    b = load_bundle(micro_bundle, device="cpu")
+    assert b.fingerprint == meta["weights_sha256"]
+    feats = b.encode_texts(["a red circle", "a blue square"])
+    assert feats.shape == (2, 32)
+    assert torch.allclose(feats.norm(dim=-1), torch.ones(2), atol=1e-5)
+
+
+def test_tampered_weights_are_refused(micro_bundle, tmp_path):
+    import shutil
+
+    copy = tmp_path / "b"
+    shutil.copytree(micro_bundle, copy)
+    data = bytearray((copy / "model.safetensors").read_bytes())
+    data[-1] ^= 0xFF
+    (copy / "model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="does not match"):
+        load_bundle(copy)
+    with pytest.raises(BundleError, match="not a clipforge bundle"):
+        load_bundle(tmp_path / "missing")
+
+
+def test_exported_bundle_matches_in_fresh_process_and_in_plain_open_clip(tmp_path):
+    torch.manual_seed(3)
+    arch, cfg = resolve_model_config("cf-micro-vit")
+    model = build_model(cfg).eval()
+    save_bundle(model, tmp_path / "b", arch=arch, model_cfg=cfg)
+    pixels = torch.randn(2, 3, 32, 32)
+    tokens = open_clip.tokenizer.SimpleTokenizer(context_length=12)(["a red circle", "a green ring"])
+    with torch.no_grad():
+        ref_img = model.encode_image(pixels, normalize=True)
+        ref_txt = model.encode_text(tokens, normalize=True)
+    torch.save({"pixels": pixels, "tokens": tokens}, tmp_path / "inputs.pt")
+
+    # 1) a fresh Python process loading the bundle with clipforge
+    script = f"""
+import torch
+from encoders.bundle import load_bundle
+b = load_bundle({str(tmp_path / 'b')!r}, device='cpu', precision='fp32')
+x = torch.load({str(tmp_path / 'inputs.pt')!r}, weights_only=True)
+with torch.no_grad():
+    out = {{'img': b.model.encode_image(x['pixels'], normalize=True), 'txt': b.model.encode_text(x['tokens'], normalize=True)}}
+torch.save(out, {str(tmp_path / 'out.pt')!r})
+"""
+    subprocess.run([sys.executable, "-c", script], check=True)
+    out = torch.load(tmp_path / "out.pt", weights_only=True)
+    torch.testing.assert_close(out["img"], ref_img, atol=1e-6, rtol=0)
+    torch.testing.assert_close(out["txt"], ref_txt, atol=1e-6, rtol=0)
+
+    # 2) plain open_clip: register the config, create the model, load our safetensors
+    from safetensors.torch import load_file
+
+    open_clip.add_model_config(CONFIG_DIR / "cf-micro-vit.json")
+    plain = open_clip.create_model("cf-micro-vit").eval()
+    plain.load_state_dict(load_file(str(tmp_path / "b" / "model.safetensors")))
+    with torch.no_grad():
+        torch.testing.assert_close(plain.encode_image(pixels, normalize=True), ref_img, atol=1e-6, rtol=0)
+        torch.testing.assert_close(plain.encode_text(tokens, normalize=True), ref_txt, atol=1e-6, rtol=0)
+
+
+def test_bundle_preprocess_matches_image_size(micro_bundle):
+    b = load_bundle(micro_bundle)
+    px = b.preprocess([Image.new("RGB", (100, 60), (255, 0, 0))])
+    assert px.shape == (1, 3, 32, 32)

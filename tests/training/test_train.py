@@ -1,0 +1,126 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from encoders.bundle import load_bundle
+from tests.training.test_data import messy_shard
+from training.checkpoint import latest_valid_checkpoint, list_checkpoints
+from training.config import load_config
+from training.export import export_bundle
+from training.loop import train
+from training.loss import NonFiniteLossError
+
+
+def smoke_cfg(synth_data, out: Path, *extra: str):
+    return load_config("smoke", [f"out_dir={out}", f"data.train=['{synth_data['train']}']",
+                                 f"data.val={synth_data['val']}", f"data.zeroshot={synth_data['zeroshot']}", *extra])
+
+
+def read_metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+def test_smoke_run_trains_evaluates_and_exports(synth_data, tmp_path):
+    run = tmp_path / "run"
+    summary = train(smoke_cfg(synth_data, run, "train.samples=320"), progress=False)
+    assert summary["steps"] == 20
+    records = read_metrics(run)
+    losses = [r["loss"] for r in records if "loss" in r]
+    assert losses[-1] < losses[0]  # it learns something on the easy synthetic set
+    final = records[-1]["eval"]
+    assert {"zeroshot_top1", "zeroshot_top5", "image_to_text_R@1", "text_to_image_R@10"} <= set(final)
+    assert final["zeroshot_images"] == 60 and len(final["zeroshot_per_class"]) == 30
+    assert (run / "config.yaml").is_file() and (run / "bundle" / "bundle.json").is_file()
+    meta = json.loads((run / "bundle" / "bundle.json").read_text())
+    assert meta["provenance"]["steps"] == 20 and meta["provenance"]["samples_seen"] == 320
+    assert len(list_checkpoints(run)) <= 3  # keep_ckpts
+    # export from the run directory equals the bundle written at the end of training
+    fp = export_bundle(run, tmp_path / "exported")
+    assert fp == summary["fingerprint"]
+    b1, b2 = load_bundle(run / "bundle"), load_bundle(tmp_path / "exported")
+    torch.testing.assert_close(b1.encode_texts(["a red circle"]), b2.encode_texts(["a red circle"]), atol=0, rtol=0)
+
+
+def test_bundle_embeddings_equal_the_trained_model(synth_data, tmp_path):
+    run = tmp_path / "run"
+    train(smoke_cfg(synth_data, run, "train.samples=64"), progress=False)
+    _, ckpt = latest_valid_checkpoint(run)
+    b = load_bundle(run / "bundle", precision="fp32")
+    from encoders.model import build_model
+
+    model = build_model(ckpt["model_cfg"]).eval()
+    model.load_state_dict(ckpt["model"])
+    pixels = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(b.encode_images(pixels), model.encode_image(pixels, normalize=True), atol=1e-6, rtol=0)
+
+
+def test_bf16_autocast_trains_on_cpu(synth_data, tmp_path):
+    summary = train(smoke_cfg(synth_data, tmp_path / "bf16", "train.precision=bf16", "train.samples=48",
+                              "train.batch_size=8", "data.zeroshot=null", "data.val=null"), progress=False)
+    assert summary["steps"] == 6
+    losses = [r["loss"] for r in read_metrics(tmp_path / "bf16") if "loss" in r]
+    assert all(map(lambda x: x == x and x < 10, losses))  # finite
+
+
+def test_siglip_loss_trains(synth_data, tmp_path):
+    summary = train(smoke_cfg(synth_data, tmp_path / "sig", "loss.kind=siglip", "train.samples=64",
+                              "data.zeroshot=null", "data.val=null"), progress=False)
+    meta = json.loads((tmp_path / "sig" / "bundle" / "bundle.json").read_text())
+    assert summary["steps"] == 4 and meta["loss"] == "siglip" and meta["logit_bias"] is not None
+    assert load_bundle(tmp_path / "sig" / "bundle").loss == "siglip"
+
+
+def test_messy_shard_trains_through_and_counts_skips(tmp_path):
+    shard = tmp_path / "messy.tar"
+    expected = messy_shard(shard)
+    cfg = load_config("smoke", [f"out_dir={tmp_path / 'run'}", f"data.train=['{shard}']", "train.batch_size=4",
+                                "train.samples=24", "data.sample_shuffle=0"])
+    summary = train(cfg, progress=False)
+    assert summary["steps"] == 6
+    for reason, n in expected.items():  # each pass over the shard skips the same samples
+        assert summary["skipped"][reason] % n == 0 and summary["skipped"][reason] >= n
+    logged = [r for r in read_metrics(tmp_path / "run") if "skipped" in r]
+    assert logged[-1]["skipped"] == summary["skipped"]
+
+
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(synth_data, tmp_path):
+    run = tmp_path / "run"
+    train(smoke_cfg(synth_data, run, "train.samples=80"), progress=False)  # 5 steps, checkpoint at 5
+    before = {p.name: p.read_bytes() for p in list_checkpoints(run)}
+    with pytest.raises(NonFiniteLossError, match="last checkpoint is intact"):
+        train(smoke_cfg(synth_data, run, "train.samples=320", "optim.lr=1e30"), resume="auto", progress=False)
+    after = {p.name: p.read_bytes() for p in list_checkpoints(run)}
+    assert before.items() <= after.items()
+    path, ckpt = latest_valid_checkpoint(run)
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
+
+
+def test_kill_9_then_resume_auto_finishes(synth_data, tmp_path):
+    run = tmp_path / "run"
+    args = [sys.executable, "-m", "clipforge", "-v", "train", "smoke", "--resume", "auto",
+            "--set", f"out_dir={run}", "--set", f"data.train=['{synth_data['train']}']",
+            "--set", "train.samples=4000", "--set", "train.ckpt_every=3", "--set", "data.workers=1"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list_checkpoints(run)) < 2:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # the trainer and its data workers, mid-step
+    proc.wait()
+    killed_at = int(latest_valid_checkpoint(run)[1]["step"])
+    assert 0 < killed_at < 250
+    done = subprocess.run(args[:-2] + ["--set", "train.samples=" + str(16 * (killed_at + 6))], capture_output=True,
+                          text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"at step {killed_at}" in done.stderr  # resumed, not restarted
+    assert int(latest_valid_checkpoint(run)[1]["step"]) == killed_at + 6
+    steps = [r["step"] for r in read_metrics(run) if "loss" in r]
+    assert steps[-1] == killed_at + 6
