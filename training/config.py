@@ -55,6 +55,7 @@ class OptimCfg:
 @dataclass(frozen=True)
 class TrainCfg:
     batch_size: int = 128  # per process
+    accum: int = 1  # micro-batches per step; negatives still span the whole batch
     samples: int = 50_000  # total training samples; steps = samples // (batch_size * world_size)
     device: str = "auto"
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 (CUDA, with GradScaler)

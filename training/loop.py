@@ -9,11 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from encoders.bundle import Bundle, load_bundle, save_bundle
-from encoders.device import autocast, resolve_device, resolve_precision
+from encoders.device import resolve_device, resolve_precision
 from encoders.model import (
     build_model,
     get_tokenizer,
@@ -25,30 +24,12 @@ from encoders.model import (
 from training.checkpoint import latest_valid_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from training.config import Config, save_config
 from training.data import DataState, ShardStream, StreamSpec, expand_urls, make_loader
-from training.distributed import DistInfo, gather_with_grad, init_distributed
+from training.distributed import init_distributed
 from training.evaluate import retrieval_eval, zeroshot_eval
-from training.loss import check_finite, clamp_logit_scale_, contrastive_loss, scaled_logit_scale
 from training.optim import lr_at, make_optimizer, set_lr
+from training.step import train_step
 
 log = logging.getLogger(__name__)
-
-
-def distributed_loss(kind: str, out: dict[str, torch.Tensor], scale: torch.Tensor, info: DistInfo) -> torch.Tensor:
-    """Loss over the global batch: local rows against all gathered columns (gradients equal the global loss)."""
-    img, txt = out["image_features"], out["text_features"]  # [B, D] each
-    if not info.enabled:
-        return contrastive_loss(kind, img, txt, scale, out.get("logit_bias"))
-    all_img, all_txt = gather_with_grad(img.float(), info), gather_with_grad(txt.float(), info)  # [W*B, D]
-    b = img.shape[0]
-    labels = torch.arange(b, device=img.device) + info.rank * b
-    if kind == "clip":
-        loss_i = F.cross_entropy(scale * img.float() @ all_txt.T, labels)  # [B, W*B]
-        loss_t = F.cross_entropy(scale * txt.float() @ all_img.T, labels)
-        return (loss_i + loss_t) / 2
-    logits = scale * img.float() @ all_txt.T + out["logit_bias"].float()  # [B, W*B]
-    signs = -torch.ones_like(logits)
-    signs[torch.arange(b), labels] = 1.0
-    return -F.logsigmoid(signs * logits).sum() / b
 
 
 def as_encoder(model: torch.nn.Module, model_cfg: dict, device: torch.device, precision: str) -> Bundle:
@@ -77,13 +58,29 @@ def run_eval(cfg: Config, encoder: Bundle) -> dict[str, Any]:
 
 
 class MetricsLog:
+    """Appends one JSON line per record (the source of truth), and mirrors scalars to TensorBoard if installed."""
+
     def __init__(self, path: Path, enabled: bool) -> None:
-        self.path, self.enabled = path, enabled
+        self.path, self.enabled, self.tb = path, enabled, None
+        if enabled:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(path.parent / "tensorboard"))
+            except ImportError:  # tensorboard is optional ([train] extra)
+                self.tb = None
 
     def write(self, record: dict[str, Any]) -> None:
-        if self.enabled:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(record) + "\n")
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            flat = {**record, **{f"eval/{k}": v for k, v in record.get("eval", {}).items()}}
+            for k, v in flat.items():
+                if isinstance(v, int | float) and k not in ("step", "time"):
+                    self.tb.add_scalar(k, v, record["step"])
+            self.tb.flush()
 
 
 def train(cfg: Config, resume: str | None = None, progress: bool = True) -> dict[str, Any]:
@@ -206,21 +203,11 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True) -> dict
         lr = lr_at(step, cfg.optim.lr, cfg.optim.warmup_steps, total_steps)
         set_lr(optimizer, lr)
 
-        with autocast(device, precision):
-            out = ddp_model(images, texts)  # image_features, text_features: [B, D], L2-normalised
-        scale = scaled_logit_scale(model.logit_scale, cfg.loss.max_logit_scale)
-        loss = check_finite(distributed_loss(cfg.loss.kind, out, scale, info), step)
-
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if cfg.optim.grad_clip > 0:
-            scaler.unscale_(optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-            if not torch.isfinite(grad_norm) and precision != "fp16":
-                check_finite(grad_norm, step)
-        scaler.step(optimizer)
-        scaler.update()
-        clamp_logit_scale_(model.logit_scale, cfg.loss.max_logit_scale)
+        loss, scale = train_step(
+            model, ddp_model, optimizer, scaler, images, texts,
+            kind=cfg.loss.kind, max_scale=cfg.loss.max_logit_scale, grad_clip=cfg.optim.grad_clip,
+            device=device, precision=precision, info=info, accum=cfg.train.accum, step=step,
+        )  # fmt: skip
         step += 1
         samples_seen += global_batch
         n_last += global_batch

@@ -60,11 +60,11 @@ def test_exported_bundle_matches_in_fresh_process_and_in_plain_open_clip(tmp_pat
     script = f"""
 import torch
 from encoders.bundle import load_bundle
-b = load_bundle({str(tmp_path / 'b')!r}, device='cpu', precision='fp32')
-x = torch.load({str(tmp_path / 'inputs.pt')!r}, weights_only=True)
+b = load_bundle({str(tmp_path / "b")!r}, device='cpu', precision='fp32')
+x = torch.load({str(tmp_path / "inputs.pt")!r}, weights_only=True)
 with torch.no_grad():
     out = {{'img': b.model.encode_image(x['pixels'], normalize=True), 'txt': b.model.encode_text(x['tokens'], normalize=True)}}
-torch.save(out, {str(tmp_path / 'out.pt')!r})
+torch.save(out, {str(tmp_path / "out.pt")!r})
 """
     subprocess.run([sys.executable, "-c", script], check=True)
     out = torch.load(tmp_path / "out.pt", weights_only=True)

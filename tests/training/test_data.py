@@ -1,5 +1,4 @@
 import io
-import tarfile
 from collections import Counter
 from pathlib import Path
 
@@ -16,8 +15,13 @@ from training.data import DataState, ShardStream, StreamSpec, expand_urls, make_
 def make_stream(urls, batch_size=10, **kw) -> ShardStream:
     _, cfg = resolve_model_config("cf-micro-vit")
     spec = StreamSpec(sources=[urls], weights=[1.0], sample_shuffle=kw.pop("sample_shuffle", 20), **kw)
-    return ShardStream(spec, image_transform(preprocess_cfg(cfg), train=True), get_tokenizer(tokenizer_cfg(cfg)),
-                       batch_size, draft_size=64)
+    return ShardStream(
+        spec,
+        image_transform(preprocess_cfg(cfg), train=True),
+        get_tokenizer(tokenizer_cfg(cfg)),
+        batch_size,
+        draft_size=64,
+    )
 
 
 def encode(im: Image.Image, fmt: str, **kw) -> bytes:
@@ -34,8 +38,13 @@ def messy_shard(path: Path) -> dict[str, int]:
     pal.paste(1, (0, 0, 10, 20))
     with wds.TarWriter(str(path)) as sink:
         sink.write({"__key__": "palette", "png": encode(pal, "PNG", transparency=0), "txt": "a green bar"})
-        sink.write({"__key__": "cmyk", "jpg": encode(Image.new("CMYK", (20, 20), (0, 255, 255, 0)), "JPEG"),
-                    "txt": "a cmyk red"})
+        sink.write(
+            {
+                "__key__": "cmyk",
+                "jpg": encode(Image.new("CMYK", (20, 20), (0, 255, 255, 0)), "JPEG"),
+                "txt": "a cmyk red",
+            }
+        )
         sink.write({"__key__": "gray16", "png": encode(Image.new("I;16", (20, 20), 30000), "PNG"), "txt": "grey"})
         sink.write({"__key__": "corrupt", "jpg": b"\xff\xd8\xff\xe0garbage" * 10, "txt": "corrupt jpeg"})
         sink.write({"__key__": "truncated", "jpg": good[: len(good) // 3], "txt": "truncated jpeg"})
@@ -139,8 +148,9 @@ def test_resampled_mix_draws_from_both_sources_by_weight(synth_data, tmp_path):
     urls = expand_urls(synth_data["train"])
     spec = StreamSpec(sources=[urls[:3], urls[3:]], weights=[0.75, 0.25], resampled=True, seed=0, sample_shuffle=0)
     _, cfg = resolve_model_config("cf-micro-vit")
-    stream = ShardStream(spec, image_transform(preprocess_cfg(cfg), train=False), get_tokenizer(tokenizer_cfg(cfg)),
-                         50, draft_size=64)
+    stream = ShardStream(
+        spec, image_transform(preprocess_cfg(cfg), train=False), get_tokenizer(tokenizer_cfg(cfg)), 50, draft_size=64
+    )
     counts: Counter = Counter()
     for _, b in zip(range(80), iter(stream), strict=False):
         counts.update("A" if k.split("#")[0] in urls[:3] else "B" for k in b["keys"])

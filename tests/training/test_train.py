@@ -19,8 +19,16 @@ from training.loss import NonFiniteLossError
 
 
 def smoke_cfg(synth_data, out: Path, *extra: str):
-    return load_config("smoke", [f"out_dir={out}", f"data.train=['{synth_data['train']}']",
-                                 f"data.val={synth_data['val']}", f"data.zeroshot={synth_data['zeroshot']}", *extra])
+    return load_config(
+        "smoke",
+        [
+            f"out_dir={out}",
+            f"data.train=['{synth_data['train']}']",
+            f"data.val={synth_data['val']}",
+            f"data.zeroshot={synth_data['zeroshot']}",
+            *extra,
+        ],
+    )
 
 
 def read_metrics(run: Path) -> list[dict]:
@@ -59,20 +67,36 @@ def test_bundle_embeddings_equal_the_trained_model(synth_data, tmp_path):
     model.load_state_dict(ckpt["model"])
     pixels = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
-        torch.testing.assert_close(b.encode_images(pixels), model.encode_image(pixels, normalize=True), atol=1e-6, rtol=0)
+        torch.testing.assert_close(
+            b.encode_images(pixels), model.encode_image(pixels, normalize=True), atol=1e-6, rtol=0
+        )
 
 
 def test_bf16_autocast_trains_on_cpu(synth_data, tmp_path):
-    summary = train(smoke_cfg(synth_data, tmp_path / "bf16", "train.precision=bf16", "train.samples=48",
-                              "train.batch_size=8", "data.zeroshot=null", "data.val=null"), progress=False)
+    summary = train(
+        smoke_cfg(
+            synth_data,
+            tmp_path / "bf16",
+            "train.precision=bf16",
+            "train.samples=48",
+            "train.batch_size=8",
+            "data.zeroshot=null",
+            "data.val=null",
+        ),
+        progress=False,
+    )
     assert summary["steps"] == 6
     losses = [r["loss"] for r in read_metrics(tmp_path / "bf16") if "loss" in r]
     assert all(map(lambda x: x == x and x < 10, losses))  # finite
 
 
 def test_siglip_loss_trains(synth_data, tmp_path):
-    summary = train(smoke_cfg(synth_data, tmp_path / "sig", "loss.kind=siglip", "train.samples=64",
-                              "data.zeroshot=null", "data.val=null"), progress=False)
+    summary = train(
+        smoke_cfg(
+            synth_data, tmp_path / "sig", "loss.kind=siglip", "train.samples=64", "data.zeroshot=null", "data.val=null"
+        ),
+        progress=False,
+    )
     meta = json.loads((tmp_path / "sig" / "bundle" / "bundle.json").read_text())
     assert summary["steps"] == 4 and meta["loss"] == "siglip" and meta["logit_bias"] is not None
     assert load_bundle(tmp_path / "sig" / "bundle").loss == "siglip"
@@ -81,8 +105,16 @@ def test_siglip_loss_trains(synth_data, tmp_path):
 def test_messy_shard_trains_through_and_counts_skips(tmp_path):
     shard = tmp_path / "messy.tar"
     expected = messy_shard(shard)
-    cfg = load_config("smoke", [f"out_dir={tmp_path / 'run'}", f"data.train=['{shard}']", "train.batch_size=4",
-                                "train.samples=24", "data.sample_shuffle=0"])
+    cfg = load_config(
+        "smoke",
+        [
+            f"out_dir={tmp_path / 'run'}",
+            f"data.train=['{shard}']",
+            "train.batch_size=4",
+            "train.samples=24",
+            "data.sample_shuffle=0",
+        ],
+    )
     summary = train(cfg, progress=False)
     assert summary["steps"] == 6
     for reason, n in expected.items():  # each pass over the shard skips the same samples
@@ -105,9 +137,26 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(synth_data, tmp_path):
 
 def test_kill_9_then_resume_auto_finishes(synth_data, tmp_path):
     run = tmp_path / "run"
-    args = [sys.executable, "-m", "clipforge", "-v", "train", "smoke", "--resume", "auto",
-            "--set", f"out_dir={run}", "--set", f"data.train=['{synth_data['train']}']",
-            "--set", "train.samples=4000", "--set", "train.ckpt_every=3", "--set", "data.workers=1"]
+    args = [
+        sys.executable,
+        "-m",
+        "clipforge",
+        "-v",
+        "train",
+        "smoke",
+        "--resume",
+        "auto",
+        "--set",
+        f"out_dir={run}",
+        "--set",
+        f"data.train=['{synth_data['train']}']",
+        "--set",
+        "train.samples=4000",
+        "--set",
+        "train.ckpt_every=3",
+        "--set",
+        "data.workers=1",
+    ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, start_new_session=True)
     deadline = time.time() + 120
@@ -117,8 +166,13 @@ def test_kill_9_then_resume_auto_finishes(synth_data, tmp_path):
     proc.wait()
     killed_at = int(latest_valid_checkpoint(run)[1]["step"])
     assert 0 < killed_at < 250
-    done = subprocess.run(args[:-2] + ["--set", "train.samples=" + str(16 * (killed_at + 6))], capture_output=True,
-                          text=True, env=env, timeout=300)
+    done = subprocess.run(
+        args[:-2] + ["--set", "train.samples=" + str(16 * (killed_at + 6))],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"at step {killed_at}" in done.stderr  # resumed, not restarted
     assert int(latest_valid_checkpoint(run)[1]["step"]) == killed_at + 6

@@ -1,0 +1,26 @@
+"""Run by test_distributed.py under torchrun: one train_step on this rank's half of a fixed global batch."""
+
+import sys
+
+import torch
+import torch.distributed as dist
+
+from tests.training.test_step import make_batch, make_model
+from training.distributed import init_distributed
+from training.step import train_step
+
+out_path, accum = sys.argv[1], int(sys.argv[2])
+info = init_distributed("cpu")
+model = make_model()
+ddp = torch.nn.parallel.DistributedDataParallel(model)
+opt = torch.optim.SGD(model.parameters(), lr=1.0)
+images, texts = make_batch(16)
+half = slice(info.rank * 8, (info.rank + 1) * 8)
+loss, _ = train_step(model, ddp, opt, torch.amp.GradScaler("cpu", enabled=False), images[half], texts[half],
+                     kind="clip", max_scale=100.0, grad_clip=0.0, device=torch.device("cpu"), precision="fp32",
+                     info=info, accum=accum)  # fmt: skip
+dist.all_reduce(loss)  # global loss = mean over ranks of each rank's local-rows loss
+if info.rank == 0:
+    torch.save({"loss": loss / info.world_size, "state": model.state_dict()}, out_path)
+dist.barrier()
+dist.destroy_process_group()

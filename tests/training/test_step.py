@@ -1,0 +1,36 @@
+import torch
+
+from encoders.model import build_model, resolve_model_config
+from training.distributed import DistInfo
+from training.step import train_step
+
+
+def make_model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_model(resolve_model_config("cf-micro-vit")[1])
+
+
+def make_batch(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(n, 3, 32, 32, generator=g), torch.randint(1, 49000, (n, 12), generator=g)
+
+
+def sgd_step(accum: int, n: int = 16) -> tuple[float, dict[str, torch.Tensor]]:
+    model = make_model()
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)  # updated weights = weights - gradient
+    images, texts = make_batch(n)
+    loss, _ = train_step(model, model, opt, torch.amp.GradScaler("cpu", enabled=False), images, texts, kind="clip",
+                         max_scale=100.0, grad_clip=0.0, device=torch.device("cpu"), precision="fp32",
+                         info=DistInfo(), accum=accum)  # fmt: skip
+    return float(loss), model.state_dict()
+
+
+def test_accumulation_over_k_micro_batches_equals_one_big_batch():
+    loss1, state1 = sgd_step(accum=1)
+    loss4, state4 = sgd_step(accum=4)
+    assert abs(loss1 - loss4) < 1e-5
+    for name, w in state1.items():
+        torch.testing.assert_close(state4[name], w, atol=2e-6, rtol=1e-5, msg=name)
+    # and the step really moved the weights, including the temperature
+    before = make_model().state_dict()
+    assert not torch.equal(before["logit_scale"], state1["logit_scale"])
