@@ -82,6 +82,14 @@ def cmd_export(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(a: argparse.Namespace) -> int:
+    from training.report import write_report
+
+    path = write_report(a.run_dir, a.out, examples=not a.no_examples)
+    print(f"report: {path}")
+    return 0
+
+
 def cmd_bundle_info(a: argparse.Namespace) -> int:
     from encoders.bundle import read_bundle_meta
 
@@ -120,6 +128,9 @@ def cmd_quickstart(a: argparse.Namespace) -> int:
     print(f"  retrieval R@1 image->text {ev['image_to_text_R@1']:.3f}, text->image {ev['text_to_image_R@1']:.3f}")
     print(f"  bundle: {summary['bundle']} (fingerprint {summary['fingerprint'][:12]})")
     print(f"  metrics: {Path(cfg.out_dir) / 'metrics.jsonl'}")
+    from training.report import write_report
+
+    print(f"  report (curves, confusion matrix, retrieval examples): {write_report(cfg.out_dir)}")
     return 0
 
 
@@ -170,6 +181,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("source")
     s.add_argument("out")
     s.set_defaults(func=cmd_export)
+
+    s = sub.add_parser("report", help="write an HTML report (curves, diagnostics, examples) for a run directory")
+    s.add_argument("run_dir")
+    s.add_argument("--out", help="default: RUN_DIR/report.html")
+    s.add_argument("--no-examples", action="store_true", help="skip retrieval examples (no bundle needed)")
+    s.set_defaults(func=cmd_report)
 
     b = sub.add_parser("bundle", help="inspect model bundles").add_subparsers(dest="bundle_command", required=True)
     s = b.add_parser("info", help="print a bundle's metadata")

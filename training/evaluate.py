@@ -14,6 +14,7 @@ import torch
 
 from encoders.images import IMAGE_EXTENSIONS, ImageDecodeError, load_image
 from encoders.shards import iter_pairs
+from training.diagnostics import coordination_diagnostics
 
 
 def list_classes(folder: Path) -> list[tuple[str, list[Path]]]:
@@ -136,4 +137,5 @@ def retrieval_eval(
     out: dict[str, Any] = {"retrieval_pairs": int(img.shape[0])}
     out.update({f"image_to_text_R@{k}": v for k, v in i2t.items()})
     out.update({f"text_to_image_R@{k}": v for k, v in t2i.items()})
+    out.update({f"diag_{k}": v for k, v in coordination_diagnostics(img, txt, encoder.logit_scale()).items()})
     return out

@@ -241,6 +241,7 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True) -> dict
             checkpoint()
         if cfg.eval.every and step % cfg.eval.every == 0 and step < total_steps and info.is_main:
             metrics.write({"step": step, "samples_seen": samples_seen, "eval": run_eval(cfg, encoder)})
+            t_last = time.perf_counter()  # evaluation time is not training throughput
     bar.close()
     checkpoint()
     summary: dict[str, Any] = {
