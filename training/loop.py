@@ -21,6 +21,7 @@ from encoders.model import (
     resolve_model_config,
     tokenizer_cfg,
 )
+from training.augment import TrainTransform, normalizer
 from training.checkpoint import latest_valid_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from training.config import Config, save_config
 from training.data import DataState, ShardStream, StreamSpec, expand_urls, make_loader
@@ -153,7 +154,7 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True) -> dict
         raise ValueError(f"data.weights has {len(spec.weights)} entries for {len(sources)} sources")
     stream = ShardStream(
         spec,
-        image_transform(pp, train=True),
+        TrainTransform(pp["image_size"], pp["interpolation"]),
         get_tokenizer(tokenizer_cfg(model_cfg)),
         cfg.train.batch_size,
         draft_size=pp["image_size"] * 2,
@@ -161,6 +162,7 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True) -> dict
     loader = make_loader(stream, cfg.data.workers)
     metrics = MetricsLog(run_dir / "metrics.jsonl", info.is_main)
     encoder = as_encoder(model, model_cfg, device, precision)
+    normalize = normalizer(pp, device)
 
     def checkpoint() -> None:
         data_sd = {str(info.rank): data_state.state_dict(cfg.data.workers)}
@@ -198,7 +200,7 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True) -> dict
     while step < total_steps:
         batch = next(it)
         data_state.update(batch)
-        images = batch["image"].to(device, non_blocking=True)  # [B, 3, H, W]
+        images = normalize(batch["image"].to(device, non_blocking=True))  # uint8 -> float [B, 3, H, W]
         texts = batch["text"].to(device, non_blocking=True)  # [B, L]
         lr = lr_at(step, cfg.optim.lr, cfg.optim.warmup_steps, total_steps)
         set_lr(optimizer, lr)

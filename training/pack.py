@@ -80,7 +80,8 @@ def pack_shards(
         raise ValueError(f"no images found in {source}")
     skipped: Counter = Counter()
     written = 0
-    with wds.ShardWriter(str(out / "shard-%06d.tar"), maxcount=shard_size, verbose=0) as sink:
+    # integer mtime: a float one costs a PAX header per member (twice the tar parsing) and varies run to run
+    with wds.ShardWriter(str(out / "shard-%06d.tar"), maxcount=shard_size, verbose=0, mtime=0) as sink:
         for i, (path, caption) in enumerate(tqdm(rows, desc="packing", unit="img")):
             if not caption or not str(caption).strip():
                 skipped["no_caption"] += 1

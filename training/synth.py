@@ -105,7 +105,8 @@ def write_synth(
     counts = {}
     for split, n in (("train", train), ("val", val)):
         pattern = str(out / split / "shard-%06d.tar")
-        with wds.ShardWriter(pattern, maxcount=shard_size, verbose=0) as sink:
+        # integer mtime: a float one costs a PAX header per member (twice the tar parsing) and varies run to run
+        with wds.ShardWriter(pattern, maxcount=shard_size, verbose=0, mtime=0) as sink:
             for i in tqdm(range(n), desc=f"synth {split}", unit="img", mininterval=1.0):
                 color, shape = rng.choice(seen)
                 im, attrs = draw_shape(color, shape, rng)

@@ -7,8 +7,9 @@ import torch
 import webdataset as wds
 from PIL import Image
 
-from encoders.model import get_tokenizer, image_transform, preprocess_cfg, resolve_model_config, tokenizer_cfg
+from encoders.model import get_tokenizer, preprocess_cfg, resolve_model_config, tokenizer_cfg
 from tests.encoders.test_images import huge_png
+from training.augment import TrainTransform
 from training.data import DataState, ShardStream, StreamSpec, expand_urls, make_loader
 
 
@@ -17,7 +18,7 @@ def make_stream(urls, batch_size=10, **kw) -> ShardStream:
     spec = StreamSpec(sources=[urls], weights=[1.0], sample_shuffle=kw.pop("sample_shuffle", 20), **kw)
     return ShardStream(
         spec,
-        image_transform(preprocess_cfg(cfg), train=True),
+        TrainTransform(preprocess_cfg(cfg)["image_size"]),
         get_tokenizer(tokenizer_cfg(cfg)),
         batch_size,
         draft_size=64,
@@ -149,7 +150,7 @@ def test_resampled_mix_draws_from_both_sources_by_weight(synth_data, tmp_path):
     spec = StreamSpec(sources=[urls[:3], urls[3:]], weights=[0.75, 0.25], resampled=True, seed=0, sample_shuffle=0)
     _, cfg = resolve_model_config("cf-micro-vit")
     stream = ShardStream(
-        spec, image_transform(preprocess_cfg(cfg), train=False), get_tokenizer(tokenizer_cfg(cfg)), 50, draft_size=64
+        spec, TrainTransform(preprocess_cfg(cfg)["image_size"]), get_tokenizer(tokenizer_cfg(cfg)), 50, draft_size=64
     )
     counts: Counter = Counter()
     for _, b in zip(range(80), iter(stream), strict=False):
@@ -159,4 +160,4 @@ def test_resampled_mix_draws_from_both_sources_by_weight(synth_data, tmp_path):
 
 def test_tensor_types(synth_data):
     batch = next(iter(make_stream(expand_urls(synth_data["train"]))))
-    assert batch["image"].dtype == torch.float32 and batch["text"].dtype == torch.long
+    assert batch["image"].dtype == torch.uint8 and batch["text"].dtype == torch.long  # normalised in the trainer

@@ -1,0 +1,78 @@
+"""Training throughput: clipforge's trainer vs open_clip's own trainer, alternately, in one run.
+
+Same model config, synthetic shards, batch size, precision (fp32: on this AVX2 CPU bf16 is ~100x slower),
+optimizer settings and DataLoader workers. Also measures the data pipeline alone, which must deliver at least
+3x what the trainer consumes.
+
+    python benchmarks/train_throughput.py [--arch cf-tiny-vit] [--samples 3840] [--rounds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.peer_openclip import ensure_data, prepare_peer_env, run_openclip, run_ours  # noqa: E402
+
+
+def data_pipeline_rate(data: dict, arch: str, batch: int, workers: int, batches: int = 40) -> float:
+    from encoders.model import get_tokenizer, preprocess_cfg, resolve_model_config, tokenizer_cfg
+    from training.augment import TrainTransform
+    from training.data import ShardStream, StreamSpec, expand_urls, make_loader
+
+    _, cfg = resolve_model_config(arch)
+    pp = preprocess_cfg(cfg)
+    spec = StreamSpec(sources=[expand_urls(data["train"])], weights=[1.0], sample_shuffle=2000)
+    stream = ShardStream(
+        spec, TrainTransform(pp["image_size"]), get_tokenizer(tokenizer_cfg(cfg)), batch, pp["image_size"] * 2
+    )
+    it = iter(make_loader(stream, workers))
+    for _ in range(3):  # start-up and shuffle-buffer fill
+        next(it)
+    t0 = time.perf_counter()
+    for _ in range(batches):
+        next(it)
+    return batches * batch / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--arch", default="cf-tiny-vit")
+    ap.add_argument("--samples", type=int, default=3840)
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--workers", type=int, default=1, help="DataLoader workers for both (best on 2 cores: 1)")
+    ap.add_argument("--rounds", type=int, default=2)
+    a = ap.parse_args()
+    data = ensure_data()
+    env = prepare_peer_env()
+    common = dict(arch=a.arch, samples=a.samples, batch=a.batch, lr=1e-3, wd=0.1, warmup=10, workers=a.workers, seed=0)
+    ours, theirs = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(a.rounds):  # alternate, so drifts in machine load hit both
+            ours.append(run_ours(data, out=Path(tmp), **common)["samples_per_s"])
+            theirs.append(run_openclip(data, out=Path(tmp), env=env, **common)["samples_per_s"])
+            print(
+                f"round {r + 1}: clipforge {ours[-1]:.1f} samples/s, open_clip_train {theirs[-1]:.1f} samples/s",
+                flush=True,
+            )
+    pipe = data_pipeline_rate(data, a.arch, a.batch, a.workers)
+    o, t = statistics.median(ours), statistics.median(theirs)
+    print(
+        f"\nmachine: {platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cores; "
+        f"arch {a.arch}, batch {a.batch}, fp32, workers {a.workers}, {a.samples} samples per run, {a.rounds} rounds"
+    )
+    print(f"clipforge trainer      {o:8.1f} samples/s (median)")
+    print(f"open_clip_train        {t:8.1f} samples/s (median)")
+    print(f"ratio clipforge/open_clip: {o / t:.2f}x (target >= 1.3x)")
+    print(f"data pipeline alone    {pipe:8.1f} samples/s = {pipe / o:.1f}x what the trainer consumes (target >= 3x)")
+
+
+if __name__ == "__main__":
+    main()
