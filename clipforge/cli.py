@@ -82,6 +82,35 @@ def cmd_export(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bundle_import(a: argparse.Namespace) -> int:
+    from encoders.convert import import_hf_clip, import_open_clip
+
+    if bool(a.hf) == bool(a.arch):
+        raise ValueError("give either --arch ARCH --weights FILE (open_clip) or --hf DIR (transformers)")
+    if a.hf:
+        fp = import_hf_clip(a.hf, a.out)
+    else:
+        if not a.weights:
+            raise ValueError("--arch needs --weights FILE")
+        fp = import_open_clip(a.arch, a.weights, a.out, quick_gelu=a.quick_gelu)
+    _print_json({"bundle": a.out, "fingerprint": fp})
+    return 0
+
+
+def cmd_bundle_export(a: argparse.Namespace) -> int:
+    from encoders.convert import export_onnx, export_open_clip
+
+    if not a.open_clip and not a.onnx:
+        raise ValueError("give --open-clip DIR and/or --onnx")
+    out = {}
+    if a.open_clip:
+        out["open_clip"] = str(export_open_clip(a.bundle, a.open_clip))
+    if a.onnx:
+        out["onnx"] = str(export_onnx(a.bundle, a.onnx_dir))
+    _print_json(out)
+    return 0
+
+
 def cmd_report(a: argparse.Namespace) -> int:
     from training.report import write_report
 
@@ -192,6 +221,19 @@ def build_parser() -> argparse.ArgumentParser:
     s = b.add_parser("info", help="print a bundle's metadata")
     s.add_argument("bundle")
     s.set_defaults(func=cmd_bundle_info)
+    s = b.add_parser("import", help="open_clip arch + weights file, or a Hugging Face CLIP directory -> bundle")
+    s.add_argument("out")
+    s.add_argument("--arch", help="open_clip architecture name (e.g. ViT-B-32) or config JSON")
+    s.add_argument("--weights", help="weights file: .safetensors, or a weights-only .bin/.pt state dict")
+    s.add_argument("--quick-gelu", action="store_true", help="QuickGELU activations (OpenAI-trained weights)")
+    s.add_argument("--hf", help="a transformers CLIP model directory")
+    s.set_defaults(func=cmd_bundle_import)
+    s = b.add_parser("export", help="bundle -> open_clip model directory and/or ONNX graphs")
+    s.add_argument("bundle")
+    s.add_argument("--open-clip", metavar="DIR", help="write open_clip_config.json + open_clip_model.safetensors")
+    s.add_argument("--onnx", action="store_true", help="write image/text ONNX graphs (default into BUNDLE/onnx)")
+    s.add_argument("--onnx-dir", help="where to write the ONNX graphs")
+    s.set_defaults(func=cmd_bundle_export)
 
     s = sub.add_parser("quickstart", help="the main job: synth data, train the CPU preset, evaluate, export")
     s.add_argument("--data", default=QUICKSTART_DATA)

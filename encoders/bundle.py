@@ -116,6 +116,11 @@ class Bundle:
     device: torch.device
     precision: str
     transform: Any = field(repr=False)
+    onnx: Any = field(default=None, repr=False)  # OnnxEncoders when the ONNX Runtime backend is selected
+
+    @property
+    def backend(self) -> str:
+        return "onnx" if self.onnx is not None else "torch"
 
     @property
     def fingerprint(self) -> str:
@@ -139,6 +144,8 @@ class Bundle:
     @torch.inference_mode()
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         """[N, 3, H, W] -> L2-normalised fp32 features [N, D]."""
+        if self.onnx is not None:
+            return self.onnx.encode_images(pixels)
         with autocast(self.device, self.precision):
             feats = self.model.encode_image(pixels.to(self.device), normalize=True)  # type: ignore[operator]
         return torch.nn.functional.normalize(feats.float(), dim=-1).cpu()
@@ -146,7 +153,10 @@ class Bundle:
     @torch.inference_mode()
     def encode_texts(self, texts: list[str]) -> torch.Tensor:
         """list of N strings -> L2-normalised fp32 features [N, D]."""
-        tokens = self.tokenizer(texts).to(self.device)
+        tokens = self.tokenizer(texts)
+        if self.onnx is not None:
+            return self.onnx.encode_texts(tokens)
+        tokens = tokens.to(self.device)
         with autocast(self.device, self.precision):
             feats = self.model.encode_text(tokens, normalize=True)  # type: ignore[operator]
         return torch.nn.functional.normalize(feats.float(), dim=-1).cpu()
@@ -155,8 +165,19 @@ class Bundle:
         return float(self.model.logit_scale.exp().clamp(max=100).item())  # type: ignore[operator]
 
 
-def load_bundle(path: str | Path, *, device: str = "auto", precision: str = "auto", verify: bool = True) -> Bundle:
-    """Load a bundle; with `verify`, the weights' sha256 must equal the recorded fingerprint."""
+BACKENDS = ("auto", "torch", "onnx")
+
+
+def load_bundle(
+    path: str | Path, *, device: str = "auto", precision: str = "auto", verify: bool = True, backend: str = "torch"
+) -> Bundle:
+    """Load a bundle; with `verify`, the weights' sha256 must equal the recorded fingerprint.
+
+    backend: "torch"; "onnx" (ONNX Runtime on CPU; needs `clipforge bundle export --onnx` first); or "auto":
+    ONNX Runtime when the bundle has ONNX graphs and the device is the CPU, else torch.
+    """
+    if backend not in BACKENDS:
+        raise BundleError(f"backend must be one of {BACKENDS}, got {backend!r}")
     path = Path(path)
     meta = read_bundle_meta(path)
     weights = path / WEIGHTS
@@ -175,12 +196,29 @@ def load_bundle(path: str | Path, *, device: str = "auto", precision: str = "aut
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
     model.to(dev).eval()
+    tok_cfg = dict(meta["tokenizer"])
+    if tok_cfg["name"].startswith("bundle:"):  # a tokenizer shipped inside the bundle directory
+        tok_cfg["name"] = str(path / tok_cfg["name"].removeprefix("bundle:"))
+    onnx = None
+    onnx_dir = path / "onnx"
+    want_onnx = backend == "onnx" or (backend == "auto" and dev.type == "cpu" and (onnx_dir / "onnx.json").is_file())
+    if want_onnx:
+        if not (onnx_dir / "onnx.json").is_file():
+            raise BundleError(f"{path}: no ONNX graphs; run `clipforge bundle export {path} --onnx` first")
+        from encoders.onnx_backend import OnnxEncoders
+
+        try:
+            onnx = OnnxEncoders(onnx_dir, meta["weights_sha256"])
+        except ImportError as exn:
+            if backend == "onnx":
+                raise BundleError("the onnx backend needs onnxruntime: pip install 'clipforge[onnx]'") from exn
     return Bundle(
         path=path,
         meta=meta,
         model=model,
-        tokenizer=get_tokenizer(meta["tokenizer"]),
+        tokenizer=get_tokenizer(tok_cfg),
         device=dev,
         precision=prec,
         transform=image_transform(meta["preprocess"], train=False),
+        onnx=onnx,
     )

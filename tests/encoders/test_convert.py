@@ -1,0 +1,151 @@
+"""Issue: real pretrained models in and out. Every model here is random-init and made by the test, offline."""
+
+import json
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+from PIL import Image
+
+from encoders.bundle import load_bundle
+from encoders.convert import export_onnx, export_open_clip, import_hf_clip, import_open_clip
+from encoders.model import CONFIG_DIR
+
+LABELS = ["a red circle", "a blue square", "a green ring", "a big orange cross"]
+
+
+def images(n=3, size=32):
+    g = torch.Generator().manual_seed(0)
+    return [Image.fromarray((torch.rand(size, size, 3, generator=g) * 255).byte().numpy()) for _ in range(n)]
+
+
+@pytest.mark.parametrize("arch, fmt", [("cf-micro-vit", "bin"), ("cf-tiny-rn", "safetensors")])
+def test_open_clip_checkpoint_imports_with_identical_embeddings(tmp_path, arch, fmt):
+    open_clip.add_model_config(CONFIG_DIR / f"{arch}.json")
+    torch.manual_seed(1)
+    ref, _, preprocess = open_clip.create_model_and_transforms(arch)
+    ref.eval()
+    weights = tmp_path / f"weights.{fmt}"
+    if fmt == "bin":
+        torch.save({"state_dict": {f"module.{k}": v for k, v in ref.state_dict().items()}}, weights)  # DDP-style
+    else:
+        from safetensors.torch import save_file
+
+        save_file(ref.state_dict(), str(weights))
+    import_open_clip(arch, weights, tmp_path / "bundle")
+    b = load_bundle(tmp_path / "bundle", precision="fp32")
+    tok = open_clip.get_tokenizer(arch)
+    pix = torch.stack([preprocess(im) for im in images(size=64)])
+    with torch.no_grad():
+        ref_img = ref.encode_image(pix, normalize=True)
+        ref_txt = ref.encode_text(tok(LABELS), normalize=True)
+    ours_img = b.encode_images(b.preprocess(images(size=64)))
+    ours_txt = b.encode_texts(LABELS)
+    torch.testing.assert_close(ours_img, ref_img, atol=1e-4, rtol=0)
+    torch.testing.assert_close(ours_txt, ref_txt, atol=1e-4, rtol=0)
+    assert torch.equal((ours_img @ ours_txt.T).argsort(dim=1), (ref_img @ ref_txt.T).argsort(dim=1))
+
+
+def test_wrong_weights_are_a_clear_error(tmp_path, micro_bundle):
+    torch.save({"not": torch.zeros(3)}, tmp_path / "w.bin")
+    with pytest.raises(ValueError, match="does not fit"):
+        import_open_clip("cf-micro-vit", tmp_path / "w.bin", tmp_path / "b")
+    (tmp_path / "bad.bin").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="cannot read"):
+        import_open_clip("cf-micro-vit", tmp_path / "bad.bin", tmp_path / "b")
+
+
+def tiny_hf_clip(directory):
+    """A random-init transformers CLIP model and a byte-level BPE tokenizer written offline."""
+    from open_clip.tokenizer import bytes_to_unicode
+    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+
+    chars = list(bytes_to_unicode().values())
+    vocab = {c: i for i, c in enumerate(chars)}
+    vocab.update({c + "</w>": i + len(chars) for i, c in enumerate(chars)})
+    merges = ["r e", "re d</w>", "c i", "ci r", "b l", "bl u"]
+    for m in merges:
+        vocab.setdefault(m.replace(" ", ""), len(vocab))
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)  # the highest id, as in CLIP: argmax pooling finds it
+    directory.mkdir(parents=True)
+    (directory / "vocab.json").write_text(json.dumps(vocab))
+    (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    tok = CLIPTokenizer(str(directory / "vocab.json"), str(directory / "merges.txt"))
+    tok.save_pretrained(directory)
+    eot = vocab["<|endoftext|>"]
+    cfg = CLIPConfig(
+        text_config=dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, max_position_embeddings=16, bos_token_id=eot - 1,
+                         eos_token_id=eot, pad_token_id=eot),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=32, patch_size=8),
+        projection_dim=24,
+    )  # fmt: skip
+    torch.manual_seed(2)
+    model = CLIPModel(cfg).eval()
+    model.save_pretrained(directory)
+    return model, tok
+
+
+def projected(out):
+    """transformers < 5 returns the projected features, 5.x an output whose pooler_output holds them."""
+    return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+
+def test_hugging_face_clip_imports_with_identical_embeddings(tmp_path):
+    hf, tok = tiny_hf_clip(tmp_path / "hf")
+    import_hf_clip(tmp_path / "hf", tmp_path / "bundle")
+    b = load_bundle(tmp_path / "bundle", precision="fp32")
+    tokens = tok(LABELS, padding="max_length", max_length=16, truncation=True, return_tensors="pt").input_ids
+    assert torch.equal(b.tokenizer(LABELS), tokens)  # the bundle carries the model's own tokenizer
+    pix = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        ref_img = torch.nn.functional.normalize(projected(hf.get_image_features(pixel_values=pix)), dim=-1)
+        ref_txt = torch.nn.functional.normalize(projected(hf.get_text_features(input_ids=tokens)), dim=-1)
+    ours_img, ours_txt = b.encode_images(pix), b.encode_texts(LABELS)
+    torch.testing.assert_close(ours_img, ref_img, atol=1e-4, rtol=0)
+    torch.testing.assert_close(ours_txt, ref_txt, atol=1e-4, rtol=0)
+    assert torch.equal((ours_img @ ours_txt.T).argsort(dim=1), (ref_img @ ref_txt.T).argsort(dim=1))
+    assert b.logit_scale() == pytest.approx(float(hf.logit_scale.exp()), rel=1e-6)
+
+
+def test_open_clip_export_loads_in_plain_open_clip(tmp_path, micro_bundle):
+    out = export_open_clip(micro_bundle, tmp_path / "oc")
+    model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{out}")
+    model.eval()
+    b = load_bundle(micro_bundle, precision="fp32")
+    tok = open_clip.tokenizer.SimpleTokenizer(context_length=12)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            model.encode_text(tok(LABELS), normalize=True), b.encode_texts(LABELS), atol=1e-6, rtol=0
+        )
+        pix = torch.stack([preprocess(im) for im in images()])
+        torch.testing.assert_close(
+            model.encode_image(pix, normalize=True), b.encode_images(b.preprocess(images())), atol=1e-6, rtol=0
+        )
+
+
+def test_onnx_graphs_match_pytorch_and_serve_as_a_backend(tmp_path, micro_bundle):
+    import shutil
+
+    import onnxruntime as ort
+
+    bundle = tmp_path / "b"
+    shutil.copytree(micro_bundle, bundle)
+    out = export_onnx(bundle)
+    torch_b = load_bundle(bundle, precision="fp32", backend="torch")
+    sess = ort.InferenceSession(str(out / "image_encoder.onnx"), providers=["CPUExecutionProvider"])
+    for n in (1, 5):  # dynamic batch
+        pix = torch.randn(n, 3, 32, 32)
+        got = sess.run(None, {"pixel_values": pix.numpy()})[0]
+        np.testing.assert_allclose(got, torch_b.encode_images(pix).numpy(), atol=1e-3)
+    onnx_b = load_bundle(bundle, backend="onnx")
+    assert onnx_b.backend == "onnx" and load_bundle(bundle, backend="auto").backend == "onnx"
+    np.testing.assert_allclose(onnx_b.encode_texts(LABELS).numpy(), torch_b.encode_texts(LABELS).numpy(), atol=1e-3)
+    # graphs exported from other weights are refused
+    meta = json.loads((out / "onnx.json").read_text())
+    (out / "onnx.json").write_text(json.dumps({**meta, "weights_sha256": "0" * 64}))
+    with pytest.raises(ValueError, match="other weights"):
+        load_bundle(bundle, backend="onnx")
