@@ -1,0 +1,69 @@
+"""Embedding throughput of `index build` vs the bundle's pure batched forward speed, in one run.
+
+    python benchmarks/index_embed_bench.py [--n 2000] [--arch cf-tiny-vit] [--batch-size 64]
+
+"Pure forward" times `encode_images` + `encode_texts` on batches that were decoded and preprocessed
+beforehand (the ceiling). "Index build" is the embedding phase of `Index.build` over WebDataset shards of
+the same images: tar reading, JPEG decoding and preprocessing on worker threads overlapped with the same
+forward passes. Prints images/s for both and their ratio (target >= 0.9).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from encoders.bundle import load_bundle, save_bundle  # noqa: E402
+from encoders.model import build_model, resolve_model_config  # noqa: E402
+from encoders.shards import iter_pairs  # noqa: E402
+from index import Index  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--n", type=int, default=2000, help="images")
+    p.add_argument("--arch", default="cf-tiny-vit")
+    p.add_argument("--batch-size", type=int, default=64)
+    a = p.parse_args(argv)
+    from training.synth import write_synth  # the benchmark's data only; index itself never imports training
+
+    tmp = Path(tempfile.mkdtemp(prefix="index-embed-bench-"))
+    try:
+        synth = write_synth(tmp / "data", train=a.n, val=1, per_class=0, shard_size=500, seed=0)
+        arch, cfg = resolve_model_config(a.arch)
+        torch.manual_seed(0)
+        save_bundle(build_model(cfg), tmp / "bundle", arch=arch, model_cfg=cfg)
+        bundle = load_bundle(tmp / "bundle", device="cpu")
+        print(f"{a.n} images, {arch}, batch {a.batch_size}, torch threads {torch.get_num_threads()}")
+
+        pairs = list(iter_pairs(synth["train"]))
+        pixels = bundle.preprocess([im for im, _, _ in pairs])  # [N, 3, H, W], decoded ahead of time
+        captions = [c for _, c, _ in pairs]
+        bundle.encode_images(pixels[: a.batch_size])  # warm-up
+        t0 = time.perf_counter()
+        for s in range(0, len(pairs), a.batch_size):
+            bundle.encode_images(pixels[s : s + a.batch_size])
+            bundle.encode_texts(captions[s : s + a.batch_size])
+        pure = len(pairs) / (time.perf_counter() - t0)
+
+        idx = Index.build(bundle, synth["train"], tmp / "index", batch_size=a.batch_size, progress=False)
+        emb = idx.info()["provenance"]["embedding"]
+        build = len(idx) / emb["seconds"]
+        print(f"pure batched forward (images + captions): {pure:8.1f} images/s")
+        print(f"index build embedding phase:             {build:8.1f} images/s  ({emb['seconds']:.1f}s)")
+        print(f"ratio build / pure forward: {build / pure:.3f} (target >= 0.9)")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""The index's error types and result records (what the service and the CLI see)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class IndexError_(ValueError):  # noqa: N801 - trailing underscore: the builtin IndexError is taken
+    """A clear index error: bad k, wrong dimension, unknown id, truncated file, empty data."""
+
+
+class IndexMismatchError(IndexError_):
+    """The bundle's fingerprint differs from the one the index was built with."""
+
+
+@dataclass
+class Hit:
+    """One search result. `metadata`: key, source, member or path, width, height and the extra fields."""
+
+    id: int
+    score: float
+    caption: str | None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Item:
+    """One indexed image with its caption and where its bytes live (a shard member or a file path)."""
+
+    id: int
+    key: str
+    caption: str | None
+    source: str
+    member: str | None
+    path: str | None
+    width: int
+    height: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def metadata(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"key": self.key, "source": self.source, "width": self.width, "height": self.height}
+        if self.member is not None:
+            out["member"] = self.member
+        if self.path is not None:
+            out["path"] = self.path
+        return {**self.extra, **out}

@@ -1,0 +1,131 @@
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from encoders.bundle import load_bundle
+from index import Index, IndexError_, IndexMismatchError
+from index.build import embed_to_parts
+from index.factory import choose_factory
+
+
+def test_manifest_binds_the_bundle_and_records_the_build(built_index, trained_bundle):
+    m = json.loads((built_index / "manifest.json").read_text())
+    assert m["fingerprint"] == trained_bundle.fingerprint and m["dim"] == 32
+    assert m["metric"] == "inner_product" and m["normalized"] is True
+    assert m["images"]["factory"] == "Flat" and m["images"]["recall@10"] == 1.0
+    assert m["counts"] == {"items": 600, "images": 600, "captions": 600, "skipped": {}}
+    assert m["provenance"]["embedding"]["images_per_s"] > 0 and m["files"]["images.faiss"] > 0
+    assert (built_index / m["version_dir"] / "meta.sqlite").is_file()
+
+
+def test_fingerprint_mismatch_is_refused(built_index, micro_bundle, trained_bundle):
+    other = load_bundle(micro_bundle)
+    with pytest.raises(IndexMismatchError, match="fingerprint"):
+        Index.open(built_index, bundle=other)
+    idx = Index.open(built_index)
+    with pytest.raises(IndexMismatchError):
+        idx.search_text(other, "a red square")
+    with pytest.raises(IndexMismatchError):
+        idx.add(other, [])
+    assert Index.open(built_index, bundle=trained_bundle).fingerprint == trained_bundle.fingerprint
+
+
+def test_ivf_build_tunes_nprobe_and_records_recall(trained_bundle, synth_data, built_index, tmp_path):
+    idx = Index.build(trained_bundle, synth_data["train"], tmp_path / "ivf", factory="IVF8,Flat", progress=False)
+    section = idx.info()["images"]
+    assert section["factory"] == "IVF8,Flat" and section["recall_queries"] == 200
+    assert section["recall@10"] >= 0.95 and 1 <= section["search_params"]["nprobe"] <= 8
+    exact = {h.id for h in Index.open(built_index).search_id(4, k=10)}
+    assert len(exact & {h.id for h in idx.search_id(4, k=10)}) >= 8  # IVF at the tuned nprobe ~ exact
+    assert idx.remove([4]) == 1 and len(idx) == 599  # IVF removes for real (direct map)
+    assert idx.info()["images"]["tombstones"] == 0
+
+
+def test_choose_factory_follows_count_and_budget():
+    assert choose_factory(1000, 512) == "Flat"
+    assert choose_factory(100_000, 512) == "IVF512,PQ64"
+    assert choose_factory(1_000_000, 512) == "IVF2048_HNSW32,PQ64"
+    assert choose_factory(1_000_000, 512, memory_budget_mb=1000).endswith("SQ8")  # ~1 KB per vector affordable
+    assert choose_factory(20_000, 512, memory_budget_mb=1).endswith("PQ16")  # Flat would not fit 1 MB
+    with pytest.raises(IndexError_):
+        choose_factory(1_000_000, 512, memory_budget_mb=1)
+
+
+def write_folder(root: Path) -> None:
+    root.mkdir()
+    for i, colour in enumerate([(200, 30, 30), (30, 200, 30), (30, 30, 200)]):
+        Image.new("RGB", (20 + i, 16), colour).save(root / f"img{i}.png")
+    (root / "img0.txt").write_text("  a red\n picture ")
+    (root / "img1.json").write_text(json.dumps({"licence": "cc0"}))
+    (root / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated jpeg")
+    (root / "notes.md").write_text("not an image")
+
+
+def test_folder_build_skips_and_counts_corrupt_images(trained_bundle, tmp_path):
+    write_folder(tmp_path / "photos")
+    idx = Index.build(trained_bundle, str(tmp_path / "photos"), tmp_path / "idx", progress=False)
+    assert len(idx) == 3 and idx.info()["counts"]["skipped"] == {"bad_image": 1}
+    assert idx.info()["counts"]["captions"] == 1
+    items = {idx.get(i).key: idx.get(i) for i in range(3)}
+    assert items["img0"].caption == "a red picture" and items["img1"].extra == {"licence": "cc0"}
+    assert (items["img2"].width, items["img2"].height) == (22, 16)
+    data, mime = idx.read_image_bytes(items["img1"].id)
+    assert mime == "image/png" and data == (tmp_path / "photos" / "img1.png").read_bytes()
+
+
+def test_empty_or_missing_data_is_a_clear_error(trained_bundle, tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(IndexError_, match="no usable images"):
+        Index.build(trained_bundle, str(tmp_path / "empty"), tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()  # nothing half-built left behind
+    with pytest.raises(FileNotFoundError, match="shard not found"):
+        Index.build(trained_bundle, str(tmp_path / "nope-{0..1}.tar"), tmp_path / "out", progress=False)
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "file").write_text("x")
+    with pytest.raises(IndexError_, match="not empty"):
+        Index.build(trained_bundle, str(tmp_path / "empty"), tmp_path / "taken", progress=False)
+    with pytest.raises(FileNotFoundError, match="not a clipforge index"):
+        Index.open(tmp_path / "taken")
+
+
+def test_truncated_or_missing_files_are_clear_errors(index_copy):
+    vdir = index_copy / json.loads((index_copy / "manifest.json").read_text())["version_dir"]
+    faiss_file = vdir / "images.faiss"
+    data = faiss_file.read_bytes()
+    faiss_file.write_bytes(data[: len(data) // 2])
+    with pytest.raises(IndexError_, match="truncated"):
+        Index.open(index_copy)
+    faiss_file.write_bytes(data)
+    assert len(Index.open(index_copy)) == 600
+    (vdir / "meta.sqlite").unlink()
+    with pytest.raises(IndexError_, match="missing"):
+        Index.open(index_copy)
+    (index_copy / "manifest.json").write_text("{truncated")
+    with pytest.raises(IndexError_, match="not valid JSON"):
+        Index.open(index_copy)
+
+
+def test_embedding_split_over_processes_merges(trained_bundle, micro_bundle, synth_data, tmp_path):
+    """Two embedding jobs over disjoint shard ranges, merged into one index with re-based ids."""
+    root = Path(synth_data["root"]) / "train"
+    embed_to_parts(trained_bundle, str(root / "shard-{000000..000001}.tar"), tmp_path / "p0", progress=False)
+    embed_to_parts(trained_bundle, str(root / "shard-000002.tar"), tmp_path / "p1", progress=False)
+    idx = Index.merge_parts(trained_bundle, [tmp_path / "p0", tmp_path / "p1"], tmp_path / "merged")
+    assert len(idx) == 300 and idx.info()["images"]["count"] == 300
+    assert idx.get(200).key == "00000200" and idx.get(200).source.endswith("shard-000002.tar")
+    ref = trained_bundle.encode_images(trained_bundle.preprocess([_first_image(root / "shard-000002.tar")])).numpy()
+    assert np.allclose(idx._current().images.reconstruct(200), ref[0], atol=1e-5)  # job 2's first item is id 200
+    with pytest.raises(IndexMismatchError):
+        Index.merge_parts(load_bundle(micro_bundle), [tmp_path / "p0"], tmp_path / "other")
+    assert not (tmp_path / "other").exists()
+
+
+def _first_image(shard: Path) -> Image.Image:
+    import tarfile
+
+    with tarfile.open(shard) as tf:
+        member = next(m for m in tf if m.name.endswith(".jpg"))
+        return Image.open(tf.extractfile(member)).convert("RGB")

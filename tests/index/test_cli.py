@@ -1,0 +1,57 @@
+import argparse
+import json
+
+import pytest
+from PIL import Image
+
+from index import IndexError_
+from index.cli import register
+
+
+def run(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="clipforge")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def test_cli_build_search_add_remove_info(trained_bundle, synth_data, tmp_path, capsys):
+    out = tmp_path / "idx"
+    bundle = str(trained_bundle.path)
+    assert run(["index", "build", "--bundle", bundle, "--data", synth_data["val"], "--out", str(out), "--quiet"]) == 0
+    built = json.loads(capsys.readouterr().out)
+    assert built["counts"]["items"] == 100 and built["images"]["factory"] == "Flat"
+
+    assert run(["index", "search", str(out), "--text", "a blue square", "-k", "3"]) == 0  # bundle from manifest
+    hits = json.loads(capsys.readouterr().out)
+    assert len(hits) == 3 and {"id", "score", "caption", "key", "member"} <= set(hits[0])
+
+    image = tmp_path / "q.png"
+    Image.new("RGB", (32, 32), (40, 80, 220)).save(image)
+    (tmp_path / "q.txt").write_text("a blue block")
+    assert run(["index", "search", str(out), "--image", str(image), "--bundle", bundle, "-k", "2",
+                "--filter", "color=blue"]) == 0  # fmt: skip
+    assert all(h["color"] == "blue" for h in json.loads(capsys.readouterr().out))
+
+    assert run(["index", "add", str(out), str(image)]) == 0
+    assert json.loads(capsys.readouterr().out) == {"added": [100], "items": 101}
+    assert run(["index", "search", str(out), "--id", "100", "-k", "1", "--target", "captions"]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 1
+    assert run(["index", "remove", str(out), "100", "3"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"removed": 2, "items": 99}
+    assert run(["index", "info", str(out)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["live"]["items"] == 99 and info["fingerprint"] == trained_bundle.fingerprint
+
+
+def test_cli_errors_are_exceptions_with_one_line_messages(built_index, tmp_path):
+    with pytest.raises(ValueError, match="exactly one of"):
+        run(["index", "search", str(built_index)])
+    with pytest.raises(IndexError_, match="k=5000"):
+        run(["index", "search", str(built_index), "--id", "1", "-k", "5000"])
+    with pytest.raises(FileNotFoundError, match="no bundle"):
+        run(["index", "build", "--bundle", str(tmp_path / "nope"), "--data", "x", "--out", str(tmp_path / "o")])
+    with pytest.raises(FileNotFoundError):
+        run(["index", "info", str(tmp_path / "missing")])
+    with pytest.raises(IndexError_, match="unknown id"):
+        run(["index", "remove", str(built_index), "123456"])

@@ -1,0 +1,117 @@
+import io
+import threading
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from index import Index, IndexError_, store
+
+
+def png_bytes(colour: tuple[int, int, int]) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 30), colour).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_add_remove_reopen_round_trip(index_copy, trained_bundle):
+    idx = Index.open(index_copy, bundle=trained_bundle)
+    ids = idx.add(trained_bundle, [(png_bytes((220, 40, 40)), "a plain red picture", {"tag": "new"}),
+                                   (png_bytes((40, 80, 220)), None, {})])  # fmt: skip
+    assert ids == [600, 601] and len(idx) == 602
+    item = idx.get(600)
+    assert (item.caption, item.width, item.height, item.extra) == ("a plain red picture", 40, 30, {"tag": "new"})
+    data, mime = idx.read_image_bytes(600)
+    assert mime == "image/png" and data == png_bytes((220, 40, 40))
+    assert idx.search_vectors(idx._current().images.reconstruct(601)[None], k=1)[0][0].id == 601
+    assert [h.id for h in idx.search_text(trained_bundle, "red", k=5, filters={"tag": "new"}, target="captions")] == [
+        600
+    ]
+
+    reopened = Index.open(index_copy, bundle=trained_bundle)
+    assert len(reopened) == 602 and reopened.get(601).caption is None
+    assert reopened.info()["live"] == {"items": 602, "images": 602, "captions": 601}
+
+    assert reopened.remove([600, 5]) == 2
+    assert len(reopened) == 600 and reopened.info()["live"]["images"] == 600
+    with pytest.raises(IndexError_, match="unknown id 5"):
+        reopened.get(5)
+    q = np.random.default_rng(1).standard_normal((3, reopened.dim))
+    assert not {5, 600} & {h.id for row in reopened.search_vectors(q, k=600) for h in row}
+    assert len(idx) == 600  # the first handle noticed the new version (pointer changed)
+    assert Index.open(index_copy).manifest["next_id"] == 602  # ids are never reused
+    assert Index.open(index_copy).add(trained_bundle, [(png_bytes((0, 0, 0)), "x", {})]) == [602]
+
+
+def test_bad_updates_change_nothing(index_copy, trained_bundle):
+    idx = Index.open(index_copy, bundle=trained_bundle)
+    before = idx.manifest["version"]
+    with pytest.raises(IndexError_, match="unknown id"):
+        idx.remove([3, 10_000])
+    with pytest.raises(IndexError_, match="item 1"):
+        idx.add(trained_bundle, [(png_bytes((1, 2, 3)), "ok", {}), (b"not an image at all", "bad", {})])
+    with pytest.raises(IndexError_, match="nothing to add"):
+        idx.add(trained_bundle, [])
+    assert idx.manifest["version"] == before and len(idx) == 600 and idx.get(3).id == 3
+
+
+@pytest.mark.parametrize("crash_at", ["pointer", "faiss_write"])
+def test_crash_during_update_leaves_previous_version(index_copy, trained_bundle, monkeypatch, crash_at):
+    idx = Index.open(index_copy, bundle=trained_bundle)
+    version = idx.manifest["version"]
+
+    def crash(*args, **kwargs):
+        raise OSError("simulated crash")
+
+    if crash_at == "pointer":  # the new version directory is complete; the pointer swap never happens
+        monkeypatch.setattr(store, "commit_pointer", crash)
+    else:  # dies half-way through writing the FAISS files of the new version
+        monkeypatch.setattr("index.update.faiss.write_index", crash)
+    with pytest.raises(OSError, match="simulated crash"):
+        idx.add(trained_bundle, [(png_bytes((9, 9, 9)), "lost", {})])
+    with pytest.raises(OSError, match="simulated crash"):
+        idx.remove([1, 2])
+    monkeypatch.undo()
+
+    fresh = Index.open(index_copy, bundle=trained_bundle)
+    assert fresh.manifest["version"] == version and len(fresh) == 600
+    assert fresh.get(1).id == 1 and len(fresh.search_id(2, k=5)) == 5
+    assert fresh.add(trained_bundle, [(png_bytes((9, 9, 9)), "kept", {})]) == [600]  # writers recover
+    assert not list(index_copy.glob(".tmp-*"))
+
+
+def test_searches_keep_working_during_adds(index_copy, trained_bundle):
+    idx = Index.open(index_copy, bundle=trained_bundle)
+    reader = Index.open(index_copy)  # a second handle, as another process would have
+    q = np.random.default_rng(2).standard_normal((4, idx.dim)).astype(np.float32)
+    errors, sizes, stop = [], [], threading.Event()
+
+    def search_loop() -> None:
+        while not stop.is_set():
+            try:
+                rows = reader.search_vectors(q, k=1000)
+                sizes.append(len(rows[0]))
+                assert all(len(r) == len(rows[0]) for r in rows)
+            except Exception as exn:  # pragma: no cover - reported below
+                errors.append(exn)
+
+    t = threading.Thread(target=search_loop)
+    t.start()
+    try:
+        for n in range(3):
+            idx.add(trained_bundle, [(png_bytes((n * 50, 10, 10)), f"new {n}", {})])
+    finally:
+        stop.set()
+        t.join()
+    assert not errors, errors
+    assert set(sizes) <= {600, 601, 602, 603} and len(reader) == 603
+    assert len(list(index_copy.glob("v[0-9]*"))) <= store.KEEP_VERSIONS  # old versions are swept
+
+
+def test_remove_with_an_index_type_that_cannot_remove(trained_bundle, synth_data, tmp_path):
+    idx = Index.build(trained_bundle, synth_data["val"], tmp_path / "hnsw", factory="HNSW8", progress=False)
+    assert idx.remove([0, 1]) == 2
+    assert idx.manifest["images"]["tombstones"] == 2  # HNSW keeps the vectors; results skip them
+    removed = idx._current().images.reconstruct(0)[None]  # still inside the HNSW graph
+    hits = idx.search_vectors(removed, k=10)[0]
+    assert len(hits) == 10 and not {0, 1} & {h.id for h in hits} and hits[0].score < 0.9999
