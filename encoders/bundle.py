@@ -169,7 +169,7 @@ BACKENDS = ("auto", "torch", "onnx")
 
 
 def load_bundle(
-    path: str | Path, *, device: str = "auto", precision: str = "auto", verify: bool = True, backend: str = "torch"
+    path: str | Path, *, device: str = "auto", precision: str = "auto", verify: bool = True, backend: str = "auto"
 ) -> Bundle:
     """Load a bundle; with `verify`, the weights' sha256 must equal the recorded fingerprint.
 

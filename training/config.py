@@ -17,6 +17,10 @@ PRESET_DIR = Path(__file__).parent / "configs"
 class ModelCfg:
     arch: str = "cf-tiny-vit"  # shipped config name, open_clip architecture name, or JSON path
     init_bundle: str | None = None  # start from an existing bundle's weights (fine-tuning)
+    lock_image: bool = False  # freeze the image tower (LiT-style tuning) ...
+    lock_image_unlocked_groups: int = 0  # ... except its last n layer groups
+    lock_text: bool = False  # freeze the text tower ...
+    lock_text_unlocked_layers: int = 0  # ... except its last n layers
 
 
 @dataclass(frozen=True)

@@ -104,6 +104,10 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True) -> dict
         init = load_bundle(cfg.model.init_bundle, device="cpu", precision="fp32")
         model.load_state_dict(init.model.state_dict())
         arch, model_cfg = init.meta["arch"], init.meta["model_cfg"]
+    if cfg.model.lock_image:  # open_clip's own tower locking: frozen weights and BatchNorm statistics
+        model.lock_image_tower(unlocked_groups=cfg.model.lock_image_unlocked_groups, freeze_bn_stats=True)
+    if cfg.model.lock_text:
+        model.lock_text_tower(unlocked_layers=cfg.model.lock_text_unlocked_layers, freeze_layer_norm=True)
     model.to(device)
     pp = preprocess_cfg(model_cfg)
     optimizer = make_optimizer(

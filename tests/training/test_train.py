@@ -178,3 +178,15 @@ def test_kill_9_then_resume_auto_finishes(synth_data, tmp_path):
     assert int(latest_valid_checkpoint(run)[1]["step"]) == killed_at + 6
     steps = [r["step"] for r in read_metrics(run) if "loss" in r]
     assert steps[-1] == killed_at + 6
+
+
+def test_lit_style_tuning_from_a_bundle_keeps_the_locked_tower(synth_data, tmp_path):
+    first = tmp_path / "first"
+    train(smoke_cfg(synth_data, first, "train.samples=32", "data.zeroshot=null", "data.val=null"), progress=False)
+    tuned = tmp_path / "tuned"
+    train(smoke_cfg(synth_data, tuned, "train.samples=64", "data.zeroshot=null", "data.val=null",
+                    f"model.init_bundle={first / 'bundle'}", "model.lock_image=true"), progress=False)  # fmt: skip
+    a = load_bundle(first / "bundle").model.state_dict()
+    b = load_bundle(tuned / "bundle").model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a if k.startswith("visual."))
+    assert not torch.equal(a["token_embedding.weight"], b["token_embedding.weight"])
