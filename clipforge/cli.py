@@ -129,38 +129,54 @@ def cmd_bundle_info(a: argparse.Namespace) -> int:
 
 
 def cmd_quickstart(a: argparse.Namespace) -> int:
-    """The main job: synthesize data, train the CPU preset, evaluate, export a bundle."""
+    """The main job: synthesize data, train the CPU preset, evaluate, export, index, serve."""
+    import shutil
+
+    from encoders.bundle import load_bundle
+    from encoders.convert import export_onnx
+    from index import Index
     from training.config import load_config
     from training.loop import train
+    from training.report import write_report
     from training.synth import write_synth
 
     data = Path(a.data)
     if not (data / "synth.json").is_file():
-        print(f"[1/3] synthesizing the coloured-shapes set into {data}", flush=True)
+        print(f"[1/5] synthesizing the coloured-shapes set into {data}", flush=True)
         write_synth(data)
-    overrides = [
-        f"out_dir={a.out}",
-        f"data.train=['{data}/train/shard-{{000000..000019}}.tar']",
-        f"data.val={data}/val/shard-000000.tar",
-        f"data.zeroshot={data}/zeroshot",
-        *a.set,
-    ]
+    overrides = [f"out_dir={a.out}", f"data.train=['{data}/train/shard-{{000000..000019}}.tar']",
+                 f"data.val={data}/val/shard-000000.tar", f"data.zeroshot={data}/zeroshot", *a.set]  # fmt: skip
     cfg = load_config("cpu-small", overrides)
-    print(f"[2/3] training {cfg.model.arch} for {cfg.train.samples} samples -> {cfg.out_dir}", flush=True)
+    print(f"[2/5] training {cfg.model.arch} for {cfg.train.samples} samples -> {cfg.out_dir}", flush=True)
     summary = train(cfg, resume="auto")
     ev = summary["eval"]
-    print("[3/3] evaluation of the exported bundle", flush=True)
+    run = Path(cfg.out_dir)
+    print("[3/5] evaluation of the exported bundle", flush=True)
     print(
         f"  zero-shot top-1 on all {len(ev['zeroshot_classes'])} classes: {ev['zeroshot_top1']:.3f} "
         f"(chance {ev['zeroshot_chance']:.3f}); on held-out combinations: {ev.get('zeroshot_top1_heldout', 0):.3f}"
     )
     print(f"  retrieval R@1 image->text {ev['image_to_text_R@1']:.3f}, text->image {ev['text_to_image_R@1']:.3f}")
     print(f"  bundle: {summary['bundle']} (fingerprint {summary['fingerprint'][:12]})")
-    print(f"  metrics: {Path(cfg.out_dir) / 'metrics.jsonl'}")
-    from training.report import write_report
+    print(f"  report (curves, diagnostics, confusion matrix, retrieval examples): {write_report(run)}")
+    export_onnx(summary["bundle"])  # the ONNX Runtime backend: the fastest encoder on CPU (benchmarks/RESULTS.md)
+    index_dir = run / "index"
+    print(f"[4/5] indexing the held-out images and captions -> {index_dir}", flush=True)
+    shutil.rmtree(index_dir, ignore_errors=True)
+    idx = Index.build(load_bundle(summary["bundle"]), f"{data}/val/shard-000000.tar", index_dir)
+    print(f"  {len(idx)} items; recall@10 vs exact search: {idx.info().get('images', {}).get('recall_at_10', 'n/a')}")
+    url = f"http://{a.host}:{a.port}"
+    print(f"[5/5] serving on {url}  (web page: {url}/ , API docs: {url}/docs)")
+    print(f'  curl -s {url}/v1/search -H \'Content-Type: application/json\' -d \'{{"text": "a red circle", "k": 3}}\'')
+    print(
+        f"  curl -s {url}/v1/classify -F images=@{data}/zeroshot/red_square/0000.jpg -F labels='red square' -F labels='blue circle'"
+    )
+    if a.no_serve:
+        return 0
+    from service.cli import cmd_serve
 
-    print(f"  report (curves, confusion matrix, retrieval examples): {write_report(cfg.out_dir)}")
-    return 0
+    return cmd_serve(argparse.Namespace(bundle=str(summary["bundle"]), index=str(index_dir), host=a.host, port=a.port,
+                                        device=None, log_level="warning", access_log=False))  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -235,9 +251,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--onnx-dir", help="where to write the ONNX graphs")
     s.set_defaults(func=cmd_bundle_export)
 
-    s = sub.add_parser("quickstart", help="the main job: synth data, train the CPU preset, evaluate, export")
+    from index.cli import register as register_index
+    from service.cli import register as register_serve
+
+    register_index(sub)
+    register_serve(sub)
+
+    s = sub.add_parser("quickstart", help="the main job: synth data, train, evaluate, export, index, serve")
     s.add_argument("--data", default=QUICKSTART_DATA)
     s.add_argument("--out", default="runs/quickstart")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--no-serve", action="store_true", help="stop after building the index")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     s.set_defaults(func=cmd_quickstart)
     return p

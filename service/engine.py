@@ -1,0 +1,160 @@
+"""The model side of the service: batched encoders, image decoding, and the label-set embedding cache."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+
+import anyio
+import numpy as np
+import torch
+
+from encoders.bundle import Bundle
+from encoders.images import ImageDecodeError
+from service.batcher import MicroBatcher
+from service.errors import APIError
+from service.settings import Settings
+
+LabelKey = tuple[str, tuple[str, ...], tuple[str, ...]]  # (fingerprint, labels, templates)
+
+
+class LabelCache:
+    """LRU of class embeddings [L, D]. Concurrent misses on one key share one computation, which runs as
+    its own task: a client that disconnects mid-way does not cancel it for the others."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._entries: OrderedDict[LabelKey, np.ndarray] = OrderedDict()
+        self._inflight: dict[LabelKey, asyncio.Task[np.ndarray]] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    async def get_or_compute(
+        self, key: LabelKey, compute: Callable[[], Awaitable[np.ndarray]]
+    ) -> tuple[np.ndarray, bool]:
+        """(value, was_cached); a request that joins a computation in flight counts as cached."""
+        if key in self._entries:
+            self._entries.move_to_end(key)
+            self.hits += 1
+            return self._entries[key], True
+        task = self._inflight.get(key)
+        cached = task is not None
+        if task is None:
+            self.misses += 1
+            task = self._inflight[key] = asyncio.ensure_future(self._fill(key, compute))
+        else:
+            self.hits += 1
+        return await asyncio.shield(task), cached
+
+    async def _fill(self, key: LabelKey, compute: Callable[[], Awaitable[np.ndarray]]) -> np.ndarray:
+        try:
+            value = await compute()
+        finally:
+            self._inflight.pop(key, None)
+        if self.capacity > 0:
+            self._entries[key] = value
+            while len(self._entries) > self.capacity:
+                self._entries.popitem(last=False)
+        return value
+
+
+class Engine:
+    """A loaded bundle behind the micro-batcher. Start/stop it inside the running event loop."""
+
+    def __init__(self, bundle: Bundle, settings: Settings, on_batch: Callable[[str, int, float], None] | None = None):
+        self.bundle = bundle
+        self.settings = settings
+        self.batcher = MicroBatcher(
+            {"text": self._encode_texts, "image": self._encode_pixels},
+            max_batch=settings.max_batch_size,
+            max_wait_s=settings.max_wait_ms / 1000,
+            on_batch=on_batch,
+        )
+        self.labels = LabelCache(settings.label_cache_size)
+        meta_bias = bundle.meta.get("logit_bias")
+        self.logit_bias = float(meta_bias) if meta_bias is not None else 0.0
+        self._logit_scale = bundle.logit_scale()
+        self._decoders: anyio.CapacityLimiter | None = None
+
+    # --- run on the inference thread ---
+    def _encode_texts(self, texts: list[str]) -> np.ndarray:
+        return self.bundle.encode_texts(texts).numpy()  # [N, D]
+
+    def _encode_pixels(self, pixels: list[torch.Tensor]) -> np.ndarray:
+        return self.bundle.encode_images(torch.stack(pixels)).numpy()  # [N, 3, H, W] -> [N, D]
+
+    # --- public, async ---
+    @property
+    def fingerprint(self) -> str:
+        return self.bundle.fingerprint
+
+    @property
+    def embed_dim(self) -> int:
+        return self.bundle.embed_dim
+
+    @property
+    def loss(self) -> str:
+        return self.bundle.loss
+
+    def logit_scale(self) -> float:
+        return self._logit_scale
+
+    def start(self) -> None:
+        # decoding is CPU work too: a few threads are enough, more only fight the model for the cores
+        self._decoders = anyio.CapacityLimiter(max(2, os.cpu_count() or 2))
+        self.batcher.start()
+
+    async def stop(self) -> None:
+        await self.batcher.stop()
+
+    async def encode_texts(self, texts: list[str]) -> np.ndarray:
+        return await self.batcher.encode("text", texts)
+
+    async def decode_images(self, blobs: list[bytes]) -> list[torch.Tensor]:
+        """Untrusted bytes -> preprocessed [3, H, W] tensors, on a worker thread; bad input -> APIError."""
+        return await anyio.to_thread.run_sync(
+            lambda: [self._decode_one(b, i) for i, b in enumerate(blobs)], limiter=self._decoders
+        )
+
+    def _decode_one(self, blob: bytes, i: int) -> torch.Tensor:
+        try:
+            image = self.bundle.load_image(blob, max_pixels=self.settings.max_image_pixels)
+            return self.bundle.preprocess([image])[0]
+        except ImageDecodeError as exn:
+            status, code = {"too_large": (413, "image_too_large"), "empty": (400, "empty_image")}.get(
+                exn.reason, (400, "invalid_image")
+            )
+            raise APIError(status, code, f"image {i}: {exn}") from exn
+        except Exception as exn:  # any other decoder failure is still the upload's fault
+            raise APIError(400, "invalid_image", f"image {i}: cannot decode ({type(exn).__name__})") from exn
+
+    async def encode_images(self, blobs: list[bytes]) -> np.ndarray:
+        pixels = await self.decode_images(blobs)
+        return await self.batcher.encode("image", pixels)
+
+    async def class_embeddings(self, labels: list[str], templates: list[str]) -> tuple[np.ndarray, bool]:
+        """[L, D] class embeddings: the renormalised mean over prompt templates; (value, was_cached)."""
+        key: LabelKey = (self.fingerprint, tuple(labels), tuple(templates))
+
+        async def compute() -> np.ndarray:
+            prompts = [t.replace("{}", label) for label in labels for t in templates]  # label-major
+            feats = await self.encode_texts(prompts)  # [L*T, D]
+            feats = feats.reshape(len(labels), len(templates), -1).mean(axis=1)  # [L, D]
+            return feats / np.maximum(np.linalg.norm(feats, axis=-1, keepdims=True), 1e-12)
+
+        return await self.labels.get_or_compute(key, compute)
+
+    def scores(self, image_features: np.ndarray, class_features: np.ndarray) -> np.ndarray:
+        """[N, D] x [L, D] -> [N, L] probabilities: softmax over labels (InfoNCE) or per-label sigmoid (SigLIP)."""
+        logits = self.logit_scale() * image_features @ class_features.T  # [N, L]
+        if self.loss == "siglip":
+            with np.errstate(over="ignore"):  # exp overflow -> inf -> a score of exactly 0, as it should be
+                return 1.0 / (1.0 + np.exp(-(logits + self.logit_bias)))
+        logits = logits - logits.max(axis=1, keepdims=True)
+        e = np.exp(logits)
+        return e / e.sum(axis=1, keepdims=True)

@@ -1,0 +1,81 @@
+"""Prometheus metrics, one registry per app (no process-global state): requests, latencies, batches, queues."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "clipforge_requests_total",
+            "HTTP requests by route template and status",
+            ["method", "route", "status"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "clipforge_request_duration_seconds", "HTTP request latency", ["route"], buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.in_flight = Gauge("clipforge_requests_in_flight", "HTTP requests being handled", registry=r)
+        self.batch_size = Histogram(
+            "clipforge_batch_size", "Items per encoder batch", ["kind"], buckets=BATCH_BUCKETS, registry=r
+        )
+        self.batch_seconds = Histogram(
+            "clipforge_batch_duration_seconds", "Encoder time per batch", ["kind"], buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.queue_depth = Gauge("clipforge_queue_depth", "Items waiting for the encoder", ["kind"], registry=r)
+        self.label_cache = Counter(
+            "clipforge_label_cache_total", "Label-set embedding cache lookups", ["result"], registry=r
+        )
+
+    def observe_batch(self, kind: str, size: int, seconds: float) -> None:
+        self.batch_size.labels(kind).observe(size)
+        self.batch_seconds.labels(kind).observe(seconds)
+
+    def watch_queue(self, kind: str, depth: Any) -> None:
+        """`depth()` is read at scrape time."""
+        self.queue_depth.labels(kind).set_function(depth)
+
+    def render(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class MetricsMiddleware:
+    """Pure ASGI (no BaseHTTPMiddleware overhead): counts and times every HTTP request by route template."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+        t0 = time.perf_counter()
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        self.metrics.in_flight.inc()
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            self.metrics.in_flight.dec()
+            route = scope.get("route")
+            # the template ("/v1/items/{item_id}"), never the raw path: bounded label cardinality
+            name = getattr(route, "path", None) or "unmatched"
+            self.metrics.requests.labels(scope["method"], name, str(status)).inc()
+            self.metrics.latency.labels(name).observe(time.perf_counter() - t0)

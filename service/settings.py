@@ -1,0 +1,86 @@
+"""Service settings: one pydantic-settings model, read from CLIPFORGE_* environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# An ensemble in the spirit of CLIP's zero-shot prompts; the mean of the normalised prompt embeddings
+# is usually a better class embedding than any single prompt.
+DEFAULT_TEMPLATES: tuple[str, ...] = (
+    "a photo of a {}.",
+    "a picture of a {}.",
+    "an image of a {}.",
+    "a photo of the {}.",
+    "a close-up photo of a {}.",
+    "a drawing of a {}.",
+    "{}",
+)
+
+
+class Settings(BaseSettings):
+    """Everything the service can be told; `CLIPFORGE_BUNDLE=/models/b` sets `bundle`, and so on.
+
+    Lists and dicts are given as JSON in the environment, e.g.
+    `CLIPFORGE_LABEL_SETS='{"pets": ["cat", "dog"]}'`, `CLIPFORGE_CORS_ORIGINS='["https://a.example"]'`.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="CLIPFORGE_", extra="ignore", frozen=True)
+
+    # what to load
+    bundle: Path | None = None
+    index: Path | None = None
+    device: str = "auto"
+    precision: str = "auto"
+    backend: str = "auto"  # torch | onnx | auto (ONNX Runtime on CPU when the bundle has ONNX graphs)
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+
+    # security: writes need `api_key`, and are refused when none is configured; reads need `read_api_key`
+    # (or the write key) when one is configured. Keys travel in the `X-API-Key` header.
+    api_key: SecretStr | None = None
+    read_api_key: SecretStr | None = None
+    cors_origins: list[str] = []
+
+    # limits on what a request may ask for
+    max_request_bytes: int = Field(32 << 20, ge=1024)
+    max_upload_bytes: int = Field(8 << 20, ge=1024)
+    max_image_pixels: int = Field(40_000_000, ge=64)
+    max_images: int = Field(16, ge=1)
+    max_texts: int = Field(64, ge=1)
+    max_labels: int = Field(256, ge=1)
+    max_templates: int = Field(16, ge=1)
+    max_text_chars: int = Field(300, ge=1)
+    max_k: int = Field(100, ge=1)
+    max_offset: int = Field(1000, ge=0)
+
+    # zero-shot classification
+    templates: list[str] = list(DEFAULT_TEMPLATES)
+    label_sets: dict[str, list[str]] = {}
+    label_cache_size: int = Field(128, ge=0)
+
+    # dynamic micro-batching of encoder calls
+    max_batch_size: int = Field(64, ge=1)
+    max_wait_ms: float = Field(2.0, ge=0.0)
+
+    @field_validator("templates")
+    @classmethod
+    def _templates_have_slot(cls, v: list[str]) -> list[str]:
+        if not v or any("{}" not in t for t in v):
+            raise ValueError("every prompt template must contain '{}'")
+        return v
+
+    @property
+    def writes_enabled(self) -> bool:
+        return self.api_key is not None and bool(self.api_key.get_secret_value())
+
+    @property
+    def reads_protected(self) -> bool:
+        return self.read_api_key is not None and bool(self.read_api_key.get_secret_value())
+
+    def limits(self) -> dict[str, int]:
+        names = ("max_request_bytes", "max_upload_bytes", "max_image_pixels", "max_images", "max_texts",
+                 "max_labels", "max_templates", "max_text_chars", "max_k", "max_offset")  # fmt: skip
+        return {n: getattr(self, n) for n in names}

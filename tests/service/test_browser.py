@@ -1,0 +1,124 @@
+"""The web page in headless Chromium (Playwright): classify an image and search by text, checked on the page."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from service.app import create_app
+from service.deps import maybe_index
+from service.settings import Settings
+from service.store import IndexHandle
+from tests.service.fakes import COLORS, FakeIndex, png_bytes, shape_items
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def live_server(micro_bundle: Path, bundle: Any) -> Iterator[str]:
+    """uvicorn on 127.0.0.1 (a free port) in a thread, serving the micro bundle and a fake index."""
+    import uvicorn
+
+    app = create_app(Settings(bundle=micro_bundle, max_wait_ms=1.0))
+    handle = IndexHandle(FakeIndex(bundle, shape_items()))
+    app.dependency_overrides[maybe_index] = lambda: handle
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    else:
+        pytest.fail("the server did not become ready")
+    yield url
+    server.should_exit = True
+    thread.join(timeout=10)
+    handle.close()
+
+
+@pytest.fixture
+def page(chromium: Any, live_server: str) -> Iterator[Any]:
+    context = chromium.new_context()
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(live_server + "/")
+    page.wait_for_selector("body[data-ready=true]")
+    yield page
+    context.close()
+    assert not errors, errors  # no JavaScript errors on the page
+
+
+def test_classify_through_the_page(page: Any, live_server: str, tmp_path: Path) -> None:
+    image = tmp_path / "red.png"
+    image.write_bytes(png_bytes(COLORS["red"]))
+    labels = ["red circle", "blue square", "green triangle"]
+    page.set_input_files("#image-input", str(image))
+    page.wait_for_selector("#preview:not([hidden])")
+    page.fill("#labels-input", "red circle\nblue square, green triangle")
+    page.click("#classify-button")
+    page.locator("#classify-results li").nth(2).wait_for()  # (the page's CSP forbids eval: no wait_for_function)
+
+    shown = page.eval_on_selector_all(
+        "#classify-results li",
+        "els => els.map(e => [e.querySelector('.label').textContent, Number(e.dataset.score),"
+        " parseFloat(e.querySelector('.fill').style.width)])",
+    )
+    # the bars show what the API answers for the same upload, best first, widths proportional to scores
+    api = httpx.post(f"{live_server}/v1/classify", files=[("images", ("red.png", image.read_bytes(), "image/png"))],
+                     data={"labels": labels}).json()["results"][0]["labels"]  # fmt: skip
+    assert [s[0] for s in shown] == [x["label"] for x in api]
+    assert [s[1] for s in shown] == pytest.approx([x["score"] for x in api], abs=1e-6)
+    assert [s[2] for s in shown] == pytest.approx([100 * x["score"] for x in api], abs=0.06)
+    assert sum(s[2] for s in shown) == pytest.approx(100, abs=0.2)
+    assert page.is_hidden("#classify-error")
+
+
+def test_classify_error_is_shown(page: Any, tmp_path: Path) -> None:
+    image = tmp_path / "dup.png"
+    image.write_bytes(png_bytes())
+    page.set_input_files("#image-input", str(image))
+    page.fill("#labels-input", "cat, cat")
+    page.click("#classify-button")
+    page.wait_for_selector("#classify-error:not([hidden])")
+    assert "duplicate_labels" in page.text_content("#classify-error")
+
+
+def test_search_through_the_page(page: Any, live_server: str) -> None:
+    page.fill("#search-input", "a yellow square")
+    page.click("#search-button")
+    page.locator("#search-results figure").first.wait_for()
+    # every image in the grid actually loaded from /v1/items/{id}/image
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        widths = page.eval_on_selector_all(
+            "#search-results img", "els => els.map(i => i.complete ? i.naturalWidth : -1)"
+        )
+        if widths and all(w >= 0 for w in widths):
+            break
+        time.sleep(0.05)
+    assert widths == [48] * 8, widths
+    shown = page.eval_on_selector_all(
+        "#search-results figure",
+        "els => els.map(e => [Number(e.dataset.id), e.querySelector('figcaption').textContent])",
+    )
+    api = httpx.post(f"{live_server}/v1/search", json={"text": "a yellow square", "k": 12}).json()["results"]
+    assert [i for i, _ in shown] == [h["id"] for h in api] and len(shown) == 8
+    assert all(cap.startswith(h["caption"]) for (_, cap), h in zip(shown, api, strict=True))
+    assert "8 indexed items" in page.text_content("#model-info")
