@@ -49,7 +49,9 @@ def main() -> None:
     ap.add_argument("--archs", nargs="+", default=["cf-tiny-vit", "ViT-B-32"])
     ap.add_argument("--seconds", type=float, default=4.0)
     a = ap.parse_args()
-    print(f"machine: {platform.machine()}, {torch.get_num_threads()} threads, bf16 fast on this CPU: {cpu_bf16_is_fast()}")
+    print(
+        f"machine: {platform.machine()}, {torch.get_num_threads()} threads, bf16 fast on this CPU: {cpu_bf16_is_fast()}"
+    )
     print(f"{'arch':<12} {'tower':<6} {'torch fp32':>12} {'torch bf16':>12} {'onnxruntime':>12}   fastest")
     with tempfile.TemporaryDirectory() as tmp:
         for arch in a.archs:
