@@ -48,8 +48,13 @@ class TrainTransform:
         self.size, self.scale, self.ratio = size, scale, ratio
         self.resample = INTERPOLATIONS.get(interpolation, Image.Resampling.BICUBIC)
         self.rng = random.Random()
+        self._seed: int | None = None
 
     def __call__(self, im: Image.Image) -> torch.Tensor:
+        seed = torch.initial_seed()  # per DataLoader worker, derived from the run's seed: reproducible crops
+        if seed != self._seed:
+            self._seed = seed
+            self.rng.seed(seed)
         box = crop_box(im.width, im.height, self.scale, self.ratio, self.rng)
         out = im.resize((self.size, self.size), self.resample, box=box)
         return torch.from_numpy(np.asarray(out, dtype=np.uint8).copy()).permute(2, 0, 1)  # [3, S, S]

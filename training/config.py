@@ -65,6 +65,9 @@ class TrainCfg:
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 (CUDA, with GradScaler)
     seed: int = 0
     threads: int = 0  # torch intra-op threads; 0 = PyTorch default
+    grad_checkpointing: bool = False  # recompute activations in backward: less memory for large towers
+    compile: bool = False  # torch.compile the model (worth it for long GPU runs; compile time is minutes)
+    channels_last: bool = False  # NHWC memory format, faster convolutions for ResNet towers on GPUs
     log_every: int = 10
     ckpt_every: int = 100
     keep_ckpts: int = 3

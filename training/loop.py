@@ -108,7 +108,10 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True) -> dict
         model.lock_image_tower(unlocked_groups=cfg.model.lock_image_unlocked_groups, freeze_bn_stats=True)
     if cfg.model.lock_text:
         model.lock_text_tower(unlocked_layers=cfg.model.lock_text_unlocked_layers, freeze_layer_norm=True)
-    model.to(device)
+    if cfg.train.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+    model.to(device, memory_format=memory_format)
     pp = preprocess_cfg(model_cfg)
     optimizer = make_optimizer(
         model, cfg.optim.lr, cfg.optim.weight_decay, (cfg.optim.beta1, cfg.optim.beta2), cfg.optim.eps
@@ -135,6 +138,8 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True) -> dict
         ddp_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
+    if cfg.train.compile:
+        ddp_model = torch.compile(ddp_model)  # the step calls ddp_model; checkpoints save the plain model
     if info.is_main:
         save_config(cfg, run_dir / "config.yaml")
 
@@ -205,6 +210,7 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True) -> dict
         batch = next(it)
         data_state.update(batch)
         images = normalize(batch["image"].to(device, non_blocking=True))  # uint8 -> float [B, 3, H, W]
+        images = images.contiguous(memory_format=memory_format)
         texts = batch["text"].to(device, non_blocking=True)  # [B, L]
         lr = lr_at(step, cfg.optim.lr, cfg.optim.warmup_steps, total_steps)
         set_lr(optimizer, lr)

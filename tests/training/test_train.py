@@ -190,3 +190,17 @@ def test_lit_style_tuning_from_a_bundle_keeps_the_locked_tower(synth_data, tmp_p
     b = load_bundle(tuned / "bundle").model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a if k.startswith("visual."))
     assert not torch.equal(a["token_embedding.weight"], b["token_embedding.weight"])
+
+
+def test_gradient_checkpointing_and_channels_last_give_the_same_loss(synth_data, tmp_path):
+    """Memory/speed options must not change the numbers: the same first-step loss with and without them.
+
+    (Weights are not compared: Adam's first step is ~lr * sign(grad), which turns float-rounding differences
+    of near-zero gradients from another convolution algorithm into lr-sized ones.)"""
+    losses = []
+    for extra in ((), ("train.grad_checkpointing=true", "train.channels_last=true")):
+        run = tmp_path / f"r{len(extra)}"
+        train(smoke_cfg(synth_data, run, "train.samples=16", "model.arch=cf-tiny-rn", "data.zeroshot=null",
+                        "data.val=null", "data.sample_shuffle=0", "train.log_every=1", *extra), progress=False)  # fmt: skip
+        losses.append(read_metrics(run)[0]["loss"])
+    assert losses[0] == pytest.approx(losses[1], abs=1e-5)
