@@ -61,6 +61,9 @@ def save_bundle(
     state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
     logit_bias = state.get("logit_bias")
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700: a bundle must be readable by e.g. a container's user
     try:
         save_file(state, str(tmp / WEIGHTS), metadata={"format": BUNDLE_FORMAT})
         fingerprint = sha256_file(tmp / WEIGHTS)

@@ -86,3 +86,9 @@ def test_bundle_preprocess_matches_image_size(micro_bundle):
     b = load_bundle(micro_bundle)
     px = b.preprocess([Image.new("RGB", (100, 60), (255, 0, 0))])
     assert px.shape == (1, 3, 32, 32)
+
+
+def test_bundle_directory_is_readable_by_others(micro_bundle):
+    import stat
+
+    assert micro_bundle.stat().st_mode & stat.S_IROTH and micro_bundle.stat().st_mode & stat.S_IXOTH
