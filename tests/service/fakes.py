@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
+
+from index.types import Hit, Item  # the real result types: the fake differs only in how it searches
 
 COLORS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (235, 215, 40)}
 SHAPES = ("circle", "square")
@@ -38,25 +39,6 @@ class FakeNotFound(LookupError):
     pass
 
 
-@dataclass
-class Hit:
-    id: int
-    score: float
-    caption: str | None
-    metadata: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class Item:
-    id: int
-    key: str
-    caption: str | None
-    source: str
-    member: str | None
-    path: str | None
-    width: int
-    height: int
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class FakeIndex:
