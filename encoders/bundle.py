@@ -80,6 +80,8 @@ def save_bundle(
             "weights_sha256": fingerprint,
         }
         (tmp / META).write_text(json.dumps(meta, indent=2))
+        for f in tmp.iterdir():  # safetensors writes 0600 files
+            os.chmod(f, 0o666 & ~umask)
         if out.exists():
             old = out.with_name(f".{out.name}.old")
             shutil.rmtree(old, ignore_errors=True)

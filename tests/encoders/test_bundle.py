@@ -92,3 +92,5 @@ def test_bundle_directory_is_readable_by_others(micro_bundle):
     import stat
 
     assert micro_bundle.stat().st_mode & stat.S_IROTH and micro_bundle.stat().st_mode & stat.S_IXOTH
+    for f in micro_bundle.iterdir():
+        assert f.stat().st_mode & stat.S_IROTH, f
