@@ -164,7 +164,7 @@ def cmd_quickstart(a: argparse.Namespace) -> int:
     print(f"[4/5] indexing the held-out images and captions -> {index_dir}", flush=True)
     shutil.rmtree(index_dir, ignore_errors=True)
     idx = Index.build(load_bundle(summary["bundle"]), f"{data}/val/shard-000000.tar", index_dir)
-    print(f"  {len(idx)} items; recall@10 vs exact search: {idx.info().get('images', {}).get('recall_at_10', 'n/a')}")
+    print(f"  {len(idx)} items; recall@10 vs exact search: {idx.info().get('images', {}).get('recall@10', 'n/a')}")
     url = f"http://{a.host}:{a.port}"
     print(f"[5/5] serving on {url}  (web page: {url}/ , API docs: {url}/docs)")
     print(f'  curl -s {url}/v1/search -H \'Content-Type: application/json\' -d \'{{"text": "a red circle", "k": 3}}\'')
