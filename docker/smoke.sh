@@ -112,9 +112,28 @@ assert len(hits) == 3 and all("score" in h for h in hits), hits
 print("[smoke] classify:", [(x["label"], round(x["score"], 3)) for x in labels], "| search top-3 captions:", [h.get("caption") for h in hits])
 PY
 
-# 8. SIGTERM stops it cleanly
+# 8. SIGTERM stops it cleanly, and requests in flight at that moment still get their answers
 t0=$(date +%s)
-docker stop -t 30 cf-smoke >/dev/null
+python3 - "$PORT" <<'PY'
+import json, subprocess, sys, threading, time, urllib.request
+port, results = sys.argv[1], []
+def embed(i):
+    texts = [f"text {i} {j}" for j in range(64)]  # 64 new texts each: several encoder batches in flight
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/embed", data=json.dumps({"texts": texts}).encode(),
+                                 headers={"Content-Type": "application/json"})
+    try:
+        results.append(urllib.request.urlopen(req, timeout=60).status)
+    except Exception as exn:
+        results.append(repr(exn))
+threads = [threading.Thread(target=embed, args=(i,)) for i in range(8)]
+for t in threads: t.start()
+time.sleep(0.3)
+subprocess.run(["docker", "kill", "--signal", "TERM", "cf-smoke"], check=True, capture_output=True)
+for t in threads: t.join()
+assert results == [200] * 8, results
+print("[smoke] 8 requests in flight at SIGTERM all answered 200")
+PY
+docker wait cf-smoke >/dev/null
 code=$(docker inspect cf-smoke --format '{{.State.ExitCode}}')
 [ "$code" = 0 ] || { docker logs cf-smoke | tail; echo "exit code $code after SIGTERM" >&2; exit 1; }
 log "stopped on SIGTERM in $(( $(date +%s) - t0 ))s with exit code 0"
