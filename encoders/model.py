@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import open_clip
-import torch
 from open_clip.model import CLIP, CustomTextCLIP
 from open_clip.transform import PreprocessCfg, image_transform_v2
 
@@ -93,7 +92,3 @@ def tokenizer_cfg(model_cfg: dict[str, Any]) -> dict[str, Any]:
 
 def get_tokenizer(tok_cfg: dict[str, Any]) -> Tokenizer:
     return Tokenizer(tok_cfg["name"], tok_cfg["context_length"])
-
-
-def count_params(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())

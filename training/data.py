@@ -171,7 +171,6 @@ class DataState:
         if sd.get("workers") != workers:
             log.warning("data.workers changed since the checkpoint: restarting the data stream at an epoch start")
             epoch = max((p[0] for p in positions.values()), default=0)
-            positions = {}
             state = cls({w: (epoch + 1, 0) for w in range(max(workers, 1))})
         else:
             state = cls(positions)
