@@ -8,6 +8,7 @@ the loss and its gradient are those of the full batch.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
@@ -39,6 +40,14 @@ def global_loss(
     return -F.logsigmoid(signs * logits).sum() / b
 
 
+def _sync_context(ddp_model: torch.nn.Module, sync: bool) -> contextlib.AbstractContextManager:
+    """DDP's no_sync() unless `sync` (also through a torch.compile wrapper); a no-op without DDP."""
+    inner = getattr(ddp_model, "_orig_mod", ddp_model)
+    if sync or not hasattr(inner, "no_sync"):
+        return contextlib.nullcontext()
+    return inner.no_sync()
+
+
 def train_step(
     model: torch.nn.Module,
     ddp_model: torch.nn.Module,
@@ -59,8 +68,6 @@ def train_step(
     """Returns (loss, logit scale), both detached."""
     optimizer.zero_grad(set_to_none=True)
     bias = getattr(model, "logit_bias", None)
-    if accum > 1 and info.enabled:
-        raise ValueError("train.accum > 1 under torchrun is not supported yet (its gradients are not verified)")
     if accum <= 1:
         with autocast(device, precision):
             out = ddp_model(images, texts)  # image_features, text_features: [B, D], L2-normalised
@@ -75,15 +82,19 @@ def train_step(
         cached_txt = [c["text_features"].float() for c in cached]
         loss = torch.zeros(())
         for j, (i, t) in enumerate(zip(img_chunks, txt_chunks, strict=True)):
-            with autocast(device, precision):
-                out = ddp_model(i, t)  # pass 2: micro-batch j with gradients
-            img = torch.cat([*cached_img[:j], out["image_features"].float(), *cached_img[j + 1 :]])  # [B, D]
-            txt = torch.cat([*cached_txt[:j], out["text_features"].float(), *cached_txt[j + 1 :]])
-            raw_scale = scaled_logit_scale(model.logit_scale, max_scale)
-            scale = raw_scale if j == 0 else raw_scale.detach()  # its gradient counted once, not accum times
-            b = bias if (bias is None or j == 0) else bias.detach()
-            loss = check_finite(global_loss(kind, img, txt, scale, b, info), step)
-            scaler.scale(loss).backward()
+            last = j == accum - 1
+            # DDP: gradients add up locally and are averaged across ranks once, in the last backward
+            with _sync_context(ddp_model, last):
+                with autocast(device, precision):
+                    out = ddp_model(i, t)  # pass 2: micro-batch j with gradients
+                img = torch.cat([*cached_img[:j], out["image_features"].float(), *cached_img[j + 1 :]])  # [B, D]
+                txt = torch.cat([*cached_txt[:j], out["text_features"].float(), *cached_txt[j + 1 :]])
+                raw_scale = scaled_logit_scale(model.logit_scale, max_scale)
+                # the temperature's (and bias's) gradient is counted once, in the synchronised last pass
+                scale = raw_scale if last else raw_scale.detach()
+                b = bias if (bias is None or last) else bias.detach()
+                loss = check_finite(global_loss(kind, img, txt, scale, b, info), step)
+                scaler.scale(loss).backward()
     if grad_clip > 0:
         scaler.unscale_(optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)

@@ -12,10 +12,12 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
-def test_two_process_gloo_step_equals_single_process(tmp_path, accum=1):
+@pytest.mark.parametrize("accum", [1, 2])
+def test_two_process_gloo_step_equals_single_process(tmp_path, accum):
     """torchrun, 2 CPU processes x 8 samples == 1 process x 16 samples: same loss, same updated weights.
 
-    Tolerance: atol 2e-6 / rtol 1e-5 on weights after an SGD step with lr 1 (i.e. on the gradients)."""
+    With accum=2 each rank splits its 8 samples into 2 micro-batches of 4 (feature-cached accumulation
+    under DDP): the update must still equal the single process's one batch of 16. Tolerance: atol 2e-6 / rtol 1e-5 on weights after an SGD step with lr 1 (i.e. on the gradients)."""
     out = tmp_path / "ddp.pt"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(ROOT / "tests" / "training" / "ddp_step.py"), str(out), str(accum)]  # fmt: skip
