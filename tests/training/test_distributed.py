@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 import sys
@@ -7,6 +8,7 @@ import pytest
 import torch
 
 from tests.training.test_step import sgd_step
+from training.checkpoint import latest_valid_checkpoint, list_checkpoints
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -29,3 +31,26 @@ def test_two_process_gloo_step_equals_single_process(tmp_path, accum):
     assert abs(float(ddp["loss"]) - loss) < 1e-5
     for name, w in state.items():
         torch.testing.assert_close(ddp["state"][name], w, atol=2e-6, rtol=1e-5, msg=name)
+
+
+@pytest.mark.slow
+def test_torchrun_training_run_with_accumulation_evaluates_checkpoints_and_exports_once(synth_data, tmp_path):
+    """`clipforge train` under torchrun (2 gloo ranks, accum 2): no deadlock at evaluation or the end of the
+    data, one writer (rank 0) for metrics, checkpoints and the bundle."""
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "clipforge", "train", "smoke", "--set", f"out_dir={run}",
+           "--set", f"data.train=['{synth_data['train']}']", "--set", f"data.val={synth_data['val']}",
+           "--set", f"data.zeroshot={synth_data['zeroshot']}", "--set", "train.accum=2",
+           "--set", "train.samples=320", "--set", "eval.every=6"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=400, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    steps = [r["step"] for r in records if "loss" in r]
+    assert steps == sorted(set(steps)) and steps[-1] == 10  # 320 samples / global batch 32, logged once each
+    evals = [r for r in records if "eval" in r]
+    assert [r["step"] for r in evals] == [6, 10]  # mid-run and final, by rank 0 only
+    meta = json.loads((run / "bundle" / "bundle.json").read_text())
+    assert meta["provenance"]["samples_seen"] == 320
+    assert list_checkpoints(run) and latest_valid_checkpoint(run) is not None
