@@ -1,4 +1,8 @@
-"""Dependencies, as `Annotated` aliases. Tests swap any of them through `app.dependency_overrides`."""
+"""Dependencies, as `Annotated` aliases. Tests swap any of them through `app.dependency_overrides`.
+
+They are `async def` on purpose: FastAPI runs a plain `def` dependency in the thread pool, a thread hop
+per dependency per request, which cost more than the model itself for a small encoder.
+"""
 
 from __future__ import annotations
 
@@ -18,19 +22,19 @@ API_KEY_HEADER = "X-API-Key"
 _api_key = APIKeyHeader(name=API_KEY_HEADER, auto_error=False, description="write key (or read key for reads)")
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_metrics(request: Request) -> Metrics:
+async def get_metrics(request: Request) -> Metrics:
     return request.app.state.metrics
 
 
-def maybe_engine(request: Request) -> Engine | None:
+async def maybe_engine(request: Request) -> Engine | None:
     return request.app.state.engine
 
 
-def maybe_index(request: Request) -> IndexHandle | None:
+async def maybe_index(request: Request) -> IndexHandle | None:
     return request.app.state.index
 
 
@@ -40,13 +44,13 @@ MaybeEngineDep = Annotated[Engine | None, Depends(maybe_engine)]
 MaybeIndexDep = Annotated[IndexHandle | None, Depends(maybe_index)]
 
 
-def get_engine(engine: MaybeEngineDep) -> Engine:
+async def get_engine(engine: MaybeEngineDep) -> Engine:
     if engine is None:
         raise APIError(503, "not_ready", "the model is not loaded yet")
     return engine
 
 
-def get_index(index: MaybeIndexDep) -> IndexHandle:
+async def get_index(index: MaybeIndexDep) -> IndexHandle:
     if index is None:
         raise APIError(404, "no_index", "this server has no index (start it with --index DIR)")
     return index
@@ -66,13 +70,13 @@ def _matches(given: str | None, *keys: object) -> bool:
     )
 
 
-def require_read(settings: SettingsDep, key: Annotated[str | None, Security(_api_key)] = None) -> None:
+async def require_read(settings: SettingsDep, key: Annotated[str | None, Security(_api_key)] = None) -> None:
     """Reads are open unless a read key is configured; then the read key or the write key is needed."""
     if settings.reads_protected and not _matches(key, settings.read_api_key, settings.api_key):
         raise APIError(401, "unauthorized", f"missing or wrong {API_KEY_HEADER}", {"WWW-Authenticate": "APIKey"})
 
 
-def require_write(settings: SettingsDep, key: Annotated[str | None, Security(_api_key)] = None) -> None:
+async def require_write(settings: SettingsDep, key: Annotated[str | None, Security(_api_key)] = None) -> None:
     """Writes are refused (403) when no write key is configured, and need the write key otherwise."""
     if not settings.writes_enabled:
         raise APIError(403, "writes_disabled", "writes are disabled: the server has no API key configured")
