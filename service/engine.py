@@ -70,7 +70,9 @@ class Engine:
         self.bundle = bundle
         self.settings = settings
         self.batcher = MicroBatcher(
-            {"text": self._encode_texts, "image": self._encode_pixels},
+            {"text": self.encode_text_batch, "image": self.encode_pixel_batch},
+            prepare={"image": self.prepare_images},
+            prepare_threads=settings.prepare_threads,
             max_batch=settings.max_batch_size,
             max_wait_s=settings.max_wait_ms / 1000,
             on_batch=on_batch,
@@ -81,11 +83,21 @@ class Engine:
         self._logit_scale = bundle.logit_scale()
         self._decoders: anyio.CapacityLimiter | None = None
 
-    # --- run on the inference thread ---
-    def _encode_texts(self, texts: list[str]) -> np.ndarray:
+    # --- run on the batcher's threads (public so that benchmarks time exactly what the server runs) ---
+    def prepare_images(self, items: list[tuple[bytes, int]]) -> list[torch.Tensor | APIError]:
+        """(untrusted bytes, index in its request) -> preprocessed [3, H, W], or the APIError for that image."""
+        out: list[torch.Tensor | APIError] = []
+        for blob, i in items:
+            try:
+                out.append(self._decode_one(blob, i))
+            except APIError as exn:
+                out.append(exn)
+        return out
+
+    def encode_text_batch(self, texts: list[str]) -> np.ndarray:
         return self.bundle.encode_texts(texts).numpy()  # [N, D]
 
-    def _encode_pixels(self, pixels: list[torch.Tensor]) -> np.ndarray:
+    def encode_pixel_batch(self, pixels: list[torch.Tensor]) -> np.ndarray:
         return self.bundle.encode_images(torch.stack(pixels)).numpy()  # [N, 3, H, W] -> [N, D]
 
     # --- public, async ---
@@ -105,6 +117,8 @@ class Engine:
         return self._logit_scale
 
     def start(self) -> None:
+        if self.settings.torch_threads:
+            torch.set_num_threads(self.settings.torch_threads)
         # decoding is CPU work too: a few threads are enough, more only fight the model for the cores
         self._decoders = anyio.CapacityLimiter(max(2, os.cpu_count() or 2))
         self.batcher.start()
@@ -134,8 +148,8 @@ class Engine:
             raise APIError(400, "invalid_image", f"image {i}: cannot decode ({type(exn).__name__})") from exn
 
     async def encode_images(self, blobs: list[bytes]) -> np.ndarray:
-        pixels = await self.decode_images(blobs)
-        return await self.batcher.encode("image", pixels)
+        """Decoded, preprocessed and encoded in the batcher's pipeline; a bad image -> its APIError (4xx)."""
+        return await self.batcher.encode("image", [(b, i) for i, b in enumerate(blobs)])
 
     async def class_embeddings(self, labels: list[str], templates: list[str]) -> tuple[np.ndarray, bool]:
         """[L, D] class embeddings: the renormalised mean over prompt templates; (value, was_cached)."""

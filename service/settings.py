@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     # dynamic micro-batching of encoder calls
     max_batch_size: int = Field(64, ge=1)
     max_wait_ms: float = Field(2.0, ge=0.0)
+    prepare_threads: int = Field(1, ge=1)  # image decode + preprocess threads, overlapping the encoder
+    # intra-op threads of the encoder; 0 leaves torch's default (one per core). Set the whole process's.
+    torch_threads: int = Field(0, ge=0)
 
     @field_validator("templates")
     @classmethod

@@ -39,8 +39,6 @@ class FakeNotFound(LookupError):
     pass
 
 
-
-
 class FakeIndex:
     def __init__(self, bundle: Any, items: list[tuple[bytes, str | None, dict[str, Any]]]) -> None:
         self.dim = bundle.embed_dim

@@ -244,3 +244,11 @@ def test_search_without_an_index(make_client: AppFactory) -> None:
     assert_error(c.post("/v1/search", json={"text": "a"}), 404, "no_index")
     assert_error(c.get("/v1/items/1"), 404, "no_index")
     assert c.get("/readyz").status_code == 200  # no index was configured, so none is needed
+
+
+def test_one_bad_image_among_good_ones_names_its_index(shared_client: TestClient) -> None:
+    corrupt = base64.b64encode(bytes(range(256)) * 8).decode()
+    r = shared_client.post("/v1/embed", json={"images": [B64, corrupt, B64]})
+    assert_error(r, 400, "invalid_image")
+    assert r.json()["error"]["message"].startswith("image 1:")
+    assert shared_client.post("/v1/embed", json={"images": [B64, B64]}).status_code == 200  # still serving

@@ -145,3 +145,65 @@ def test_label_cache_computation_survives_a_cancelled_requester() -> None:
         assert first.cancelled()
 
     run_async(main())
+
+
+def test_prepare_failures_fail_only_their_own_items() -> None:
+    encoded: list[float] = []
+
+    def prepare(items: list[float]) -> list[object]:
+        return [ValueError(f"bad item {x}") if x < 0 else x * 10 for x in items]
+
+    def encode(items: list[float]) -> np.ndarray:
+        encoded.extend(items)
+        return _encode(items)
+
+    async def main() -> tuple[BaseException | None, np.ndarray, np.ndarray]:
+        b = MicroBatcher({"image": encode}, prepare={"image": prepare}, max_batch=8, max_wait_s=0.005)
+        b.start()
+        try:
+            mixed, good, after = await asyncio.gather(
+                b.encode("image", [1.0, -2.0, -3.0]), b.encode("image", [4.0]), b.encode("image", [5.0]),
+                return_exceptions=True,
+            )  # fmt: skip
+            assert b.queue_depth() == 0
+            return mixed, good, after  # type: ignore[return-value]
+        finally:
+            await b.stop()
+
+    mixed, good, after = run_async(main())
+    assert isinstance(mixed, ValueError) and str(mixed) == "bad item -2.0"  # the first failure, in request order
+    np.testing.assert_array_equal(good, [[40.0, -40.0]])  # encoded from the prepared item
+    np.testing.assert_array_equal(after, [[50.0, -50.0]])
+    assert -20.0 not in encoded and -30.0 not in encoded and sorted(encoded) == [10.0, 40.0, 50.0]
+
+
+def test_prepare_runs_on_its_own_thread_while_the_encoder_works() -> None:
+    spans: dict[str, list[tuple[float, float]]] = {"prepare": [], "encode": []}
+    threads: dict[str, set[str]] = {"prepare": set(), "encode": set()}
+
+    def timed(stage: str, fn):  # type: ignore[no-untyped-def]
+        def run(items: list[float]):  # type: ignore[no-untyped-def]
+            threads[stage].add(threading.current_thread().name)
+            t0 = time.perf_counter()
+            time.sleep(0.02)
+            out = fn(items)
+            spans[stage].append((t0, time.perf_counter()))
+            return out
+
+        return run
+
+    async def main() -> None:
+        b = MicroBatcher(
+            {"image": timed("encode", lambda xs: np.array([[x, -x] for x in xs], np.float32))},
+            prepare={"image": timed("prepare", lambda xs: list(xs))}, max_batch=4, max_wait_s=0.0,
+        )  # fmt: skip
+        b.start()
+        try:
+            await asyncio.gather(*(b.encode("image", [float(i)]) for i in range(16)))
+        finally:
+            await b.stop()
+
+    run_async(main())
+    assert len(threads["prepare"]) == 1 and threads["prepare"].isdisjoint(threads["encode"])
+    # some chunk was being prepared while an earlier batch was being encoded: the two stages overlap
+    assert any(p0 < e1 and e0 < p1 for p0, p1 in spans["prepare"] for e0, e1 in spans["encode"]), spans
