@@ -32,7 +32,7 @@ PrepareFn = Callable[[list[Any]], list[Any]]  # N raw items -> N prepared items,
 KINDS = ("text", "image")
 
 
-@dataclass
+@dataclass(eq=False)  # hashed by identity
 class _Pending:
     item: Any
     future: asyncio.Future[np.ndarray]
@@ -60,7 +60,7 @@ class MicroBatcher:
         self._on_batch = on_batch
         self._raw: dict[str, deque[_Pending]] = {k: deque() for k in self._prepare}  # waiting to be prepared
         self._ready: dict[str, deque[_Pending]] = {k: deque() for k in encoders}  # waiting for the encoder
-        self._preparing = 0  # prepare chunks in flight
+        self._preparing: set[tuple[_Pending, ...]] = set()  # chunks on the prepare threads
         self._prepare_wakeup: asyncio.Event | None = None
         self._wakeup: asyncio.Event | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -83,11 +83,12 @@ class MicroBatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
+        stranded = [p for q in (*self._raw.values(), *self._ready.values()) for p in q]
+        stranded += [p for chunk in self._preparing for p in chunk]
         for q in (*self._raw.values(), *self._ready.values()):
-            while q:
-                p = q.popleft()
-                if not p.future.done():
-                    p.future.set_exception(RuntimeError("service is shutting down"))
+            q.clear()
+        self._preparing.clear()
+        _fail(stranded, RuntimeError("service is shutting down"))
         for ex in (self._prepare_executor, self._executor):
             if ex is not None:
                 ex.shutdown(wait=True)
@@ -131,21 +132,23 @@ class MicroBatcher:
         loop = asyncio.get_running_loop()
         while True:
             kind = next((k for k, q in self._raw.items() if q), None)
-            if kind is None or self._preparing >= self.prepare_threads:
+            if kind is None or len(self._preparing) >= self.prepare_threads:
                 self._prepare_wakeup.clear()
                 await self._prepare_wakeup.wait()
                 continue
             queue = self._raw[kind]
             chunk = [queue.popleft() for _ in range(min(self.max_batch, len(queue)))]
-            chunk = [p for p in chunk if not p.future.done()]  # client went away
+            chunk = tuple(p for p in chunk if not p.future.done())  # client went away
             if chunk:
-                self._preparing += 1
+                self._preparing.add(chunk)
                 job = loop.run_in_executor(self._prepare_executor, self._prepare[kind], [p.item for p in chunk])
                 job.add_done_callback(lambda job, kind=kind, chunk=chunk: self._prepared(kind, chunk, job))
 
-    def _prepared(self, kind: str, chunk: list[_Pending], job: asyncio.Future[list[Any]]) -> None:
+    def _prepared(self, kind: str, chunk: tuple[_Pending, ...], job: asyncio.Future[list[Any]]) -> None:
         assert self._wakeup is not None and self._prepare_wakeup is not None
-        self._preparing -= 1
+        if chunk not in self._preparing:  # stop() has failed it already
+            return
+        self._preparing.discard(chunk)
         self._prepare_wakeup.set()
         if job.cancelled():
             outs: list[Any] = [RuntimeError("service is shutting down")] * len(chunk)
@@ -191,13 +194,20 @@ class MicroBatcher:
             t0 = time.perf_counter()
             try:
                 out = await loop.run_in_executor(self._executor, self._encoders[kind], [p.item for p in batch])
+            except asyncio.CancelledError:  # stop(): nobody may be left waiting for this batch
+                _fail(batch, RuntimeError("service is shutting down"))
+                raise
             except Exception as exn:  # hand the failure to every waiting request, keep serving
-                for p in batch:
-                    if not p.future.done():
-                        p.future.set_exception(exn)
+                _fail(batch, exn)
                 continue
             if self._on_batch is not None:
                 self._on_batch(kind, len(batch), time.perf_counter() - t0)
             for p, row in zip(batch, out, strict=True):
                 if not p.future.done():
                     p.future.set_result(row)
+
+
+def _fail(pending: Sequence[_Pending], exn: BaseException) -> None:
+    for p in pending:
+        if not p.future.done():
+            p.future.set_exception(exn)

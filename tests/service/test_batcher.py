@@ -207,3 +207,23 @@ def test_prepare_runs_on_its_own_thread_while_the_encoder_works() -> None:
     assert len(threads["prepare"]) == 1 and threads["prepare"].isdisjoint(threads["encode"])
     # some chunk was being prepared while an earlier batch was being encoded: the two stages overlap
     assert any(p0 < e1 and e0 < p1 for p0, p1 in spans["prepare"] for e0, e1 in spans["encode"]), spans
+
+
+def test_stop_fails_items_on_the_prepare_thread_and_in_the_encoder() -> None:
+    def slow(items: list[float]) -> list[float]:
+        time.sleep(0.05)
+        return list(items)
+
+    async def main() -> None:
+        b = MicroBatcher({"image": _encode, "text": lambda xs: _encode([time.sleep(0.05) or x for x in xs])},
+                         prepare={"image": slow}, max_wait_s=0.0)  # fmt: skip
+        b.start()
+        preparing = asyncio.ensure_future(b.encode("image", [1.0]))
+        encoding = asyncio.ensure_future(b.encode("text", [2.0]))
+        await asyncio.sleep(0.02)  # both are now on a thread
+        await b.stop()
+        for job in (preparing, encoding):  # answered, not left hanging
+            with pytest.raises(RuntimeError, match="shutting down"):
+                await asyncio.wait_for(job, 1.0)
+
+    run_async(main())
