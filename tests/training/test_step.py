@@ -34,3 +34,26 @@ def test_accumulation_over_k_micro_batches_equals_one_big_batch():
     # and the step really moved the weights, including the temperature
     before = make_model().state_dict()
     assert not torch.equal(before["logit_scale"], state1["logit_scale"])
+
+
+def test_optimizer_is_fused_adamw_and_matches_the_foreach_update():
+    from training.optim import make_optimizer
+
+    def five_steps(fused: bool) -> dict[str, torch.Tensor]:
+        model = make_model()
+        opt = make_optimizer(model, lr=1e-3, weight_decay=0.1, betas=(0.9, 0.98), eps=1e-6)
+        assert opt.defaults["fused"] is True
+        if not fused:  # the same groups through the multi-tensor (foreach) kernels
+            groups = [{"params": g["params"], "weight_decay": g["weight_decay"]} for g in opt.param_groups]
+            opt = torch.optim.AdamW(groups, lr=1e-3, betas=(0.9, 0.98), eps=1e-6, foreach=True)
+            assert not opt.param_groups[0]["fused"]
+        g = torch.Generator().manual_seed(2)
+        for _ in range(5):
+            for p in model.parameters():
+                p.grad = torch.randn(p.shape, generator=g)
+            opt.step()
+        return model.state_dict()
+
+    fused, foreach = five_steps(True), five_steps(False)
+    for name, w in foreach.items():
+        torch.testing.assert_close(fused[name], w, atol=1e-6, rtol=1e-5, msg=name)
