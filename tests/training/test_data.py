@@ -158,6 +158,19 @@ def test_resampled_mix_draws_from_both_sources_by_weight(synth_data, tmp_path):
     assert counts["A"] > 1.5 * counts["B"] > 0
 
 
+def test_resampled_mode_gives_each_rank_its_own_reproducible_stream(synth_data):
+    urls = expand_urls(synth_data["train"])
+
+    def first_keys(rank: int) -> list[str]:
+        stream = make_stream(urls, rank=rank, world_size=2, seed=4, resampled=True, sample_shuffle=0)
+        return [k for _, b in zip(range(12), iter(stream), strict=False) for k in b["keys"]]
+
+    r0, r1 = first_keys(0), first_keys(1)
+    assert r0 == first_keys(0)  # same seed and rank: same draws (resumable)
+    assert len(set(r0) & set(r1)) < len(r0) // 2  # ranks draw shards independently, not in lockstep
+    assert len({k.split("#")[0] for k in r0 + r1}) > 2  # over several shards
+
+
 def test_tensor_types(synth_data):
     batch = next(iter(make_stream(expand_urls(synth_data["train"]))))
     assert batch["image"].dtype == torch.uint8 and batch["text"].dtype == torch.long  # normalised in the trainer
