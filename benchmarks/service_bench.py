@@ -1,12 +1,19 @@
 """Service benchmark, in one run: the offline encoder limit vs the served API over loopback.
 
-1. offline: batched image encoding in this process (the limit), and the single-image model time;
+1. offline: decode + preprocess + encode of one JPEG in batches, in this process, on one thread, with the
+   server's own functions (`Engine.prepare_images` + `Engine.encode_pixel_batch`): the limit; and the
+   single-image model time;
 2. served: `uvicorn service.app:create_app` in a subprocess on 127.0.0.1, image-embed requests from 1, 16
-   and 64 concurrent keep-alive clients: throughput, p50/p99 latency;
+   and 64 concurrent keep-alive clients: throughput, p50/p99 latency, and the CPU both sides spent;
 3. a 100-label classify with the label set's text embeddings uncached (a new label set each time) vs cached;
 4. a soak with 32 clients on a request mix (embed image/text, classify, search): errors and server memory.
 
-    python benchmarks/service_bench.py [--bundle DIR] [--arch cf-tiny-vit] [--seconds 6] [--soak 60]
+    python benchmarks/service_bench.py [--arch cf-tiny-vit,ViT-B-32] [--batch 64,8] [--seconds 6] [--soak 60]
+
+With several architectures, 1-2 run for each (random-init weights: throughput does not depend on them);
+3-4 run for the first. The load generator is asyncio keep-alive sockets sending pre-built request bytes,
+in this process (idle otherwise while the server is measured); its CPU use is measured and printed, as is
+the server's, so that what the clients take from the cores the server needs is visible, not hidden.
 
 Targets: served >= 0.8x offline at 16+ clients; single-request p50 overhead <= 10 ms above model time;
 cached label set >= 5x faster; soak ends with 0 errors and bounded memory.
@@ -34,6 +41,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 HOST = "127.0.0.1"  # loopback only
+LEVELS = (1, 16, 64)
 Request = Callable[[], bytes]
 
 
@@ -75,45 +83,74 @@ def make_index(bundle_dir: Path, out: Path, n: int = 64) -> Path | None:
     return out
 
 
+def cpu_s(pid: int | None = None) -> float:
+    """CPU seconds (user + system) used so far by this process, or by process `pid`."""
+    if pid is None:
+        return time.process_time()
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class Offline:
-    """The limit: decode + preprocess + encode in batches in this process, with the server idle."""
+    """The limit: the server's decode + preprocess + encode functions, in batches, on one thread in this
+    process, with the server idle. The same code as the server runs, minus HTTP and minus its overlap of
+    decoding with encoding."""
 
     def __init__(self, bundle_dir: Path, image: bytes, batch: int) -> None:
         from encoders.bundle import load_bundle
+        from service.engine import Engine
+        from service.settings import Settings
 
-        self.bundle = load_bundle(bundle_dir, device="cpu")
+        self.engine = Engine(load_bundle(bundle_dir, device="cpu"), Settings(bundle=bundle_dir, device="cpu"))
         self.image, self.batch = image, batch
-        # on one dedicated thread, as the server runs its encoder (the same code path minus HTTP)
-        self.thread = ThreadPoolExecutor(1, thread_name_prefix="offline")
-        for _ in range(3):  # warm-up: oneDNN primitives, allocator
-            self.thread.submit(self.run, batch).result()
+        self.thread = ThreadPoolExecutor(1, thread_name_prefix="offline")  # as the server's inference thread
+        self.thread.submit(self.run, 1).result()
+        self.thread.submit(self.run, batch).result()  # warm-up: oneDNN primitives, allocator
 
     def run(self, n: int) -> None:
-        import torch
+        e = self.engine
+        e.encode_pixel_batch(e.prepare_images([(self.image, 0)] * n))  # type: ignore[arg-type]
 
-        b = self.bundle
-        b.encode_images(torch.stack([b.preprocess([b.load_image(self.image)])[0] for _ in range(n)]))
+    def measure(self, seconds: float) -> dict[str, float]:
+        """images/s and CPU ms per image (all threads of this process) over at least one batch."""
+        return self.thread.submit(self._measure, seconds).result()
 
-    def images_per_s(self, seconds: float) -> float:
-        return self.thread.submit(self._images_per_s, seconds).result()
-
-    def single_ms(self, repeats: int = 40) -> float:
-        return self.thread.submit(self._single_ms, repeats).result()
-
-    def _images_per_s(self, seconds: float) -> float:
-        n, t0 = 0, time.perf_counter()
-        while time.perf_counter() - t0 < seconds:
+    def _measure(self, seconds: float) -> dict[str, float]:
+        n, c0, t0 = 0, cpu_s(), time.perf_counter()
+        while n == 0 or time.perf_counter() - t0 < seconds:
             self.run(self.batch)
             n += self.batch
-        return n / (time.perf_counter() - t0)
+        wall, cpu = time.perf_counter() - t0, cpu_s() - c0
+        return {"rate": n / wall, "cpu_ms": 1000 * cpu / n, "n": n, "wall": wall, "cpu": cpu}
 
-    def _single_ms(self, repeats: int) -> float:
-        times = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            self.run(1)
-            times.append(time.perf_counter() - t)
-        return 1000 * statistics.median(times)
+    def single_ms(self, repeats: int) -> list[float]:
+        def times() -> list[float]:
+            out = []
+            for _ in range(repeats):
+                t = time.perf_counter()
+                self.run(1)
+                out.append(1000 * (time.perf_counter() - t))
+            return out
+
+        return self.thread.submit(times).result()
+
+
+def combine_offline(parts: list[dict[str, float]]) -> dict[str, float]:
+    n, wall, cpu = (sum(p[k] for p in parts) for k in ("n", "wall", "cpu"))
+    return {"rate": n / wall, "cpu_ms": 1000 * cpu / n, "n": n, "wall": wall, "cpu": cpu}
+
+
+async def served_single_ms(port: int, req: bytes, repeats: int) -> list[float]:
+    """Latencies (ms) of `repeats` requests sent one after another on one keep-alive connection."""
+    reader, writer = await asyncio.open_connection(HOST, port)
+    out = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        status, body = await roundtrip(reader, writer, req)
+        assert status == 200, body[:200]
+        out.append(1000 * (time.perf_counter() - t))
+    writer.close()
+    return out
 
 
 # --- a minimal keep-alive HTTP/1.1 client: cheap, so the 2 cores go to the server, not to the load ---
@@ -132,17 +169,32 @@ def get(path: str) -> bytes:
 async def roundtrip(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, req: bytes) -> tuple[int, bytes]:
     writer.write(req)
     head = await reader.readuntil(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split()[1])
-    length = next((int(v) for k, _, v in (x.partition(":") for x in lines[1:]) if k.lower() == "content-length"), 0)
+    status = int(head[9:12])
+    i = head.lower().find(b"content-length:")
+    length = int(head[i + 15 : head.index(b"\r\n", i)]) if i >= 0 else 0
     return status, await reader.readexactly(length)
 
 
-async def load(port: int, clients: int, seconds: float, make: Request, warmup: float = 1.0) -> dict[str, Any]:
+def run_loop(coro: Any) -> Any:
+    """asyncio.run, on uvloop when it is installed: a cheaper load generator."""
+    try:
+        import uvloop
+
+        return uvloop.run(coro)
+    except ImportError:
+        return asyncio.run(coro)
+
+
+async def load(
+    port: int, clients: int, seconds: float, make: Request, warmup: float = 1.0, pid: int = 0
+) -> dict[str, Any]:
+    """`clients` closed-loop keep-alive clients for warmup + seconds. Counts the requests that *complete*
+    inside the measured window; at its end clients start nothing new and their last requests drain."""
     lat: list[float] = []
     errors = 0
     t_start = time.perf_counter()
     t_measure, t_end = t_start + warmup, t_start + warmup + seconds
+    cpu: dict[str, float] = {}
 
     async def client() -> None:
         nonlocal errors
@@ -156,16 +208,38 @@ async def load(port: int, clients: int, seconds: float, make: Request, warmup: f
                     writer.close()
                     reader, writer = await asyncio.open_connection(HOST, port)
                     continue
-                if now >= t_measure:
-                    lat.append(time.perf_counter() - now)
+                if t_measure <= (done := time.perf_counter()) <= t_end:
+                    lat.append(done - now)
                     errors += status != 200
         finally:
             writer.close()
 
-    await asyncio.gather(*(client() for _ in range(clients)))
-    lat.sort()
+    async def meter() -> None:  # CPU of both sides over the measured window
+        await asyncio.sleep(max(0.0, t_measure - time.perf_counter()))
+        cpu["client"], cpu["server"] = -cpu_s(), -cpu_s(pid) if pid else 0.0
+        await asyncio.sleep(max(0.0, t_end - time.perf_counter()))
+        cpu["client"] += cpu_s()
+        cpu["server"] += cpu_s(pid) if pid else 0.0
+
+    await asyncio.gather(meter(), *(client() for _ in range(clients)))
+    return summarise(lat, errors, seconds, cpu["client"], cpu["server"])
+
+
+def summarise(lat: list[float], errors: int, seconds: float, client_cpu: float, server_cpu: float) -> dict[str, Any]:
+    lat = sorted(lat)
     pct = lambda q: 1000 * lat[min(len(lat) - 1, int(q * len(lat)))] if lat else float("nan")  # noqa: E731
-    return {"rps": len(lat) / seconds, "p50": pct(0.5), "p99": pct(0.99), "n": len(lat), "errors": errors}
+    n = max(len(lat), 1)
+    return {"rps": len(lat) / seconds, "p50": pct(0.5), "p99": pct(0.99), "n": len(lat), "errors": errors,
+            "lat": lat, "seconds": seconds, "client_cpu": client_cpu, "server_cpu": server_cpu,
+            "client_cores": client_cpu / seconds, "server_cores": server_cpu / seconds,
+            "client_ms": 1000 * client_cpu / n, "server_ms": 1000 * server_cpu / n}  # fmt: skip
+
+
+def combine(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One result from several measured windows of the same load."""
+    return summarise([x for p in parts for x in p["lat"]], sum(p["errors"] for p in parts),
+                     sum(p["seconds"] for p in parts), sum(p["client_cpu"] for p in parts),
+                     sum(p["server_cpu"] for p in parts))  # fmt: skip
 
 
 def rss_mb(pid: int) -> float:
@@ -175,14 +249,21 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def start_server(bundle: Path, index: Path | None, port: int) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "CLIPFORGE_BUNDLE": str(bundle), "CLIPFORGE_DEVICE": "cpu", "CLIPFORGE_MAX_LABELS": "256"}
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def start_server(bundle: Path, index: Path | None, port: int, max_batch: int = 64) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "CLIPFORGE_BUNDLE": str(bundle), "CLIPFORGE_DEVICE": "cpu", "CLIPFORGE_MAX_LABELS": "256",
+           "CLIPFORGE_MAX_BATCH_SIZE": str(max_batch)}  # fmt: skip
     if index is not None:
         env["CLIPFORGE_INDEX"] = str(index)
     cmd = [sys.executable, "-m", "uvicorn", "service.app:create_app", "--factory", "--host", HOST, "--port", str(port),
            "--log-level", "warning", "--no-access-log"]  # fmt: skip
     proc = subprocess.Popen(cmd, env=env, cwd=Path(__file__).resolve().parents[1])
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         try:
             with socket.create_connection((HOST, port), timeout=1) as s:
@@ -196,6 +277,20 @@ def start_server(bundle: Path, index: Path | None, port: int) -> subprocess.Pope
         time.sleep(0.2)
     proc.kill()
     raise RuntimeError("the server did not become ready")
+
+
+def stop_server(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    proc.wait(timeout=60)
+
+
+def server_stack() -> str:
+    import importlib.util
+
+    loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+    http = "httptools" if importlib.util.find_spec("httptools") else "h11"
+    threads = os.environ.get("CLIPFORGE_TORCH_THREADS", "default")
+    return f"uvicorn ({loop} loop, {http} parser), server torch threads: {threads}"
 
 
 async def classify_latency(port: int, b64: str, n: int) -> tuple[float, float]:
@@ -216,42 +311,111 @@ async def classify_latency(port: int, b64: str, n: int) -> tuple[float, float]:
     return 1000 * statistics.median(times[False]), 1000 * statistics.median(times[True])
 
 
+def throughput(arch: str, bundle: Path, batch: int, images: list[bytes], a: argparse.Namespace) -> dict[str, Any]:
+    """Offline limit vs served embed at each client level, alternating; then single-request latency."""
+    embeds = [post("/v1/embed", {"images": [base64.b64encode(im).decode()]}) for im in images]  # pre-built
+    embed = lambda: random.choice(embeds)  # noqa: E731
+    off = Offline(bundle, images[0], batch)
+    single_ms = statistics.median(off.single_ms(repeats=5))
+    # long enough for the slowest level to complete ~10 batches: 64 clients wait for 64 images each round
+    per_batch = off.measure(0)["rate"]
+    seconds = max(a.seconds, min(a.max_seconds, 10 * batch / per_batch))
+    server = start_server(bundle, None, port := free_port(), max_batch=batch)
+    try:
+        run_loop(load(port, 4, 1.0, embed))  # warm the server up
+        limits, served = {}, {}
+        for c in LEVELS:  # offline and served alternate, twice, so load from other jobs hits both alike
+            offs, serves = [], []
+            for i in range(2):
+                offs.append(off.measure(seconds / 4))
+                warmup = min(5.0, seconds / 3) if i == 0 else min(2.0, seconds / 6)
+                serves.append(run_loop(load(port, c, seconds / 2, embed, warmup=warmup, pid=server.pid)))
+            limits[c], served[c] = combine_offline(offs), combine(serves)
+        # one request at a time, model alone vs served, alternating in rounds; medians of each
+        model_ms, served_ms, k = [], [], max(3, min(20, int(1000 / single_ms)))
+        for _ in range(4):
+            model_ms += off.single_ms(repeats=k)
+            served_ms += run_loop(served_single_ms(port, embeds[0], k))
+        single_ms, served[0] = statistics.median(model_ms), statistics.median(served_ms)
+    finally:
+        stop_server(server)
+    return {
+        "arch": arch,
+        "limits": limits,
+        "served": served,
+        "single_ms": single_ms,
+        "seconds": seconds,
+        "batch": batch,
+    }
+
+
+def print_throughput(r: dict[str, Any], image_bytes: int) -> list[tuple[str, str, str, bool]]:
+    limits, served = r["limits"], r["served"]
+    print(f"\n[{r['arch']}] image embed, one {image_bytes}-byte JPEG per request, {r['seconds']:.0f} s per level; "
+          f"offline = decode+preprocess+encode in batches of {r['batch']} (= the server's max batch), "
+          "measured just before each served level")  # fmt: skip
+    print(f"{'clients':>8} {'offline/s':>10} {'served/s':>9} {'ratio':>7} {'p50 ms':>9} {'p99 ms':>9} {'errors':>7}"
+          f"  {'CPU ms/img: offline':>19} {'server':>7} {'client':>7}  {'cores: server':>13} {'client':>7}")  # fmt: skip
+    for c in LEVELS:
+        o, s = limits[c], served[c]
+        print(f"{c:>8} {o['rate']:>10.1f} {s['rps']:>9.1f} {s['rps'] / o['rate']:>6.2f}x {s['p50']:>9.2f} "
+              f"{s['p99']:>9.2f} {s['errors']:>7}  {o['cpu_ms']:>19.2f} {s['server_ms']:>7.2f} {s['client_ms']:>7.2f}  "
+              f"{s['server_cores']:>13.2f} {s['client_cores']:>7.2f}")  # fmt: skip
+    print("CPU ms/img: CPU time spent per image (offline: this process; server: the uvicorn process, all threads;"
+          " client: the load generator); cores: CPU seconds per second")  # fmt: skip
+    for c in LEVELS:
+        s = served[c]
+        print(
+            f"  {c:>2} clients: offline CPU per image / (server + client CPU per request) = "
+            f"{limits[c]['cpu_ms'] / (s['server_ms'] + s['client_ms']):.2f}x (the ratio if both were CPU-bound)"
+        )
+    overhead = served[0] - r["single_ms"]
+    print(f"single request, one at a time, alternating: model time (decode+preprocess+encode of 1 image) p50 "
+          f"{r['single_ms']:.2f} ms, served p50 {served[0]:.2f} ms")  # fmt: skip
+    ratio16, ratio64 = served[16]["rps"] / limits[16]["rate"], served[64]["rps"] / limits[64]["rate"]
+    return [
+        (f"[{r['arch']}] served / offline at 16 clients", f"{ratio16:.2f}x", ">= 0.8x", ratio16 >= 0.8),
+        (f"[{r['arch']}] served / offline at 64 clients", f"{ratio64:.2f}x", ">= 0.8x", ratio64 >= 0.8),
+        (f"[{r['arch']}] single-request p50 overhead", f"{overhead:.2f} ms", "<= 10 ms", overhead <= 10),
+    ]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--bundle", help="a bundle directory (default: a random-init --arch bundle)")
-    ap.add_argument("--arch", default="cf-tiny-vit", help="architecture of the random-init bundle")
-    ap.add_argument("--seconds", type=float, default=6.0, help="measurement time per served load level")
-    ap.add_argument("--soak", type=float, default=60.0, help="soak duration in seconds (32 clients)")
-    ap.add_argument("--batch", type=int, default=64, help="offline batch size (= the server's max batch)")
+    ap.add_argument("--bundle", help="a bundle directory (default: a random-init bundle of each --arch)")
+    ap.add_argument(
+        "--arch", default="cf-tiny-vit,ViT-B-32", help="comma-separated architectures of random-init bundles"
+    )
+    ap.add_argument("--seconds", type=float, default=6.0, help="least measurement time per served load level")
+    ap.add_argument("--soak", type=float, default=60.0, help="soak duration in seconds (32 clients); 0 skips it")
+    ap.add_argument(
+        "--batch", default="64,8", help="offline batch size = the server's max batch; comma-separated per arch"
+    )
+    ap.add_argument("--max-seconds", type=float, default=40.0, help="most measurement time per served load level")
     a = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="clipforge-bench-"))
-    bundle = Path(a.bundle) if a.bundle else make_bundle(a.arch, tmp / "bundle")
-    index = make_index(bundle, tmp / "index" / "idx")
+    archs = ["given"] if a.bundle else a.arch.split(",")
+    bundles = [Path(a.bundle)] if a.bundle else [make_bundle(arch, tmp / arch / "bundle") for arch in archs]
     images = [jpeg((random.randrange(256), 40, 200)) for _ in range(16)]
     b64s = [base64.b64encode(im).decode() for im in images]
-    print(f"bundle {bundle} ({a.arch if not a.bundle else 'given'}); index: {'64 images' if index else 'none'}")
+    print(f"bundles: {', '.join(f'{x} ({b})' for x, b in zip(archs, bundles, strict=True))}")
+    print(f"server: {server_stack()}; {os.cpu_count()} CPUs; load generator in this process")
 
-    off = Offline(bundle, images[0], a.batch)
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        port = s.getsockname()[1]
-    server = start_server(bundle, index, port)
+    batches = [int(x) for x in a.batch.split(",")]
+    batches += batches[-1:] * (len(archs) - len(batches))
+    runs = [throughput(*run, images=images, a=a) for run in zip(archs, bundles, batches, strict=False)]
+
+    # classify and the soak, with the first bundle and an index
+    index = make_index(bundles[0], tmp / "index" / "idx")
+    server = start_server(bundles[0], index, port := free_port())
     try:
-        embed = lambda: post("/v1/embed", {"images": [random.choice(b64s)]})  # noqa: E731
-        # offline and served alternate, so the load other jobs put on the machine hits both alike
-        limits, served = {}, {}
-        for c in (1, 16, 64):
-            limits[c] = off.images_per_s(a.seconds / 2)
-            served[c] = asyncio.run(load(port, c, a.seconds, embed))
-        single_ms = off.single_ms()
-        served[0] = asyncio.run(load(port, 1, a.seconds / 2, embed))  # right after the model-time measurement
-        uncached, cached = asyncio.run(classify_latency(port, b64s[0], n=7))
+        uncached, cached = run_loop(classify_latency(port, b64s[0], n=7))
 
         def mix() -> bytes:
             r = random.random()
             if r < 0.4:
-                return embed()
+                return post("/v1/embed", {"images": [random.choice(b64s)]})
             if r < 0.6:
                 return post("/v1/embed", {"texts": [f"a photo of thing {random.randrange(1000)}"]})
             if r < 0.8 or index is None:
@@ -267,60 +431,51 @@ def main() -> None:
                     rss.append(rss_mb(server.pid))
 
             sampler = asyncio.create_task(sample())
-            out = await load(port, 32, a.soak, mix, warmup=0.0)
+            out = await load(port, 32, a.soak, mix, warmup=0.0, pid=server.pid)
             sampler.cancel()
             return out
 
-        soaked = asyncio.run(soak())
-        alive = server.poll() is None and asyncio.run(load(port, 1, 0.2, lambda: get("/readyz"), 0))["errors"] == 0
+        soaked = run_loop(soak()) if a.soak > 0 else None
+        alive = server.poll() is None and run_loop(load(port, 1, 0.2, lambda: get("/readyz"), 0))["errors"] == 0
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        stop_server(server)
 
     # --- report ---
-    print(f"\nimage embed, one {len(images[0])}-byte JPEG per request; offline = decode+preprocess+encode in "
-          f"batches of {a.batch} in the benchmark process, measured just before each served level")  # fmt: skip
-    print(f"\n{'clients':>8} {'offline/s':>10} {'served/s':>9} {'ratio':>7} {'p50 ms':>9} {'p99 ms':>9} {'errors':>7}")
-    for c in (1, 16, 64):
-        r = served[c]
-        print(f"{c:>8} {limits[c]:>10.1f} {r['rps']:>9.1f} {r['rps'] / limits[c]:>6.2f}x {r['p50']:>9.2f} "
-              f"{r['p99']:>9.2f} {r['errors']:>7}")  # fmt: skip
-    overhead = served[0]["p50"] - single_ms
-    print(f"single request: model time (decode+preprocess+encode of 1 image) {single_ms:.2f} ms, "
-          f"served p50 {served[0]['p50']:.2f} ms")  # fmt: skip
-    ratio16, ratio64 = served[16]["rps"] / limits[16], served[64]["rps"] / limits[64]
-    half = rss[len(rss) // 2 :]
-    growth = max(half) - half[0] if half else 0.0
-    bounded = growth < max(20.0, 0.05 * half[0])
-    rows = [
-        ("served / offline at 16 clients", f"{ratio16:.2f}x", ">= 0.8x", ratio16 >= 0.8),
-        ("served / offline at 64 clients", f"{ratio64:.2f}x", ">= 0.8x", ratio64 >= 0.8),
-        ("single-request p50 overhead", f"{overhead:.2f} ms", "<= 10 ms", overhead <= 10),
+    rows = []
+    for r in runs:
+        rows += print_throughput(r, len(images[0]))
+    rows.append(
         (
-            "100-label classify uncached / cached p50",
+            f"[{archs[0]}] 100-label classify uncached / cached p50",
             f"{uncached:.1f} / {cached:.1f} ms = {uncached / cached:.1f}x",
             ">= 5x",
             uncached / cached >= 5,
-        ),  # fmt: skip
-        (
-            f"soak {a.soak:.0f} s x 32 clients: requests, errors",
-            f"{soaked['n']} req, {soaked['errors']} errors",
-            "0 errors",
-            soaked["errors"] == 0 and alive,
-        ),  # fmt: skip
-        (
-            "soak server RSS start / peak / end",
-            f"{rss[0]:.0f} / {max(rss):.0f} / {rss[-1]:.0f} MB",
-            "bounded",
-            bounded,
-        ),  # fmt: skip
-    ]
-    print(f"\n{'check':<44} {'measured':<34} {'target':<10} result")
-    for name, got, target, ok in rows:
-        print(f"{name:<44} {got:<34} {target:<10} {'PASS' if ok else 'FAIL'}")
-    print(
-        f"(soak p50 {soaked['p50']:.1f} ms, p99 {soaked['p99']:.1f} ms; RSS growth over the second half {growth:.1f} MB)"
+        )  # fmt: skip
     )
+    if soaked is not None:
+        half = rss[len(rss) // 2 :]
+        growth = max(half) - half[0] if half else 0.0
+        bounded = growth < max(20.0, 0.05 * half[0])
+        rows += [
+            (
+                f"soak {a.soak:.0f} s x 32 clients: requests, errors",
+                f"{soaked['n']} req, {soaked['errors']} errors",
+                "0 errors",
+                soaked["errors"] == 0 and alive,
+            ),  # fmt: skip
+            (
+                "soak server RSS start / peak / end",
+                f"{rss[0]:.0f} / {max(rss):.0f} / {rss[-1]:.0f} MB",
+                "bounded",
+                bounded,
+            ),  # fmt: skip
+        ]
+    print(f"\n{'check':<56} {'measured':<34} {'target':<10} result")
+    for name, got, target, ok in rows:
+        print(f"{name:<56} {got:<34} {target:<10} {'PASS' if ok else 'FAIL'}")
+    if soaked is not None:
+        print(f"(soak p50 {soaked['p50']:.1f} ms, p99 {soaked['p99']:.1f} ms; RSS growth over the second half "
+              f"{growth:.1f} MB)")  # fmt: skip
 
 
 if __name__ == "__main__":
