@@ -1,7 +1,8 @@
 """Embedding images and captions for the index: read records, decode on worker threads, encode in batches.
 
-Decoding (file/tar read, JPEG decode, resize) runs on a thread pool a few batches ahead of the model, so
-the encoder never waits on PIL: PIL and torch both release the GIL in their heavy loops.
+Decoding (file/tar read, JPEG decode, resize, and one vectorised float conversion + normalisation per
+batch) runs on a thread pool a few batches ahead of the model, so the encoder never waits on PIL: PIL and
+torch both release the GIL in their heavy loops.
 """
 
 from __future__ import annotations
@@ -109,8 +110,11 @@ def image_size(data: bytes) -> tuple[int, int]:
     return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
 
 
-def decode(bundle: Any, rec: Record) -> tuple[Any, int, int] | str:
-    """(pixels [3, H, W], width, height) or the reason the image is skipped."""
+def decode(bundle: Any, rec: Record, pil_steps: Any = None) -> tuple[Any, int, int] | str:
+    """(pixels, width, height) or the reason the image is skipped.
+
+    pixels: [3, H, W] float from the bundle's transform; with `pil_steps` (the transform's PIL part) a
+    [H, W, 3] uint8 array instead, which `_to_batch` turns into floats for the whole batch at once."""
     try:
         data = rec.data if rec.data is not None else Path(rec.path or "").read_bytes()
     except OSError:
@@ -122,11 +126,58 @@ def decode(bundle: Any, rec: Record) -> tuple[Any, int, int] | str:
         return "image_too_large" if exn.reason == "too_large" else "bad_image"
     except Exception:  # a header PIL cannot parse after all: the same as a corrupt image
         return "bad_image"
+    if pil_steps is not None:
+        image = pil_steps(image)
+        if image.mode == "RGB":
+            return np.asarray(image), width, height
     return bundle.transform(image), width, height
 
 
-def _decode_batch(bundle: Any, recs: list[Record]) -> list[tuple[Record, Any]]:
-    return [(r, decode(bundle, r)) for r in recs]
+def split_transform(transform: Any) -> tuple[Any, Any] | None:
+    """(PIL steps, Normalize) when the transform ends with ToTensor + Normalize (open_clip's eval transform).
+
+    Converting to float and normalising once per batch instead of per image takes a third of the
+    decode time off the CPU the encoder shares; the result is the same to the bit (same ops, same order)."""
+    from torchvision import transforms as T
+
+    steps = list(getattr(transform, "transforms", []))
+    if len(steps) < 3 or type(steps[-2]).__name__ not in ("ToTensor", "MaybeToTensor"):
+        return None
+    if not isinstance(steps[-1], T.Normalize):
+        return None
+    return T.Compose(steps[:-2]), steps[-1]
+
+
+def _to_batch(pixels: list[Any], normalize: Any) -> Any:
+    """[n, 3, H, W] float32 from per-image uint8 [H, W, 3] arrays (normalised here) or float tensors."""
+    import torch
+
+    raw = [j for j, px in enumerate(pixels) if isinstance(px, np.ndarray)]
+    if not raw:
+        return torch.stack(pixels) if pixels else None
+    u8 = torch.from_numpy(np.stack([pixels[j] for j in raw]))  # [r, H, W, 3] uint8
+    batch = normalize(u8.permute(0, 3, 1, 2).contiguous().to(torch.float32).div(255))  # as ToTensor, Normalize do
+    if len(raw) == len(pixels):
+        return batch
+    out = list(pixels)
+    for j, row in zip(raw, batch, strict=True):
+        out[j] = row
+    return torch.stack(out)
+
+
+def _decode_batch(
+    bundle: Any, split: tuple[Any, Any] | None, recs: list[Record]
+) -> tuple[list[tuple[Record, Any]], Any]:
+    """Per record (width, height) or the skip reason, and the pixels [n_ok, 3, H, W] of those that decoded."""
+    out, pixels = [], []
+    for r in recs:
+        d = decode(bundle, r, split[0] if split else None)
+        if isinstance(d, str):
+            out.append((r, d))
+        else:
+            pixels.append(d[0])
+            out.append((r, d[1:]))
+    return out, _to_batch(pixels, split[1] if split else None)
 
 
 def _chunks(records: Iterator[Record], size: int) -> Iterator[list[Record]]:
@@ -165,39 +216,39 @@ def embed_records(
     bar.shards = shards
     pending: list[Future] = []
     batches = _chunks(records, batch_size)
+    split = split_transform(bundle.transform)
     t0 = time.perf_counter()
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="clipforge-decode") as pool:
         for recs in batches:  # keep workers + 1 batches decoding ahead of the encoder
-            pending.append(pool.submit(_decode_batch, bundle, recs))
+            pending.append(pool.submit(_decode_batch, bundle, split, recs))
             if len(pending) <= workers:
                 continue
-            yield from _encode(bundle, pending.pop(0).result(), stats, bar, next_id)
+            yield from _encode(bundle, *pending.pop(0).result(), stats, bar, next_id)
             next_id = start_id + stats["embedded"]
         while pending:
-            yield from _encode(bundle, pending.pop(0).result(), stats, bar, next_id)
+            yield from _encode(bundle, *pending.pop(0).result(), stats, bar, next_id)
             next_id = start_id + stats["embedded"]
     bar.close()
     stats["embed_seconds_x1000"] += int(1000 * (time.perf_counter() - t0))
 
 
-def _encode(bundle: Any, decoded: list[tuple[Record, Any]], stats: Counter, bar: Any, next_id: int) -> Iterator[Batch]:
-    import torch
-
-    items, pixels = [], []
+def _encode(
+    bundle: Any, decoded: list[tuple[Record, Any]], pixels: Any, stats: Counter, bar: Any, next_id: int
+) -> Iterator[Batch]:
+    items = []
     for rec, out in decoded:
         if isinstance(out, str):
             stats[out] += 1
             continue
-        px, w, h = out
+        w, h = out
         items.append(
             Item(next_id + len(items), rec.key, rec.caption, rec.source, rec.member, rec.path, w, h, rec.extra)
         )
-        pixels.append(px)
     bar.update(len(decoded))
     _estimate_total(bar, decoded)
     if not items:
         return
-    image_features = bundle.encode_images(torch.stack(pixels)).numpy()  # [n, D]
+    image_features = bundle.encode_images(pixels).numpy()  # [n, D]
     captioned = [it for it in items if it.caption]
     caption_features = (
         bundle.encode_texts([it.caption for it in captioned]).numpy()

@@ -20,7 +20,10 @@ from index.types import IndexError_
 
 FLAT_MAX = 50_000  # below this many vectors exact search is fast enough and needs no training
 DEFAULT_PQ_BYTES = 64  # code bytes per vector when no budget is given (~88 B/vector with ids + id map)
-ID_OVERHEAD = 24  # int64 id in the inverted list + hashtable entry of the direct map (for remove/reconstruct)
+# Per vector beside its code, as serialised: the int64 id in its inverted list + the direct map's hashtable
+# entry (id -> list, offset) that reconstruct(id) and remove_ids need. (In RAM the hashtable costs more.)
+ID_OVERHEAD = 24
+HNSW32_LINKS = 288  # bytes per centroid of an HNSW32 coarse quantizer beside the centroid: links, levels
 RECALL_TARGET = 0.95
 
 
@@ -29,26 +32,48 @@ def _nlist_for(n: int) -> int:
     return int(max(16, min(nlist, 65536, 2 ** int(math.log2(max(n // 39, 16))))))  # >= 39 training points per list
 
 
+def _codes(dim: int, cap: float) -> Iterator[tuple[str, int, int]]:
+    """(factory suffix, code bytes, codebook bytes) from the largest code to the smallest, code <= cap."""
+    options = [("SQ8", dim, 2 * dim * 4)]
+    for m in (64, 48, 32, 24, 16, 12, 8, 4, 2, 1):
+        if dim % m == 0 and (m <= dim // 2 or dim < 2):  # at least 2 dimensions per sub-quantizer
+            for nbits in (8, 7, 6):  # fewer bits: a smaller code and a 4-16x smaller codebook
+                suffix = f"PQ{m}" if nbits == 8 else f"PQ{m}x{nbits}"
+                options.append((suffix, math.ceil(m * nbits / 8), 2**nbits * dim * 4))
+    options.sort(key=lambda o: -o[1])  # stable: at equal code bytes, more bits per sub-quantizer first
+    yield from (o for o in options if o[1] <= cap)
+
+
+def _quantizer(nlist: int, dim: int) -> tuple[str, int]:
+    """(factory prefix, bytes) of the coarse quantizer: HNSW32 over the centroids from 1024 lists."""
+    if nlist >= 1024:
+        return f"IVF{nlist}_HNSW32", nlist * (dim * 4 + HNSW32_LINKS)
+    return f"IVF{nlist}", nlist * dim * 4
+
+
 def choose_factory(n: int, dim: int, memory_budget_mb: float | None = None) -> str:
-    """A FAISS factory string for `n` vectors of `dim` dimensions under an optional memory budget."""
+    """A FAISS factory string for `n` vectors of `dim` dimensions under an optional memory budget.
+
+    The budget covers everything the index serialises: codes, ids, the id map, the coarse quantizer's
+    centroids and the PQ codebook (the last two matter below ~1M vectors). The largest code that fits
+    wins; fewer inverted lists (down to a quarter) are tried before a smaller code."""
     if n <= 0:
         raise IndexError_("cannot choose an index for 0 vectors")
     budget = math.inf if memory_budget_mb is None else memory_budget_mb * 2**20
     if n < FLAT_MAX and n * (4 * dim + 8) <= budget:
         return "Flat"
     nlist = _nlist_for(n)
-    per_vector = budget / n - ID_OVERHEAD
-    if memory_budget_mb is not None and per_vector >= dim:
-        codes = "SQ8"
-    else:
-        cap = DEFAULT_PQ_BYTES if memory_budget_mb is None else per_vector
-        m = next((m for m in (64, 48, 32, 24, 16, 12, 8, 4, 2, 1) if m <= cap and dim % m == 0), 0)
-        if m == 0:
-            raise IndexError_(f"a memory budget of {memory_budget_mb} MB is too small for {n} vectors")
-        m = min(m, dim // 2) if dim >= 2 else m  # at least 2 dimensions per sub-quantizer
-        codes = f"PQ{m}"
-    quantizer = f"IVF{nlist}_HNSW32" if nlist >= 1024 else f"IVF{nlist}"
-    return f"{quantizer},{codes}"
+    if memory_budget_mb is None:
+        m = next(m for m in (DEFAULT_PQ_BYTES, 32, 16, 8, 4, 2, 1) if dim % m == 0 and (m <= dim // 2 or dim < 2))
+        return f"{_quantizer(nlist, dim)[0]},PQ{m}"
+    for suffix, code_bytes, codebook_bytes in _codes(dim, budget / n - ID_OVERHEAD):
+        if suffix != "SQ8" and code_bytes > DEFAULT_PQ_BYTES:
+            continue
+        for nl in (nlist, nlist // 2, nlist // 4):
+            prefix, quantizer_bytes = _quantizer(max(nl, 16), dim)
+            if n * (code_bytes + ID_OVERHEAD) + quantizer_bytes + codebook_bytes <= budget:
+                return f"{prefix},{suffix}"
+    raise IndexError_(f"a memory budget of {memory_budget_mb} MB is too small for {n} vectors")
 
 
 def make_index(factory: str, dim: int) -> faiss.Index:

@@ -49,9 +49,31 @@ def test_choose_factory_follows_count_and_budget():
     assert choose_factory(100_000, 512) == "IVF512,PQ64"
     assert choose_factory(1_000_000, 512) == "IVF2048_HNSW32,PQ64"
     assert choose_factory(1_000_000, 512, memory_budget_mb=1000).endswith("SQ8")  # ~1 KB per vector affordable
-    assert choose_factory(20_000, 512, memory_budget_mb=1).endswith("PQ16")  # Flat would not fit 1 MB
+    # the coarse quantizer and PQ codebook count against the budget too: fewer lists, 6-bit codes
+    assert choose_factory(20_000, 512, memory_budget_mb=1) == "IVF64,PQ16x6"  # Flat would not fit 1 MB
+    assert choose_factory(100_000, 512, memory_budget_mb=100 * 100_000 / 2**20) == "IVF256,PQ64"
     with pytest.raises(IndexError_):
         choose_factory(1_000_000, 512, memory_budget_mb=1)
+
+
+def test_budgeted_index_fits_its_budget():
+    """The index choose_factory picks for a budget serialises (codes, ids, id map, centroids, codebook) within it."""
+    import faiss
+
+    from index import factory as fx
+
+    n, dim, budget_mb = 60_000, 64, 40 * 60_000 / 2**20  # 40 B/vector: too little for the default PQ32
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((200, dim))[rng.integers(0, 200, n)] + 0.3 * rng.standard_normal((n, dim))).astype(
+        np.float32
+    )
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    factory = choose_factory(n, dim, budget_mb)
+    index = fx.make_index(factory, dim)
+    fx.train(index, x[rng.choice(n, fx.training_size(index), replace=False)], factory)
+    fx.add_chunks(index, [(np.arange(n), x)])
+    assert faiss.serialize_index(index).size <= budget_mb * 2**20, factory
+    assert index.reconstruct(7).shape == (dim,) and fx.remove(index, np.array([7]))  # the id map still works
 
 
 def write_folder(root: Path) -> None:

@@ -1,0 +1,45 @@
+"""Embedding for the index: batched float conversion + normalisation equals the bundle's own transform."""
+
+import io
+from collections import Counter
+
+import numpy as np
+import torch
+from PIL import Image
+
+from encoders.bundle import load_bundle
+from index.embed import Record, decode, embed_records, split_transform
+
+
+def _png(mode: str, size: tuple[int, int], colour) -> bytes:
+    buf = io.BytesIO()
+    Image.new(mode, size, colour).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_batched_normalisation_matches_the_bundle_transform(micro_bundle):
+    bundle = load_bundle(micro_bundle)
+    split = split_transform(bundle.transform)
+    assert split is not None  # open_clip's eval transform ends with ToTensor + Normalize
+    rng = np.random.default_rng(0)
+    noisy = Image.fromarray(rng.integers(0, 256, (37, 53, 3), dtype=np.uint8))
+    buf = io.BytesIO()
+    noisy.save(buf, format="JPEG")
+    blobs = [
+        buf.getvalue(),
+        _png("RGB", (20, 16), (200, 30, 30)),
+        _png("L", (9, 30), 77),
+        _png("RGBA", (40, 40), (1, 2, 3, 4)),
+    ]
+    recs = [Record(f"k{i}", None, "src", data=b) for i, b in enumerate(blobs)]
+    stats: Counter = Counter()
+    batches = list(embed_records(bundle, iter(recs), batch_size=8, workers=1, stats=stats, progress=False))
+    expected = torch.stack([bundle.transform(bundle.load_image(b)) for b in blobs])
+    assert torch.equal(torch.from_numpy(batches[0].image_features), bundle.encode_images(expected))
+    assert [it.width for it in batches[0].items] == [53, 20, 9, 40]
+    u8 = decode(bundle, recs[0], split[0])
+    assert isinstance(u8[0], np.ndarray) and u8[0].dtype == np.uint8  # the float tensor is made per batch
+
+
+def test_a_transform_without_totensor_normalize_is_applied_per_image():
+    assert split_transform(lambda im: im) is None
