@@ -28,7 +28,10 @@ RECALL_TARGET = 0.95
 
 
 def _nlist_for(n: int) -> int:
-    nlist = 2 ** round(math.log2(max(2 * math.sqrt(n), 1)))  # ~2 sqrt(n): autofaiss uses 1-4 sqrt(n)
+    # ~4 sqrt(n) (autofaiss: 4-16 sqrt(n)). Many lists pay twice for PQ codes: they encode the residual to
+    # the centroid, which shrinks as lists get finer, and each probe scans fewer codes. On the clustered
+    # benchmark vectors IVF1024 instead of IVF512 (100k) lifts recall@10 from ~0.70 to ~0.81 at equal bytes.
+    nlist = 2 ** round(math.log2(max(4 * math.sqrt(n), 1)))
     return int(max(16, min(nlist, 65536, 2 ** int(math.log2(max(n // 39, 16))))))  # >= 39 training points per list
 
 
@@ -51,12 +54,23 @@ def _quantizer(nlist: int, dim: int) -> tuple[str, int]:
     return f"IVF{nlist}", nlist * dim * 4
 
 
+def _largest_code(n: int, dim: int, nlist: int, budget: float) -> tuple[str, int] | None:
+    """(factory suffix, code bytes) of the largest code that fits the budget beside `nlist` lists."""
+    quantizer_bytes = _quantizer(nlist, dim)[1]
+    for suffix, code_bytes, codebook_bytes in _codes(dim, budget / n - ID_OVERHEAD):
+        if suffix != "SQ8" and code_bytes > DEFAULT_PQ_BYTES:
+            continue
+        if n * (code_bytes + ID_OVERHEAD) + quantizer_bytes + codebook_bytes <= budget:
+            return suffix, code_bytes
+    return None
+
+
 def choose_factory(n: int, dim: int, memory_budget_mb: float | None = None) -> str:
     """A FAISS factory string for `n` vectors of `dim` dimensions under an optional memory budget.
 
     The budget covers everything the index serialises: codes, ids, the id map, the coarse quantizer's
-    centroids and the PQ codebook (the last two matter below ~1M vectors). The largest code that fits
-    wins; fewer inverted lists (down to a quarter) are tried before a smaller code."""
+    centroids and the PQ codebook (the last two matter below ~1M vectors). Fewer inverted lists (down to a
+    quarter) are taken only when the code they make room for is over a third larger."""
     if n <= 0:
         raise IndexError_("cannot choose an index for 0 vectors")
     budget = math.inf if memory_budget_mb is None else memory_budget_mb * 2**20
@@ -66,13 +80,11 @@ def choose_factory(n: int, dim: int, memory_budget_mb: float | None = None) -> s
     if memory_budget_mb is None:
         m = next(m for m in (DEFAULT_PQ_BYTES, 32, 16, 8, 4, 2, 1) if dim % m == 0 and (m <= dim // 2 or dim < 2))
         return f"{_quantizer(nlist, dim)[0]},PQ{m}"
-    for suffix, code_bytes, codebook_bytes in _codes(dim, budget / n - ID_OVERHEAD):
-        if suffix != "SQ8" and code_bytes > DEFAULT_PQ_BYTES:
-            continue
-        for nl in (nlist, nlist // 2, nlist // 4):
-            prefix, quantizer_bytes = _quantizer(max(nl, 16), dim)
-            if n * (code_bytes + ID_OVERHEAD) + quantizer_bytes + codebook_bytes <= budget:
-                return f"{prefix},{suffix}"
+    fits = [(nl, _largest_code(n, dim, max(nl, 16), budget)) for nl in (nlist, nlist // 2, nlist // 4)]
+    best = max((code[1] for _, code in fits if code), default=0)
+    for nl, code in fits:  # the most lists whose code is at least 3/4 of the largest affordable one
+        if code and code[1] >= 0.75 * best:
+            return f"{_quantizer(max(nl, 16), dim)[0]},{code[0]}"
     raise IndexError_(f"a memory budget of {memory_budget_mb} MB is too small for {n} vectors")
 
 

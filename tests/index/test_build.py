@@ -46,12 +46,13 @@ def test_ivf_build_tunes_nprobe_and_records_recall(trained_bundle, synth_data, b
 
 def test_choose_factory_follows_count_and_budget():
     assert choose_factory(1000, 512) == "Flat"
-    assert choose_factory(100_000, 512) == "IVF512,PQ64"
-    assert choose_factory(1_000_000, 512) == "IVF2048_HNSW32,PQ64"
+    assert choose_factory(100_000, 512) == "IVF1024_HNSW32,PQ64"  # ~4 sqrt(n) lists, HNSW over >= 1024
+    assert choose_factory(1_000_000, 512) == "IVF4096_HNSW32,PQ64"
     assert choose_factory(1_000_000, 512, memory_budget_mb=1000).endswith("SQ8")  # ~1 KB per vector affordable
     # the coarse quantizer and PQ codebook count against the budget too: fewer lists, 6-bit codes
-    assert choose_factory(20_000, 512, memory_budget_mb=1) == "IVF64,PQ16x6"  # Flat would not fit 1 MB
-    assert choose_factory(100_000, 512, memory_budget_mb=100 * 100_000 / 2**20) == "IVF256,PQ64"
+    assert choose_factory(20_000, 512, memory_budget_mb=1) == "IVF128,PQ8x6"  # Flat would not fit 1 MB
+    assert choose_factory(100_000, 512, memory_budget_mb=100 * 100_000 / 2**20) == "IVF1024_HNSW32,PQ64x6"
+    assert choose_factory(1_000_000, 512, memory_budget_mb=100 * 1_000_000 / 2**20) == "IVF4096_HNSW32,PQ64"
     with pytest.raises(IndexError_):
         choose_factory(1_000_000, 512, memory_budget_mb=1)
 
