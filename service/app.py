@@ -49,6 +49,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                 )  # type: ignore[arg-type]
             )
             engine = Engine(bundle, settings, on_batch=metrics.observe_batch)
+            await anyio.to_thread.run_sync(engine.start_decode_pool)
             engine.start()
             for kind in ("text", "image"):
                 metrics.watch_queue(kind, lambda k=kind: engine.batcher.queue_depth(k))  # type: ignore[union-attr]

@@ -12,8 +12,8 @@ import numpy as np
 import torch
 
 from encoders.bundle import Bundle
-from encoders.images import ImageDecodeError
 from service.batcher import MicroBatcher
+from service.decode import DecodePool, ImagePrep, Prepared, api_error, to_batch
 from service.errors import APIError
 from service.settings import Settings
 
@@ -82,23 +82,23 @@ class Engine:
         self.logit_bias = float(meta_bias) if meta_bias is not None else 0.0
         self._logit_scale = bundle.logit_scale()
         self._decoders: anyio.CapacityLimiter | None = None
+        self.image_prep = ImagePrep(bundle.meta["preprocess"], settings.max_image_pixels)
+        self.decode_pool: DecodePool | None = None  # set by start_decode_pool(); until then, decode in-process
 
     # --- run on the batcher's threads (public so that benchmarks time exactly what the server runs) ---
-    def prepare_images(self, items: list[tuple[bytes, int]]) -> list[torch.Tensor | APIError]:
-        """(untrusted bytes, index in its request) -> preprocessed [3, H, W], or the APIError for that image."""
-        out: list[torch.Tensor | APIError] = []
-        for blob, i in items:
-            try:
-                out.append(self._decode_one(blob, i))
-            except APIError as exn:
-                out.append(exn)
-        return out
+    def prepare_images(self, items: list[tuple[bytes, int]]) -> list[Prepared | APIError]:
+        """(untrusted bytes, index in its request) -> prepared pixels (see service.decode), or the APIError
+        for that image; in the decode worker processes when they run, else on this thread."""
+        blobs = [blob for blob, _ in items]
+        results = self.decode_pool.decode(blobs) if self.decode_pool is not None else self.image_prep.chunk(blobs)
+        return [api_error(r, i) if isinstance(r, tuple) else r for r, (_, i) in zip(results, items, strict=True)]
 
     def encode_text_batch(self, texts: list[str]) -> np.ndarray:
         return self.bundle.encode_texts(texts).numpy()  # [N, D]
 
-    def encode_pixel_batch(self, pixels: list[torch.Tensor]) -> np.ndarray:
-        return self.bundle.encode_images(torch.stack(pixels)).numpy()  # [N, 3, H, W] -> [N, D]
+    def encode_pixel_batch(self, pixels: list[Prepared]) -> np.ndarray:
+        batch = to_batch(pixels, self.image_prep.normalize)  # [N, 3, H, W] float32
+        return self.bundle.encode_images(batch).numpy()  # [N, D]
 
     # --- public, async ---
     @property
@@ -116,6 +116,18 @@ class Engine:
     def logit_scale(self) -> float:
         return self._logit_scale
 
+    def start_decode_pool(self) -> None:
+        """Blocking (the first worker imports torch): run from a worker thread before `start`."""
+        if self.settings.decode_processes > 0 and self.decode_pool is None:
+            pool = DecodePool(self.bundle.meta["preprocess"], self.settings.max_image_pixels,
+                              self.settings.decode_processes)  # fmt: skip
+            try:
+                pool.start()
+            except BaseException:
+                pool.close()
+                raise
+            self.decode_pool = pool
+
     def start(self) -> None:
         if self.settings.torch_threads:
             torch.set_num_threads(self.settings.torch_threads)
@@ -124,28 +136,23 @@ class Engine:
         self.batcher.start()
 
     async def stop(self) -> None:
+        if self.decode_pool is not None:  # first, so that a chunk being decoded fails now instead of finishing
+            await anyio.to_thread.run_sync(self.decode_pool.close)
         await self.batcher.stop()
 
     async def encode_texts(self, texts: list[str]) -> np.ndarray:
         return await self.batcher.encode("text", texts)
 
-    async def decode_images(self, blobs: list[bytes]) -> list[torch.Tensor]:
-        """Untrusted bytes -> preprocessed [3, H, W] tensors, on a worker thread; bad input -> APIError."""
-        return await anyio.to_thread.run_sync(
-            lambda: [self._decode_one(b, i) for i, b in enumerate(blobs)], limiter=self._decoders
+    async def decode_images(self, blobs: list[bytes]) -> list[Prepared]:
+        """Untrusted bytes -> prepared pixels, off the event loop (in the decode workers when they run);
+        raises the first bad image's APIError (4xx)."""
+        out = await anyio.to_thread.run_sync(
+            lambda: self.prepare_images([(b, i) for i, b in enumerate(blobs)]), limiter=self._decoders
         )
-
-    def _decode_one(self, blob: bytes, i: int) -> torch.Tensor:
-        try:
-            image = self.bundle.load_image(blob, max_pixels=self.settings.max_image_pixels)
-            return self.bundle.preprocess([image])[0]
-        except ImageDecodeError as exn:
-            status, code = {"too_large": (413, "image_too_large"), "empty": (400, "empty_image")}.get(
-                exn.reason, (400, "invalid_image")
-            )
-            raise APIError(status, code, f"image {i}: {exn}") from exn
-        except Exception as exn:  # any other decoder failure is still the upload's fault
-            raise APIError(400, "invalid_image", f"image {i}: cannot decode ({type(exn).__name__})") from exn
+        for res in out:
+            if isinstance(res, APIError):
+                raise res
+        return out
 
     async def encode_images(self, blobs: list[bytes]) -> np.ndarray:
         """Decoded, preprocessed and encoded in the batcher's pipeline; a bad image -> its APIError (4xx)."""
