@@ -121,7 +121,9 @@ def run_autofaiss(xb: np.ndarray, budget_bytes: int, work: Path) -> tuple[faiss.
         raise RuntimeError(f"autofaiss failed:\n{done.stderr[-3000:]}")
     infos = json.loads((work / "infos.json").read_text())
     build_s = json.loads((work / "time.json").read_text())["build_s"]
-    return faiss.read_index(str(work / "knn.index")), infos, build_s
+    index = faiss.read_index(str(work / "knn.index"))
+    faiss.ParameterSpace().set_index_parameters(index, infos["index_param"])  # its choice (also saved with it)
+    return index, infos, build_s
 
 
 def measure(n: int, name: str, index: faiss.Index, build_s: float, test_q: np.ndarray, truth: np.ndarray) -> dict:
