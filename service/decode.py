@@ -18,6 +18,7 @@ the GIL, which the event loop and the encoder thread need. `DecodePool` runs it 
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import signal
 import threading
@@ -31,6 +32,7 @@ import numpy as np
 from encoders.images import ImageDecodeError, load_image
 from service.errors import APIError
 
+log = logging.getLogger("clipforge.service")
 Failure = tuple[int, str, str]  # (HTTP status, error code, message): picklable, unlike the exceptions
 Prepared = Any  # uint8 [H, W, 3] pixels (np.ndarray), or a float [3, H, W] tensor when the transform can't split
 ChunkFn = Callable[[list[bytes]], list["Prepared | Failure"]]
@@ -183,9 +185,12 @@ class DecodePool:
                 self._pool = None
                 self.restarts += 1
                 broken.shutdown(wait=False, cancel_futures=True)
+                log.warning("an image decode worker died; starting a new one (restart %d)", self.restarts)
 
     def decode(self, blobs: list[bytes]) -> list[Prepared | Failure]:
         """One result per blob, in order: prepared pixels or a Failure. Raises only when shutting down."""
+        if not blobs:
+            return []
         pool = self._current()
         parts = [idx for idx in np.array_split(np.arange(len(blobs)), min(self.processes, len(blobs))) if len(idx)]
         jobs = [(idx, self._submit(pool, [blobs[i] for i in idx])) for idx in parts]  # one part per worker
@@ -241,6 +246,7 @@ class DecodePool:
             p.terminate()
         for p in procs:
             p.join(5)
+        pool.shutdown(wait=True)  # the workers are gone: this joins the pool's thread and frees its queues
 
 
 def result_or_error(res: Prepared | Failure, i: int) -> Prepared | APIError:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from pydantic import Field, SecretStr, field_validator
@@ -66,9 +65,11 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(64, ge=1)
     max_wait_ms: float = Field(2.0, ge=0.0)
     prepare_threads: int = Field(1, ge=1)  # image decode + preprocess threads, overlapping the encoder
-    # worker processes that decode + preprocess images outside the server's GIL (the event loop and the
-    # encoder need it); 0 decodes on the prepare threads in this process. Default: 1 when there are 2+ cores.
-    decode_processes: int = Field(default_factory=lambda: 1 if (os.cpu_count() or 1) >= 2 else 0, ge=0, le=64)
+    # worker processes that decode + preprocess images outside the server's GIL (which the event loop and
+    # the encoder need), and outside the server: a codec that crashes takes down a worker, not the server.
+    # 0 decodes on the prepare threads in this process. Off by default: on a busy 2-core machine 1 did not
+    # measurably raise throughput (benchmarks/service_bench.py --decode-processes 0,1 measures it).
+    decode_processes: int = Field(0, ge=0, le=64)
     # intra-op threads of the encoder; 0 leaves torch's default (one per core). Set the whole process's.
     torch_threads: int = Field(0, ge=0)
 
