@@ -39,23 +39,11 @@ ChunkFn = Callable[[list[bytes]], list["Prepared | Failure"]]
 CRASHED: Failure = (422, "image_decode_failed", "decoding this image crashed the decoder")
 
 
-def split_transform(transform: Any) -> tuple[Any, Any] | None:
-    """(PIL steps, Normalize) when the transform ends with ToTensor + Normalize (open_clip's eval transform)."""
-    from torchvision import transforms as T
-
-    steps = list(getattr(transform, "transforms", []))
-    if len(steps) < 3 or type(steps[-2]).__name__ not in ("ToTensor", "MaybeToTensor"):
-        return None
-    if not isinstance(steps[-1], T.Normalize):
-        return None
-    return T.Compose(steps[:-2]), steps[-1]
-
-
 class ImagePrep:
     """Untrusted image bytes -> prepared pixels, with the bundle's preprocess settings and a pixel limit."""
 
     def __init__(self, preprocess: dict[str, Any], max_pixels: int) -> None:
-        from encoders.model import image_transform
+        from encoders.model import image_transform, split_transform
 
         self.preprocess, self.max_pixels = preprocess, max_pixels
         self.draft_size = int(preprocess["image_size"]) * 2  # as Bundle.load_image

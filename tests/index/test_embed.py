@@ -8,7 +8,8 @@ import torch
 from PIL import Image
 
 from encoders.bundle import load_bundle
-from index.embed import Record, decode, embed_records, split_transform
+from encoders.model import split_transform
+from index.embed import Record, decode, embed_records
 
 
 def _png(mode: str, size: tuple[int, int], colour) -> bytes:
