@@ -84,22 +84,6 @@ def image_transform(pp: dict[str, Any], *, train: bool, aug: dict[str, Any] | No
     return image_transform_v2(cfg, is_train=train, aug_cfg=aug)
 
 
-def split_transform(transform: Any) -> tuple[Any, Any] | None:
-    """(PIL steps, Normalize) when the transform ends with ToTensor + Normalize (open_clip's eval transform).
-
-    Converting to float and normalising once per batch instead of per image saves CPU where decoding shares
-    cores with the encoder (index build, the service); the result is the same to the bit (same ops, same
-    order). None for any other transform: then use it whole."""
-    from torchvision import transforms as T
-
-    steps = list(getattr(transform, "transforms", []))
-    if len(steps) < 3 or type(steps[-2]).__name__ not in ("ToTensor", "MaybeToTensor"):
-        return None
-    if not isinstance(steps[-1], T.Normalize):
-        return None
-    return T.Compose(steps[:-2]), steps[-1]
-
-
 def tokenizer_cfg(model_cfg: dict[str, Any]) -> dict[str, Any]:
     text_cfg = model_cfg.get("text_cfg", {})
     name = text_cfg.get("hf_tokenizer_name") or "clip-bpe"

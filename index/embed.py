@@ -23,6 +23,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from encoders.images import IMAGE_EXTENSIONS, ImageDecodeError
+from encoders.pixels import split_transform, to_batch
 from encoders.shards import IMAGE_KEYS, expand_urls, raw_samples, read_caption
 from index.types import IndexError_, Item
 
@@ -114,7 +115,7 @@ def decode(bundle: Any, rec: Record, pil_steps: Any = None) -> tuple[Any, int, i
     """(pixels, width, height) or the reason the image is skipped.
 
     pixels: [3, H, W] float from the bundle's transform; with `pil_steps` (the transform's PIL part) a
-    [H, W, 3] uint8 array instead, which `_to_batch` turns into floats for the whole batch at once."""
+    [H, W, 3] uint8 array instead, which `encoders.pixels.to_batch` turns into floats for the whole batch at once."""
     try:
         data = rec.data if rec.data is not None else Path(rec.path or "").read_bytes()
     except OSError:
@@ -133,23 +134,6 @@ def decode(bundle: Any, rec: Record, pil_steps: Any = None) -> tuple[Any, int, i
     return bundle.transform(image), width, height
 
 
-def _to_batch(pixels: list[Any], normalize: Any) -> Any:
-    """[n, 3, H, W] float32 from per-image uint8 [H, W, 3] arrays (normalised here) or float tensors."""
-    import torch
-
-    raw = [j for j, px in enumerate(pixels) if isinstance(px, np.ndarray)]
-    if not raw:
-        return torch.stack(pixels) if pixels else None
-    u8 = torch.from_numpy(np.stack([pixels[j] for j in raw]))  # [r, H, W, 3] uint8
-    batch = normalize(u8.permute(0, 3, 1, 2).contiguous().to(torch.float32).div(255))  # as ToTensor, Normalize do
-    if len(raw) == len(pixels):
-        return batch
-    out = list(pixels)
-    for j, row in zip(raw, batch, strict=True):
-        out[j] = row
-    return torch.stack(out)
-
-
 def _decode_batch(
     bundle: Any, split: tuple[Any, Any] | None, recs: list[Record]
 ) -> tuple[list[tuple[Record, Any]], Any]:
@@ -162,7 +146,7 @@ def _decode_batch(
         else:
             pixels.append(d[0])
             out.append((r, d[1:]))
-    return out, _to_batch(pixels, split[1] if split else None)
+    return out, to_batch(pixels, split[1] if split else None)
 
 
 def _chunks(records: Iterator[Record], size: int) -> Iterator[list[Record]]:
@@ -201,8 +185,6 @@ def embed_records(
     bar.shards = shards
     pending: list[Future] = []
     batches = _chunks(records, batch_size)
-    from encoders.model import split_transform
-
     split = split_transform(bundle.transform)
     t0 = time.perf_counter()
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="clipforge-decode") as pool:

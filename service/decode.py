@@ -8,7 +8,7 @@ the GIL, which the event loop and the encoder thread need. `DecodePool` runs it 
   the server itself, with its inference threads running, would be unsafe.
 - a worker holds no model: only the bundle's preprocess settings, the same `load_image` with the same pixel
   limit (a decompression bomb is refused there) and the PIL steps of the same transform.
-- a worker sends back uint8 [H, W, 3] pixels (4x fewer bytes than float32); `to_batch` converts and
+- a worker sends back uint8 [H, W, 3] pixels (4x fewer bytes than float32); `encoders.pixels.to_batch` converts and
   normalises a whole batch on the encoder thread with the ops ToTensor + Normalize use, so the pixels are
   the same to the bit as `bundle.preprocess` gives.
 - a worker that dies (a codec segfault, the OOM killer) fails nothing by itself: the pool is replaced and
@@ -22,7 +22,7 @@ import logging
 import multiprocessing
 import signal
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from encoders.images import ImageDecodeError, load_image
+from encoders.pixels import split_transform
 from service.errors import APIError
 
 log = logging.getLogger("clipforge.service")
@@ -43,7 +44,7 @@ class ImagePrep:
     """Untrusted image bytes -> prepared pixels, with the bundle's preprocess settings and a pixel limit."""
 
     def __init__(self, preprocess: dict[str, Any], max_pixels: int) -> None:
-        from encoders.model import image_transform, split_transform
+        from encoders.model import image_transform
 
         self.preprocess, self.max_pixels = preprocess, max_pixels
         self.draft_size = int(preprocess["image_size"]) * 2  # as Bundle.load_image
@@ -81,24 +82,6 @@ def failure(exn: Exception) -> Failure:
 
 def api_error(f: Failure, i: int) -> APIError:
     return APIError(f[0], f[1], f"image {i}: {f[2]}")
-
-
-def to_batch(pixels: Sequence[Prepared], normalize: Any) -> Any:
-    """[N, 3, H, W] float32 from prepared items: uint8 pixels are converted and normalised here, for the
-    whole batch at once, with the same ops in the same order as ToTensor + Normalize (same bits)."""
-    import torch
-
-    if not any(isinstance(px, np.ndarray) for px in pixels):
-        return torch.stack(list(pixels))
-    out = list(pixels)
-    raw = [j for j, px in enumerate(pixels) if isinstance(px, np.ndarray)]
-    u8 = torch.from_numpy(np.stack([pixels[j] for j in raw]))  # [r, H, W, 3]
-    batch = normalize(u8.permute(0, 3, 1, 2).contiguous().to(torch.float32).div(255))  # [r, 3, H, W]
-    if len(raw) == len(pixels):
-        return batch
-    for j, row in zip(raw, batch, strict=True):
-        out[j] = row
-    return torch.stack(out)
 
 
 # --- in a worker process (its own interpreter, so a module global is per worker, not app state) ---
@@ -235,7 +218,3 @@ class DecodePool:
         for p in procs:
             p.join(5)
         pool.shutdown(wait=True)  # the workers are gone: this joins the pool's thread and frees its queues
-
-
-def result_or_error(res: Prepared | Failure, i: int) -> Prepared | APIError:
-    return api_error(res, i) if isinstance(res, tuple) else res

@@ -12,8 +12,9 @@ import numpy as np
 import torch
 
 from encoders.bundle import Bundle
+from encoders.pixels import to_batch
 from service.batcher import MicroBatcher
-from service.decode import DecodePool, ImagePrep, Prepared, api_error, to_batch
+from service.decode import DecodePool, ImagePrep, Prepared, api_error
 from service.errors import APIError
 from service.settings import Settings
 

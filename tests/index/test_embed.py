@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from encoders.bundle import load_bundle
-from encoders.model import split_transform
+from encoders.pixels import split_transform
 from index.embed import Record, decode, embed_records
 
 

@@ -19,7 +19,8 @@ import torch
 from PIL import Image
 from pydantic import ValidationError
 
-from service.decode import CRASHED, DecodePool, ImagePrep, decode_chunk, to_batch
+from encoders.pixels import to_batch
+from service.decode import CRASHED, DecodePool, ImagePrep, decode_chunk
 from service.engine import Engine
 from service.errors import APIError
 from service.settings import Settings
