@@ -30,6 +30,7 @@ import io
 import json
 import os
 import random
+import shutil
 import socket
 import statistics
 import subprocess
@@ -503,6 +504,7 @@ def main() -> None:
         alive = server.poll() is None and run_loop(load(port, 1, 0.2, lambda: get("/readyz"), 0))["errors"] == 0
     finally:
         stop_server(server)
+        shutil.rmtree(tmp, ignore_errors=True)  # two bundles and shards: ~600 MB
 
     # --- report ---
     rows = []
