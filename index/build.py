@@ -160,7 +160,7 @@ def build_from_parts(
         if n and factory and n < 2 * _min_train(chosen, dim):
             chosen = "Flat"  # e.g. few captions: an IVF cannot be trained on them, exact search is right anyway
         index, sections[name] = build_one(parts, chosen, dim) if n else (fx.make_index("Flat", dim), _empty())
-        faiss.write_index(index, str(vdir / f"{name}.faiss"))
+        fx.write(index, str(vdir / f"{name}.faiss"))
     return {
         "dim": dim,
         "fingerprint": infos[0]["fingerprint"],

@@ -69,10 +69,10 @@ def cmd_search(a: argparse.Namespace) -> int:
     kw = {"target": a.target, "filters": _filters(a.filter), "threshold": a.threshold, "offset": a.offset,
           "collapse": a.collapse}  # fmt: skip
     if a.id is not None:
-        hits = Index.open(a.index).search_id(a.id, a.k, **kw)
+        hits = Index.open(a.index, mmap=a.mmap).search_id(a.id, a.k, **kw)
     else:
         bundle = _bundle_for(a.index, a.bundle, a.device)
-        idx = Index.open(a.index, bundle=bundle)
+        idx = Index.open(a.index, bundle=bundle, mmap=a.mmap)
         if a.text is not None:
             hits = idx.search_text(bundle, a.text, a.k, **kw)
         else:
@@ -147,6 +147,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     s.add_argument("--collapse", type=float, help="drop near-duplicates at or above this image similarity")
     s.add_argument("--bundle", help="default: the bundle path recorded in the manifest")
     s.add_argument("--device", default="auto")
+    s.add_argument("--mmap", action="store_true", help="memory-map the inverted lists instead of reading them")
     s.set_defaults(func=cmd_search)
 
     s = sub.add_parser("add", help="add image files (caption from --caption or a sidecar .txt)")

@@ -33,18 +33,21 @@ class State:
     stamp: tuple[int, int]
 
 
-def read_faiss(path: Path) -> faiss.Index:
+def read_faiss(path: Path, mmap: bool = False) -> faiss.Index:
+    """Load an index file; with `mmap` an IVF's inverted lists stay in the file and are paged in by the OS
+    as searches touch them (read-only: updates work on their own in-RAM copy)."""
+    flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
     try:
-        return faiss.read_index(str(path))
+        return faiss.read_index(str(path), flags)
     except RuntimeError as exn:
         raise IndexError_(f"{path} cannot be read ({str(exn).splitlines()[0][:120]}): truncated or corrupt") from exn
 
 
-def load_state(root: Path) -> State:
+def load_state(root: Path, mmap: bool = False) -> State:
     stamp = store.pointer_stamp(root)
     manifest = store.read_manifest(root)
     vdir = store.verify_files(root, manifest)
-    images, captions = read_faiss(vdir / "images.faiss"), read_faiss(vdir / "captions.faiss")
+    images, captions = read_faiss(vdir / "images.faiss", mmap), read_faiss(vdir / "captions.faiss", mmap)
     for index, name in ((images, "images"), (captions, "captions")):
         if index.d != manifest["dim"]:
             raise IndexError_(f"{vdir / name}.faiss has dimension {index.d}, the manifest says {manifest['dim']}")
@@ -74,8 +77,9 @@ class Index:
     Every call first checks (one stat) whether manifest.json was replaced, by this or another process,
     and if so switches to the new version; a search in flight keeps the version it started with."""
 
-    def __init__(self, path: Path, state: State) -> None:
+    def __init__(self, path: Path, state: State, mmap: bool = False) -> None:
         self.path = path
+        self.mmap = mmap
         self._state = state
         self._reload = threading.Lock()
         self._members = MemberReader()
@@ -149,12 +153,14 @@ class Index:
         return cls.open(root)
 
     @classmethod
-    def open(cls, path: str | Path, bundle: Any = None) -> Index:
+    def open(cls, path: str | Path, bundle: Any = None, mmap: bool = False) -> Index:
+        """`mmap`: memory-map the inverted lists instead of reading them into RAM, for indexes larger
+        than memory (or many processes sharing one copy through the page cache)."""
         root = Path(path)
         manifest = store.read_manifest(root)
         if bundle is not None:
             check_bundle(bundle, manifest["fingerprint"], int(manifest["dim"]), root)
-        return cls(root, load_state(root))
+        return cls(root, load_state(root, mmap), mmap)
 
     def close(self) -> None:
         self._state.meta.close()
@@ -168,7 +174,7 @@ class Index:
         if stamp != state.stamp:
             with self._reload:
                 if self._state.stamp != stamp:
-                    self._state = load_state(self.path)
+                    self._state = load_state(self.path, self.mmap)
                 state = self._state
         return state
 
@@ -231,7 +237,7 @@ class Index:
         st = self._current()
         self.get(id)
         try:
-            vector = st.images.reconstruct(int(id))
+            vector = fx.reconstruct(st.images, [int(id)])[0]
         except RuntimeError as exn:
             raise IndexError_(f"item {id} has no stored image vector") from exn
         exclude = set(kw.pop("exclude", None) or ()) | {int(id)}
@@ -269,7 +275,7 @@ class Index:
     def _swap(self) -> None:
         """Load the version just published (called by updates, with the writer lock held)."""
         with self._reload:
-            self._state = load_state(self.path)
+            self._state = load_state(self.path, self.mmap)
 
 
 def new_manifest(bundle: Any, sections: dict[str, Any], seconds: float) -> dict[str, Any]:

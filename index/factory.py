@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -20,10 +21,12 @@ from index.types import IndexError_
 
 FLAT_MAX = 50_000  # below this many vectors exact search is fast enough and needs no training
 DEFAULT_PQ_BYTES = 64  # code bytes per vector when no budget is given (~88 B/vector with ids + id map)
-# Per vector beside its code, as serialised: the int64 id in its inverted list + the direct map's hashtable
-# entry (id -> list, offset) that reconstruct(id) and remove_ids need. (In RAM the hashtable costs more.)
-ID_OVERHEAD = 24
+# Per vector beside its code: the int64 id in its inverted list. The id -> (list, offset) map that
+# reconstruct(id) needs is not stored (it would be 16 B/vector on disk and ~3x that in RAM): `reconstruct`
+# builds it on first use, and remove_ids scans the lists without it.
+ID_OVERHEAD = 8
 HNSW32_LINKS = 288  # bytes per centroid of an HNSW32 coarse quantizer beside the centroid: links, levels
+HNSW_FROM = 4096  # lists from which the coarse quantizer is HNSW; below, exact search over centroids is ~0.1 ms
 RECALL_TARGET = 0.95
 
 
@@ -48,8 +51,8 @@ def _codes(dim: int, cap: float) -> Iterator[tuple[str, int, int]]:
 
 
 def _quantizer(nlist: int, dim: int) -> tuple[str, int]:
-    """(factory prefix, bytes) of the coarse quantizer: HNSW32 over the centroids from 1024 lists."""
-    if nlist >= 1024:
+    """(factory prefix, bytes) of the coarse quantizer: HNSW32 over the centroids from HNSW_FROM lists."""
+    if nlist >= HNSW_FROM:
         return f"IVF{nlist}_HNSW32", nlist * (dim * 4 + HNSW32_LINKS)
     return f"IVF{nlist}", nlist * dim * 4
 
@@ -99,7 +102,6 @@ def make_index(factory: str, dim: int) -> faiss.Index:
     ivf = ivf_of(index)
     if ivf is None:
         return faiss.IndexIDMap2(index)
-    ivf.set_direct_map_type(faiss.DirectMap.Hashtable)  # reconstruct(id) and remove_ids after adds
     ivfpq = faiss.downcast_index(ivf)
     if isinstance(ivfpq, faiss.IndexIVFPQ):
         ivfpq.do_polysemous_training = False  # the factory turns it on; it costs minutes and search never uses it
@@ -141,6 +143,30 @@ def add_chunks(index: faiss.Index, chunks: Iterable[tuple[np.ndarray, np.ndarray
     for ids, vectors in chunks:
         if len(ids):
             index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), np.asarray(ids, dtype=np.int64))
+
+
+_MAP_LOCK = threading.Lock()
+
+
+def reconstruct(index: faiss.Index, ids: list[int]) -> np.ndarray:
+    """[len(ids), D] stored vectors (decoded codes) by id; an IVF builds its id map on the first call
+    (one pass over the lists: ~0.1 s per million vectors). Unknown ids raise RuntimeError."""
+    ivf = ivf_of(index)
+    if ivf is not None and ivf.direct_map.type == faiss.DirectMap.NoMap:
+        with _MAP_LOCK:  # searches running meanwhile do not use the map
+            if ivf.direct_map.type == faiss.DirectMap.NoMap:
+                ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
+    if not len(ids):
+        return np.zeros((0, index.d), np.float32)
+    return np.stack([index.reconstruct(int(i)) for i in ids])
+
+
+def write(index: faiss.Index, path: str) -> None:
+    """Write the index without its id map (rebuilt on demand by `reconstruct`)."""
+    ivf = ivf_of(index)
+    if ivf is not None and ivf.direct_map.type != faiss.DirectMap.NoMap:
+        ivf.set_direct_map_type(faiss.DirectMap.NoMap)  # callers write their own copies, never a live index
+    faiss.write_index(index, path)
 
 
 def remove(index: faiss.Index, ids: np.ndarray) -> bool:

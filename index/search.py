@@ -52,13 +52,9 @@ def check_paging(k: Any, offset: Any, threshold: Any, collapse: Any, target: str
         raise IndexError_(f"target must be one of {TARGETS}, got {target!r}")
 
 
-def _reconstruct(index: faiss.Index, ids: list[int]) -> np.ndarray:
-    return np.stack([index.reconstruct(int(i)) for i in ids]) if ids else np.zeros((0, index.d), np.float32)
-
-
 def _collapse(ids: list[int], images: faiss.Index, sim: float) -> list[int]:
     """Greedy near-duplicate removal in rank order: drop a hit whose image is >= `sim` to a kept one."""
-    vecs = _reconstruct(images, ids)
+    vecs = fx.reconstruct(images, ids)
     vecs /= np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
     kept: list[int] = []
     for j in range(len(ids)):

@@ -20,7 +20,7 @@ from PIL import Image
 from encoders.images import ImageDecodeError
 from index import factory as fx
 from index import store
-from index.core import now
+from index.core import now, read_faiss
 from index.embed import image_size
 from index.meta import MetaWriter, row_for
 from index.sources import PIL_EXT
@@ -32,8 +32,13 @@ if TYPE_CHECKING:
 MAX_ADD = 10_000  # items per add call: larger batches belong in `index build`
 
 
-def _copy(index: faiss.Index) -> faiss.Index:
-    return faiss.deserialize_index(faiss.serialize_index(index))
+def _copies(index: Index, st: Any) -> tuple[faiss.Index, faiss.Index]:
+    """In-RAM copies of the live version's image and caption indexes for a writer to change. A memory-mapped
+    index serialises as a reference to its file, so its copy is read from the file instead."""
+    if index.mmap:
+        vdir = index.path / st.manifest["version_dir"]
+        return read_faiss(vdir / "images.faiss"), read_faiss(vdir / "captions.faiss")
+    return tuple(faiss.deserialize_index(faiss.serialize_index(x)) for x in (st.images, st.captions))  # type: ignore[return-value]
 
 
 def store_image(root: Path, data: bytes) -> str:
@@ -90,7 +95,7 @@ def add_items(index: Index, bundle: Any, items: list) -> list[int]:
             new.append(Item(first + j, Path(rel).stem[:16], caption, "add", None, rel, width, height, extra))
         ids = np.array([it.id for it in new], np.int64)
         captioned = [it for it in new if it.caption]
-        images, captions = _copy(st.images), _copy(st.captions)
+        images, captions = _copies(index, st)
         fx.add_chunks(images, [(ids, image_features)])
         if captioned:
             text_features = bundle.encode_texts([it.caption for it in captioned]).numpy()
@@ -117,7 +122,7 @@ def remove_items(index: Index, ids: list[int]) -> int:
             more = f" (and {len(unknown) - 5} more)" if len(unknown) > 5 else ""
             raise IndexError_(f"unknown id(s) {unknown[:5]}{more}; nothing was removed")
         manifest = st.manifest
-        images, captions = _copy(st.images), _copy(st.captions)
+        images, captions = _copies(index, st)
         sections = {name: dict(manifest[name]) for name in ("images", "captions")}
         with_caption = np.array([i for i in wanted if found[i].caption], np.int64)
         for name, index_, drop in (
@@ -144,8 +149,8 @@ def _commit(index: Index, st: Any, images: faiss.Index, captions: faiss.Index, e
         writer = MetaWriter(vdir / "meta.sqlite")
         edit(writer)
         writer.close()
-        faiss.write_index(images, str(vdir / "images.faiss"))
-        faiss.write_index(captions, str(vdir / "captions.faiss"))
+        fx.write(images, str(vdir / "images.faiss"))
+        fx.write(captions, str(vdir / "captions.faiss"))
     new = {**manifest, **(sections or {}), "version": number, "version_dir": store.version_name(number),
            "counts": counts, "next_id": next_id}  # fmt: skip
     for name, idx in (("images", images), ("captions", captions)):

@@ -55,7 +55,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                 metrics.watch_queue(kind, lambda k=kind: engine.batcher.queue_depth(k))  # type: ignore[union-attr]
             log.info("loaded bundle %s (%s)", settings.bundle, bundle.fingerprint[:12])
             if settings.index is not None:
-                index = await IndexHandle.open(str(settings.index), bundle)
+                index = await IndexHandle.open(str(settings.index), bundle, mmap=settings.index_mmap)
                 log.info("opened index %s", settings.index)
         elif settings.index is not None:
             raise ValueError("an index needs a bundle to embed queries: set CLIPFORGE_BUNDLE / --bundle")

@@ -32,6 +32,7 @@ class Settings(BaseSettings):
     # what to load
     bundle: Path | None = None
     index: Path | None = None
+    index_mmap: bool = False  # memory-map the index's inverted lists (indexes larger than RAM)
     device: str = "auto"
     precision: str = "auto"
     backend: str = "auto"  # torch | onnx | auto (ONNX Runtime on CPU when the bundle has ONNX graphs)

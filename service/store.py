@@ -19,12 +19,12 @@ class IndexHandle:
         self._executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix="clipforge-index")
 
     @classmethod
-    async def open(cls, path: str, bundle: Any) -> IndexHandle:
+    async def open(cls, path: str, bundle: Any, mmap: bool = False) -> IndexHandle:
         """Open the index on its own thread (so its SQLite connection belongs to that thread)."""
         from index import Index
 
         handle = cls()
-        handle.index = await handle.run_raw(lambda: Index.open(path, bundle=bundle))
+        handle.index = await handle.run_raw(lambda: Index.open(path, bundle=bundle, mmap=mmap))
         return handle
 
     async def run_raw(self, fn: Callable[[], T]) -> T:

@@ -40,24 +40,24 @@ def test_ivf_build_tunes_nprobe_and_records_recall(trained_bundle, synth_data, b
     assert section["recall@10"] >= 0.95 and 1 <= section["search_params"]["nprobe"] <= 8
     exact = {h.id for h in Index.open(built_index).search_id(4, k=10)}
     assert len(exact & {h.id for h in idx.search_id(4, k=10)}) >= 8  # IVF at the tuned nprobe ~ exact
-    assert idx.remove([4]) == 1 and len(idx) == 599  # IVF removes for real (direct map)
+    assert idx.remove([4]) == 1 and len(idx) == 599  # IVF removes for real (scanning its lists)
     assert idx.info()["images"]["tombstones"] == 0
 
 
 def test_choose_factory_follows_count_and_budget():
     assert choose_factory(1000, 512) == "Flat"
-    assert choose_factory(100_000, 512) == "IVF1024_HNSW32,PQ64"  # ~4 sqrt(n) lists, HNSW over >= 1024
+    assert choose_factory(100_000, 512) == "IVF1024,PQ64"  # ~4 sqrt(n) lists, HNSW over >= 4096 centroids
     assert choose_factory(1_000_000, 512) == "IVF4096_HNSW32,PQ64"
     assert choose_factory(1_000_000, 512, memory_budget_mb=1000).endswith("SQ8")  # ~1 KB per vector affordable
     # the coarse quantizer and PQ codebook count against the budget too: fewer lists, 6-bit codes
-    assert choose_factory(20_000, 512, memory_budget_mb=1) == "IVF128,PQ8x6"  # Flat would not fit 1 MB
-    assert choose_factory(100_000, 512, memory_budget_mb=100 * 100_000 / 2**20) == "IVF1024_HNSW32,PQ64x6"
+    assert choose_factory(20_000, 512, memory_budget_mb=1) == "IVF128,PQ32x6"  # Flat would not fit 1 MB
+    assert choose_factory(100_000, 512, memory_budget_mb=100 * 100_000 / 2**20) == "IVF1024,PQ64"
     assert choose_factory(1_000_000, 512, memory_budget_mb=100 * 1_000_000 / 2**20) == "IVF4096_HNSW32,PQ64"
     with pytest.raises(IndexError_):
         choose_factory(1_000_000, 512, memory_budget_mb=1)
 
 
-def test_budgeted_index_fits_its_budget():
+def test_budgeted_index_fits_its_budget(tmp_path):
     """The index choose_factory picks for a budget serialises (codes, ids, id map, centroids, codebook) within it."""
     import faiss
 
@@ -73,8 +73,16 @@ def test_budgeted_index_fits_its_budget():
     index = fx.make_index(factory, dim)
     fx.train(index, x[rng.choice(n, fx.training_size(index), replace=False)], factory)
     fx.add_chunks(index, [(np.arange(n), x)])
-    assert faiss.serialize_index(index).size <= budget_mb * 2**20, factory
-    assert index.reconstruct(7).shape == (dim,) and fx.remove(index, np.array([7]))  # the id map still works
+    path = tmp_path / "i.faiss"
+    fx.write(index, str(path))
+    assert path.stat().st_size <= budget_mb * 2**20, factory
+    index = faiss.read_index(str(path))
+    before = fx.reconstruct(index, [7, 8])  # the id map is rebuilt on first use
+    assert before.shape == (2, dim) and np.dot(before[0], x[7]) > 0.9
+    assert fx.remove(index, np.array([7])) and index.ntotal == n - 1
+    np.testing.assert_array_equal(fx.reconstruct(index, [8]), before[1:])
+    with pytest.raises(RuntimeError):
+        fx.reconstruct(index, [7])
 
 
 def write_folder(root: Path) -> None:

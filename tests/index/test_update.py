@@ -115,3 +115,31 @@ def test_remove_with_an_index_type_that_cannot_remove(trained_bundle, synth_data
     removed = idx._current().images.reconstruct(0)[None]  # still inside the HNSW graph
     hits = idx.search_vectors(removed, k=10)[0]
     assert len(hits) == 10 and not {0, 1} & {h.id for h in hits} and hits[0].score < 0.9999
+
+
+def test_memory_mapped_index_searches_and_updates(trained_bundle, synth_data, tmp_path):
+    """open(mmap=True): the inverted lists stay in the file (paged in by the OS), results equal the in-RAM
+    index's, and adds/removes through the mapped handle work on an in-RAM copy of the file."""
+    import faiss
+
+    from index import factory as fx
+
+    root = tmp_path / "ivf"
+    Index.build(trained_bundle, synth_data["train"], root, factory="IVF4,Flat", progress=False).close()
+    ram, mapped = Index.open(root, bundle=trained_bundle), Index.open(root, bundle=trained_bundle, mmap=True)
+    lists = faiss.extract_index_ivf(mapped._current().images).invlists
+    assert type(faiss.downcast_InvertedLists(lists)).__name__ != "ArrayInvertedLists"  # not read into RAM
+    q = np.random.default_rng(0).standard_normal((4, mapped.dim)).astype(np.float32)
+    assert [[h.id for h in r] for r in mapped.search_vectors(q, k=20)] == [
+        [h.id for h in r] for r in ram.search_vectors(q, k=20)
+    ]
+    assert [h.id for h in mapped.search_id(3, k=5)] == [h.id for h in ram.search_id(3, k=5)]
+
+    new = mapped.add(trained_bundle, [(png_bytes((10, 200, 10)), "a green one", {})])
+    assert mapped.remove([3]) == 1 and len(mapped) == 600
+    v = fx.reconstruct(mapped._current().images, new)
+    assert mapped.search_vectors(v, k=1)[0][0].id == new[0]
+    assert type(faiss.downcast_InvertedLists(faiss.extract_index_ivf(mapped._current().images).invlists)) is type(
+        faiss.downcast_InvertedLists(lists)
+    )  # the new version is mapped too
+    assert 3 not in {h.id for h in ram.search_vectors(q, k=600)[0]} and len(ram) == 600  # the other handle followed

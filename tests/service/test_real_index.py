@@ -33,13 +33,16 @@ def real_index(micro_bundle: Path, bundle: Any, tmp_path_factory: pytest.TempPat
     return out
 
 
-def test_real_index_end_to_end(micro_bundle: Path, real_index: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("mmap", [False, True], ids=["in-ram", "mmap"])
+def test_real_index_end_to_end(micro_bundle: Path, real_index: Path, tmp_path: Path, mmap: bool) -> None:
     import shutil
 
     index_dir = tmp_path / "idx"
     shutil.copytree(real_index, index_dir)  # this test writes to it
     app = create_app(
-        Settings(bundle=micro_bundle, index=index_dir, api_key=WRITE_KEY, max_wait_ms=1.0, max_offset=20_000)
+        Settings(
+            bundle=micro_bundle, index=index_dir, api_key=WRITE_KEY, max_wait_ms=1.0, max_offset=20_000, index_mmap=mmap
+        )
     )
     with TestClient(app) as c:
         assert c.get("/readyz").json() == {"status": "ready", "model": True, "index": True}
