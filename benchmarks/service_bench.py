@@ -291,16 +291,26 @@ def free_port() -> int:
 
 
 def start_server(
-    bundle: Path, index: Path | None, port: int, max_batch: int = 64, decode_processes: int | None = None
+    bundle: Path,
+    index: Path | None,
+    port: int,
+    max_batch: int = 64,
+    decode_processes: int | None = None,
+    workers: int = 1,
 ) -> subprocess.Popen[bytes]:
     env = {**os.environ, "CLIPFORGE_BUNDLE": str(bundle), "CLIPFORGE_DEVICE": "cpu", "CLIPFORGE_MAX_LABELS": "256",
            "CLIPFORGE_MAX_BATCH_SIZE": str(max_batch)}  # fmt: skip
     if decode_processes is not None:
         env["CLIPFORGE_DECODE_PROCESSES"] = str(decode_processes)
+    extra: list[str] = []
+    if workers > 1:  # as `clipforge serve --workers` runs them: one metrics directory, cores shared out
+        env["CLIPFORGE_WORKERS"] = str(workers)
+        env["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="clipforge-bench-metrics-")
+        extra = ["--workers", str(workers)]
     if index is not None:
         env["CLIPFORGE_INDEX"] = str(index)
     cmd = [sys.executable, "-m", "uvicorn", "service.app:create_app", "--factory", "--host", HOST, "--port", str(port),
-           "--log-level", "warning", "--no-access-log"]  # fmt: skip
+           "--log-level", "warning", "--no-access-log", *extra]  # fmt: skip
     proc = subprocess.Popen(cmd, env=env, cwd=Path(__file__).resolve().parents[1])
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -350,6 +360,13 @@ async def classify_latency(port: int, b64: str, n: int) -> tuple[float, float]:
     return 1000 * statistics.median(times[False]), 1000 * statistics.median(times[True])
 
 
+Variant = tuple[int | None, int]  # (decode processes, workers) of one server
+
+
+def variants(a: argparse.Namespace) -> list[Variant]:
+    return [(dp, w) for w in a.workers for dp in a.decode_processes]
+
+
 def throughput(arch: str, bundle: Path, batch: int, images: list[bytes], a: argparse.Namespace) -> dict[str, Any]:
     """Offline limit vs served embed at each client level, alternating; then single-request latency. With
     several --decode-processes values, one server per value, measured in turn within each round."""
@@ -360,13 +377,14 @@ def throughput(arch: str, bundle: Path, batch: int, images: list[bytes], a: argp
     # long enough for the slowest level to complete ~10 batches: 64 clients wait for 64 images each round
     per_batch = off.measure(0)["rate"]
     seconds = max(a.seconds, min(a.max_seconds, 10 * batch / per_batch))
-    servers: dict[int | None, tuple[subprocess.Popen[bytes], int]] = {}
+    servers: dict[Variant, tuple[subprocess.Popen[bytes], int]] = {}
     try:
-        for dp in a.decode_processes:
-            servers[dp] = (start_server(bundle, None, port := free_port(), max_batch=batch, decode_processes=dp), port)
+        for dp, w in variants(a):
+            server = start_server(bundle, None, port := free_port(), max_batch=batch, decode_processes=dp, workers=w)
+            servers[dp, w] = (server, port)
             run_loop(load(port, 4, 1.0, embed))  # warm the server up
         limits: dict[int, Any] = {}
-        served: dict[int | None, dict[int, Any]] = {dp: {} for dp in servers}
+        served: dict[Variant, dict[int, Any]] = {dp: {} for dp in servers}
         for c in LEVELS:  # offline and served alternate, twice, so load from other jobs hits both alike
             offs, serves = [], {dp: [] for dp in servers}
             for i in range(2):
@@ -379,7 +397,7 @@ def throughput(arch: str, bundle: Path, batch: int, images: list[bytes], a: argp
                 served[dp][c] = combine(serves[dp])
         # one request at a time, model alone vs served, alternating in rounds; medians of each
         model_ms, k = [], max(3, min(20, int(1000 / single_ms)))
-        served_ms: dict[int | None, list[float]] = {dp: [] for dp in servers}
+        served_ms: dict[Variant, list[float]] = {dp: [] for dp in servers}
         for _ in range(4):
             model_ms += off.single_ms(repeats=k)
             for dp, (_, port) in servers.items():
@@ -406,8 +424,9 @@ def print_throughput(r: dict[str, Any], image_bytes: int) -> list[tuple[str, str
     print(f"\n[{r['arch']}] image embed, one {image_bytes}-byte JPEG per request, {r['seconds']:.0f} s per level; "
           f"offline = decode+preprocess+encode in batches of {r['batch']} (= the server's max batch), "
           "measured just before each served level")  # fmt: skip
-    for dp, served in r["served"].items():
+    for (dp, w), served in r["served"].items():
         name = f"decode processes {dp}" if dp is not None else "decode processes: the server's default"
+        name += f", {w} workers" if w > 1 else ""
         tag = f"[{r['arch']}, {name}]" if len(r["served"]) > 1 else f"[{r['arch']}]"
         print(f"-- server with {name}")
         print(f"{'clients':>8} {'offline/s':>10} {'served/s':>9} {'ratio':>7} {'p50 ms':>9} {'p99 ms':>9} "
@@ -456,8 +475,15 @@ def main() -> None:
         help="the servers' CLIPFORGE_DECODE_PROCESSES; comma-separated values (e.g. 0,1) run one server each, "
         "measured in turn within each round (default: the server's own default)",
     )
+    ap.add_argument(
+        "--workers",
+        default="1",
+        help="the servers' worker processes (uvicorn workers, as `clipforge serve --workers`); "
+        "comma-separated values run one server each, like --decode-processes",
+    )
     a = ap.parse_args()
     a.decode_processes = [int(x) for x in a.decode_processes.split(",")] if a.decode_processes else [None]
+    a.workers = [int(x) for x in a.workers.split(",")]
 
     tmp = Path(tempfile.mkdtemp(prefix="clipforge-bench-"))
     archs = ["given"] if a.bundle else a.arch.split(",")
@@ -473,7 +499,9 @@ def main() -> None:
 
     # classify and the soak, with the first bundle and an index
     index = make_index(bundles[0], tmp / "index" / "idx")
-    server = start_server(bundles[0], index, port := free_port(), decode_processes=a.decode_processes[-1])
+    server = start_server(
+        bundles[0], index, port := free_port(), decode_processes=a.decode_processes[-1], workers=a.workers[-1]
+    )
     try:
         uncached, cached = run_loop(classify_latency(port, b64s[0], n=7))
 

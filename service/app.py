@@ -67,6 +67,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             await engine.stop()
         if index is not None:
             await anyio.to_thread.run_sync(index.close)
+        metrics.close()
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:

@@ -23,29 +23,33 @@ def preflight(settings: Any) -> None:
 
 
 def cmd_serve(a: argparse.Namespace) -> int:
+    import os
+    import tempfile
+
     import uvicorn
 
     from service.app import create_app
+    from service.metrics import MULTIPROC_ENV
     from service.settings import Settings
 
-    overrides: dict[str, Any] = {
-        k: v for k, v in {"bundle": a.bundle, "index": a.index, "host": a.host, "port": a.port}.items() if v is not None
-    }
-    if a.device is not None:
-        overrides["device"] = a.device
+    flags = {"bundle": a.bundle, "index": a.index, "host": a.host, "port": a.port, "device": a.device,
+             "workers": a.workers}  # fmt: skip
+    overrides: dict[str, Any] = {k: v for k, v in flags.items() if v is not None}
     settings = Settings(**overrides)
     if settings.bundle is None:
         raise ValueError("no bundle: give --bundle DIR or set CLIPFORGE_BUNDLE")
     preflight(settings)
-    # one process, one model: batching across requests happens inside it (more workers = more model copies)
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level=a.log_level,
-        access_log=a.access_log,
-        timeout_graceful_shutdown=10,
-    )
+    run = {"host": settings.host, "port": settings.port, "log_level": a.log_level, "access_log": a.access_log,
+           "timeout_graceful_shutdown": 10}  # fmt: skip
+    if settings.workers == 1:  # one process, one model: batching across requests happens inside it
+        uvicorn.run(create_app(settings), **run)
+        return 0
+    # several processes, each building its app from the environment: pass the flags on through it, and give
+    # the workers one directory for their metrics (a scrape of any of them adds all up)
+    os.environ.update({f"CLIPFORGE_{k.upper()}": str(v) for k, v in overrides.items()})
+    with tempfile.TemporaryDirectory(prefix="clipforge-metrics-") as metrics_dir:
+        os.environ.setdefault(MULTIPROC_ENV, metrics_dir)
+        uvicorn.run("service.app:create_app", factory=True, workers=settings.workers, **run)
     return 0
 
 
@@ -62,6 +66,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     s.add_argument("--host", help="bind address (default 127.0.0.1, or CLIPFORGE_HOST)")
     s.add_argument("--port", type=int, help="port (default 8000, or CLIPFORGE_PORT)")
     s.add_argument("--device", help="auto, cpu, cuda, cuda:1, mps (default auto)")
+    s.add_argument("--workers", type=int, help="server processes, each with its own model copy (default 1)")
     s.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     s.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=True)
     s.set_defaults(func=cmd_serve)

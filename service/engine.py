@@ -130,8 +130,11 @@ class Engine:
             self.decode_pool = pool
 
     def start(self) -> None:
-        if self.settings.torch_threads:
-            torch.set_num_threads(self.settings.torch_threads)
+        threads = self.settings.torch_threads
+        if not threads and self.settings.workers > 1:  # the workers share the cores instead of each taking all
+            threads = max(1, len(os.sched_getaffinity(0)) // self.settings.workers)
+        if threads:
+            torch.set_num_threads(threads)
         # decoding is CPU work too: a few threads are enough, more only fight the model for the cores
         self._decoders = anyio.CapacityLimiter(max(2, os.cpu_count() or 2))
         self.batcher.start()

@@ -1,12 +1,28 @@
-"""Prometheus metrics, one registry per app (no process-global state): requests, latencies, batches, queues."""
+"""Prometheus metrics, one registry per app (no process-global state): requests, latencies, batches, queues.
+
+With several server processes (`workers` > 1) prometheus_client's multiprocess mode is on
+(PROMETHEUS_MULTIPROC_DIR, set by `clipforge serve`): every process writes its values to files there and a
+scrape of any worker adds up all of them.
+"""
 
 from __future__ import annotations
 
+import os
 import time
-from typing import Any
+from collections.abc import Callable
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -15,6 +31,8 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self.multiprocess = bool(os.environ.get(MULTIPROC_ENV))
+        self._depth: dict[str, Callable[[], int]] = {}
         r = self.registry
         self.requests = Counter(
             "clipforge_requests_total",
@@ -25,14 +43,18 @@ class Metrics:
         self.latency = Histogram(
             "clipforge_request_duration_seconds", "HTTP request latency", ["route"], buckets=LATENCY_BUCKETS, registry=r
         )
-        self.in_flight = Gauge("clipforge_requests_in_flight", "HTTP requests being handled", registry=r)
+        self.in_flight = Gauge(
+            "clipforge_requests_in_flight", "HTTP requests being handled", registry=r, multiprocess_mode="livesum"
+        )
         self.batch_size = Histogram(
             "clipforge_batch_size", "Items per encoder batch", ["kind"], buckets=BATCH_BUCKETS, registry=r
         )
         self.batch_seconds = Histogram(
             "clipforge_batch_duration_seconds", "Encoder time per batch", ["kind"], buckets=LATENCY_BUCKETS, registry=r
         )
-        self.queue_depth = Gauge("clipforge_queue_depth", "Items waiting for the encoder", ["kind"], registry=r)
+        self.queue_depth = Gauge(
+            "clipforge_queue_depth", "Items waiting for the encoder", ["kind"], registry=r, multiprocess_mode="livesum"
+        )
         self.label_cache = Counter(
             "clipforge_label_cache_total", "Label-set embedding cache lookups", ["result"], registry=r
         )
@@ -40,13 +62,29 @@ class Metrics:
     def observe_batch(self, kind: str, size: int, seconds: float) -> None:
         self.batch_size.labels(kind).observe(size)
         self.batch_seconds.labels(kind).observe(seconds)
+        if self.multiprocess and kind in self._depth:  # other processes' depths are read from their files
+            self.queue_depth.labels(kind).set(self._depth[kind]())
 
-    def watch_queue(self, kind: str, depth: Any) -> None:
-        """`depth()` is read at scrape time."""
-        self.queue_depth.labels(kind).set_function(depth)
+    def watch_queue(self, kind: str, depth: Callable[[], int]) -> None:
+        """`depth()` is read at scrape time (with several processes: this one's at scrape time, the others'
+        as of their last batch)."""
+        self._depth[kind] = depth
+        if not self.multiprocess:
+            self.queue_depth.labels(kind).set_function(depth)
 
     def render(self) -> tuple[bytes, str]:
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        if not self.multiprocess:
+            return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        for kind, depth in self._depth.items():
+            self.queue_depth.labels(kind).set(depth())
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+
+    def close(self) -> None:
+        """This process is leaving: its live gauges (in flight, queue depth) stop counting."""
+        if self.multiprocess:
+            multiprocess.mark_process_dead(os.getpid())
 
 
 class MetricsMiddleware:

@@ -71,8 +71,13 @@ class Settings(BaseSettings):
     # 0 decodes on the prepare threads in this process. Off by default: on a busy 2-core machine 1 did not
     # measurably raise throughput (benchmarks/service_bench.py --decode-processes 0,1 measures it).
     decode_processes: int = Field(0, ge=0, le=64)
-    # intra-op threads of the encoder; 0 leaves torch's default (one per core). Set the whole process's.
+    # intra-op threads of the encoder; 0 leaves torch's default (one per core; with several workers, the
+    # cores divided among them). Set for the whole process.
     torch_threads: int = Field(0, ge=0)
+    # server processes (uvicorn workers), each with its own model copy, batcher and label cache, sharing the
+    # port; the index is shared through its directory (every process follows updates), and /metrics adds
+    # up all workers. More than 1 helps small models on many cores, where HTTP, not the model, is the limit.
+    workers: int = Field(1, ge=1, le=64)
 
     @field_validator("templates")
     @classmethod
