@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
@@ -57,27 +58,32 @@ json.dump({"build_s": time.perf_counter() - t0}, open(out + "/time.json", "w"))
 
 
 def clustered(
-    n: int, seed: int, clusters: int = 1000, latent: int = 16, groups: int = 16, dim: int = DIM
-) -> np.ndarray:
+    n: int, seed: int, clusters: int = 1000, latent: int = 16, groups: int = 16, dim: int = DIM, signal: bool = False
+) -> Any:
     """[n, dim] float32, L2-normalised: cluster centre + a point of its cluster's `latent`-dim subspace + noise.
 
-    Clusters share `groups` random subspaces; data and queries use the same centres and subspaces."""
+    Clusters share `groups` random subspaces; data and queries use the same centres and subspaces. With
+    `signal`, also the same vectors without their noise (scaled by the same norms): (vectors, signal)."""
     base = np.random.default_rng(1234)
     centers = base.standard_normal((clusters, dim)).astype(np.float32) / np.sqrt(dim)
     bases = base.standard_normal((groups, latent, dim)).astype(np.float32) / np.sqrt(dim)
     rng = np.random.default_rng(seed)
     out = np.empty((n, dim), np.float32)
+    clean = np.empty((n, dim), np.float32) if signal else None
     for start in range(0, n, 100_000):
         m = min(100_000, n - start)
         c = rng.integers(0, clusters, m)
-        x = centers[c] + rng.standard_normal((m, dim)).astype(np.float32) * (0.1 / np.sqrt(dim))
+        noise = rng.standard_normal((m, dim)).astype(np.float32) * (0.1 / np.sqrt(dim))
+        x = centers[c]
         z = rng.standard_normal((m, latent)).astype(np.float32) / np.sqrt(latent)
         for g in range(groups):
             rows = np.flatnonzero(c % groups == g)
             x[rows] += z[rows] @ bases[g]
-        out[start : start + m] = x
-    faiss.normalize_L2(out)
-    return out
+        norms = np.linalg.norm(x + noise, axis=1, keepdims=True)
+        out[start : start + m] = (x + noise) / norms
+        if clean is not None:
+            clean[start : start + m] = x / norms
+    return (out, clean) if signal else out
 
 
 def one_recall(found: np.ndarray, truth: np.ndarray) -> float:
