@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from encoders.device import autocast, resolve_device, resolve_precision
-from encoders.images import load_image
+from encoders.images import decode_image, load_image
 from encoders.model import build_model, get_tokenizer, image_transform, preprocess_cfg, tokenizer_cfg
 from encoders.tokenizer import Tokenizer
 
@@ -145,6 +145,10 @@ class Bundle:
 
     def load_image(self, source: bytes | str | Path, **kw: Any) -> Any:
         return load_image(source, draft_size=self.meta["preprocess"]["image_size"] * 2, **kw)
+
+    def decode_image(self, source: bytes | str | Path, **kw: Any) -> tuple[Any, tuple[int, int]]:
+        """(RGB image, the stored image's displayed (width, height))."""
+        return decode_image(source, draft_size=self.meta["preprocess"]["image_size"] * 2, **kw)
 
     @torch.inference_mode()
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:

@@ -65,6 +65,17 @@ def load_image(
     draft_size: int | None = None,
 ) -> Image.Image:
     """Decode `source` (bytes or a path) into an RGB image, or raise ImageDecodeError."""
+    return decode_image(source, max_pixels=max_pixels, draft_size=draft_size)[0]
+
+
+def decode_image(
+    source: bytes | str | Path,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    draft_size: int | None = None,
+) -> tuple[Image.Image, tuple[int, int]]:
+    """`load_image`, plus the stored image's (width, height) as displayed (EXIF orientation applied), which
+    a draft-mode decode no longer has."""
     try:
         fp = io.BytesIO(source) if isinstance(source, bytes | bytearray) else open(source, "rb")  # noqa: SIM115
     except OSError as exn:
@@ -86,8 +97,10 @@ def load_image(
                 if draft_size and im.format == "JPEG":
                     im.draft("RGB", (draft_size, draft_size))  # decode at 1/2..1/8 scale when possible
                 im.load()
+                if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # a quarter turn: width and height swap
+                    w, h = h, w
                 im = ImageOps.exif_transpose(im)
-                return to_rgb(im)
+                return to_rgb(im), (w, h)
         except ImageDecodeError:
             raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exn:

@@ -121,8 +121,7 @@ def decode(bundle: Any, rec: Record, pil_steps: Any = None) -> tuple[Any, int, i
     except OSError:
         return "unreadable"
     try:
-        image = bundle.load_image(data)
-        width, height = image_size(data)
+        image, (width, height) = bundle.decode_image(data)
     except ImageDecodeError as exn:
         return "image_too_large" if exn.reason == "too_large" else "bad_image"
     except Exception:  # a header PIL cannot parse after all: the same as a corrupt image

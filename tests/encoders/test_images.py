@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from encoders.images import ImageDecodeError, load_image
+from encoders.images import ImageDecodeError, decode_image, load_image
 
 
 def encode(im: Image.Image, fmt: str, **kw) -> bytes:
@@ -66,6 +66,18 @@ def test_exif_orientation_is_applied():
     exif[0x0112] = 6  # rotate 90 degrees clockwise on display
     out = load_image(encode(im, "JPEG", exif=exif.tobytes()))
     assert out.size == (10, 20)
+
+
+@pytest.mark.parametrize("orientation", [1, 3, 6, 8])
+def test_decode_image_reports_the_stored_size_as_displayed(orientation):
+    """A draft-mode decode shrinks the pixels; the size reported is the stored image's, turned like them."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = encode(Image.new("RGB", (800, 400), (0, 200, 0)), "JPEG", exif=exif.tobytes())
+    image, size = decode_image(data, draft_size=96)
+    turned = orientation in (6, 8)
+    assert size == ((400, 800) if turned else (800, 400))
+    assert max(image.size) < 800 and (image.size[0] < image.size[1]) == turned  # decoded at reduced scale
 
 
 @pytest.mark.parametrize("data", [b"", b"not an image at all", b"\xff\xd8\xff\xe0" + b"\x00" * 40])
