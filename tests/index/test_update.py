@@ -127,8 +127,13 @@ def test_memory_mapped_index_searches_and_updates(trained_bundle, synth_data, tm
     root = tmp_path / "ivf"
     Index.build(trained_bundle, synth_data["train"], root, factory="IVF4,Flat", progress=False).close()
     ram, mapped = Index.open(root, bundle=trained_bundle), Index.open(root, bundle=trained_bundle, mmap=True)
-    lists = faiss.extract_index_ivf(mapped._current().images).invlists
-    assert type(faiss.downcast_InvertedLists(lists)).__name__ != "ArrayInvertedLists"  # not read into RAM
+
+    def lists_type(index: Index) -> type:  # the state (and its lists) is only borrowed here
+        state = index._current()
+        return type(faiss.downcast_InvertedLists(faiss.extract_index_ivf(state.images).invlists))
+
+    mapped_type = lists_type(mapped)
+    assert mapped_type.__name__ != "ArrayInvertedLists" and lists_type(ram).__name__ == "ArrayInvertedLists"
     q = np.random.default_rng(0).standard_normal((4, mapped.dim)).astype(np.float32)
     assert [[h.id for h in r] for r in mapped.search_vectors(q, k=20)] == [
         [h.id for h in r] for r in ram.search_vectors(q, k=20)
@@ -139,7 +144,5 @@ def test_memory_mapped_index_searches_and_updates(trained_bundle, synth_data, tm
     assert mapped.remove([3]) == 1 and len(mapped) == 600
     v = fx.reconstruct(mapped._current().images, new)
     assert mapped.search_vectors(v, k=1)[0][0].id == new[0]
-    assert type(faiss.downcast_InvertedLists(faiss.extract_index_ivf(mapped._current().images).invlists)) is type(
-        faiss.downcast_InvertedLists(lists)
-    )  # the new version is mapped too
+    assert lists_type(mapped) is mapped_type  # the new version is mapped too
     assert 3 not in {h.id for h in ram.search_vectors(q, k=600)[0]} and len(ram) == 600  # the other handle followed
