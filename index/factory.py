@@ -20,13 +20,13 @@ import numpy as np
 from index.types import IndexError_
 
 FLAT_MAX = 50_000  # below this many vectors exact search is fast enough and needs no training
-DEFAULT_PQ_BYTES = 64  # code bytes per vector when no budget is given (~88 B/vector with ids + id map)
+DEFAULT_PQ_BYTES = 64  # code bytes per vector when no budget is given (72 B/vector with its id, + centroids)
 # Per vector beside its code: the int64 id in its inverted list. The id -> (list, offset) map that
-# reconstruct(id) needs is not stored (it would be 16 B/vector on disk and ~3x that in RAM): `reconstruct`
+# reconstruct(id) needs is not stored (16 B/vector in the file, more as a hashtable in RAM): `reconstruct`
 # builds it on first use, and remove_ids scans the lists without it.
 ID_OVERHEAD = 8
 HNSW32_LINKS = 288  # bytes per centroid of an HNSW32 coarse quantizer beside the centroid: links, levels
-HNSW_FROM = 4096  # lists from which the coarse quantizer is HNSW; below, exact search over centroids is ~0.1 ms
+HNSW_FROM = 4096  # lists from which the coarse quantizer is HNSW; below, exact search over the centroids is cheap
 RECALL_TARGET = 0.95
 
 
@@ -150,7 +150,7 @@ _MAP_LOCK = threading.Lock()
 
 def reconstruct(index: faiss.Index, ids: list[int]) -> np.ndarray:
     """[len(ids), D] stored vectors (decoded codes) by id; an IVF builds its id map on the first call
-    (one pass over the lists: ~0.1 s per million vectors). Unknown ids raise RuntimeError."""
+    (one pass over the lists). Unknown ids raise RuntimeError."""
     ivf = ivf_of(index)
     if ivf is not None and ivf.direct_map.type == faiss.DirectMap.NoMap:
         with _MAP_LOCK:  # searches running meanwhile do not use the map
