@@ -7,7 +7,6 @@ torch both release the GIL in their heavy loops.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import time
@@ -19,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
 from encoders.images import IMAGE_EXTENSIONS, ImageDecodeError
@@ -102,13 +100,6 @@ def folder_records(folder: str) -> Iterator[Record]:
 
 def count_folder_images(folder: str) -> int:
     return sum(1 for p in Path(folder).rglob("*") if p.suffix.lower().lstrip(".") in IMAGE_EXTENSIONS)
-
-
-def image_size(data: bytes) -> tuple[int, int]:
-    with Image.open(io.BytesIO(data)) as im:
-        w, h = im.size
-        orientation = im.getexif().get(0x0112, 1)
-    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
 
 
 def decode(bundle: Any, rec: Record, pil_steps: Any = None) -> tuple[Any, int, int] | str:

@@ -21,7 +21,6 @@ from encoders.images import ImageDecodeError
 from index import factory as fx
 from index import store
 from index.core import now, read_faiss
-from index.embed import image_size
 from index.meta import MetaWriter, row_for
 from index.sources import PIL_EXT
 from index.types import IndexError_, Item
@@ -54,7 +53,7 @@ def store_image(root: Path, data: bytes) -> str:
     return str(rel)
 
 
-def _check_items(bundle: Any, items: list) -> list[tuple[bytes, str | None, dict, Any]]:
+def _check_items(bundle: Any, items: list) -> list[tuple[bytes, str | None, dict, Any, tuple[int, int]]]:
     if not isinstance(items, list | tuple) or not items:
         raise IndexError_("nothing to add: give a non-empty list of (image bytes, caption, extra)")
     if len(items) > MAX_ADD:
@@ -71,17 +70,17 @@ def _check_items(bundle: Any, items: list) -> list[tuple[bytes, str | None, dict
         if extra is not None and not isinstance(extra, dict):
             raise IndexError_(f"item {n}: extra must be a dict or None")
         try:
-            image = bundle.load_image(bytes(data))
+            image, size = bundle.decode_image(bytes(data))
         except ImageDecodeError as exn:
             raise IndexError_(f"item {n}: {exn}") from exn
         caption = " ".join(caption.split())[:1000] or None if caption else None
-        out.append((bytes(data), caption, dict(extra or {}), image))
+        out.append((bytes(data), caption, dict(extra or {}), image, size))
     return out
 
 
 def add_items(index: Index, bundle: Any, items: list) -> list[int]:
     checked = _check_items(bundle, items)  # every image decodes before anything is written
-    pixels = bundle.preprocess([im for *_, im in checked])
+    pixels = bundle.preprocess([im for *_, im, _ in checked])
     image_features = bundle.encode_images(pixels).numpy()  # [n, D]
     root = index.path
     with store.writer_lock(root):
@@ -89,8 +88,7 @@ def add_items(index: Index, bundle: Any, items: list) -> list[int]:
         manifest = st.manifest
         first = int(manifest["next_id"])
         new: list[Item] = []
-        for j, (data, caption, extra, _) in enumerate(checked):
-            width, height = image_size(data)
+        for j, (data, caption, extra, _, (width, height)) in enumerate(checked):
             rel = store_image(root, data)
             new.append(Item(first + j, Path(rel).stem[:16], caption, "add", None, rel, width, height, extra))
         ids = np.array([it.id for it in new], np.int64)
