@@ -12,6 +12,7 @@ import shutil
 import sqlite3
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import faiss
 import numpy as np
 
 from index import factory as fx
+from index import refine as rx
 from index.embed import count_folder_images, embed_records, folder_records, is_folder, shard_records
 from index.meta import MetaWriter, row_for
 from index.parts import Parts, PartWriter, read_parts_info
@@ -95,8 +97,12 @@ def merge_meta(dirs: list[Path], offsets: list[int], out: Path) -> None:
     conn.close()
 
 
-def build_one(parts: Parts, factory: str, dim: int, seed: int = 0) -> tuple[faiss.Index, dict[str, Any]]:
-    """Train `factory` on a sample of the parts, add them chunk by chunk, tune to the recall target."""
+def build_one(
+    parts: Parts, factory: str, dim: int, seed: int = 0, refine_to: Path | None = None, rows: int = 0
+) -> tuple[faiss.Index, dict[str, Any]]:
+    """Train `factory` on a sample of the parts, add them chunk by chunk, tune to the recall target.
+    `refine_to`: for a compressed (IVF) index, also write the float16 re-rank segment there, for ids
+    [0, rows), and tune nprobe and the re-rank depth together (index/refine.py)."""
     rng = np.random.default_rng(seed)
     n = len(parts)
     index = fx.make_index(factory, dim)
@@ -108,11 +114,28 @@ def build_one(parts: Parts, factory: str, dim: int, seed: int = 0) -> tuple[fais
     exact_search = factory.strip() in ("Flat", "IDMap2,Flat")
     _, queries = parts.gather(rng.choice(n, size=min(n, RECALL_QUERIES), replace=False))
     truth = fx.ExactTopK(queries if not exact_search else queries[:0], k=10)
-    for ids, vecs in parts.chunks():
-        fx.add_chunks(index, [(ids, vecs)])
-        truth.update(ids, vecs)
+    refined = refine_to is not None and fx.ivf_of(index) is not None
+
+    def chunks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for ids, vecs in parts.chunks():
+            fx.add_chunks(index, [(ids, vecs)])
+            truth.update(ids, vecs)
+            yield ids, vecs
+
+    refine_section = None
+    if refined:
+        assert refine_to is not None
+        seg = rx.write_segment(refine_to, 0, rows, dim, chunks())
+        refine_section = {"dtype": "float16", "k_factor": 1, "segments": [seg]}
+    else:
+        for _ in chunks():
+            pass
     if exact_search:
         params, recall = {}, 1.0
+    elif refine_section is not None:
+        vectors = rx.Vectors.open(refine_to.parent, {"refine": refine_section}, dim)  # type: ignore[union-attr]
+        assert vectors is not None
+        params, refine_section["k_factor"], recall = rx.tune(index, vectors, queries, truth.ids)
     else:
         params, recall = fx.tune(index, queries, truth.ids)
     section = {
@@ -125,6 +148,8 @@ def build_one(parts: Parts, factory: str, dim: int, seed: int = 0) -> tuple[fais
         "build_seconds": round(time.perf_counter() - t0, 3),
         "tombstones": 0,
     }
+    if refine_section is not None:
+        section["refine"] = refine_section
     return index, section
 
 
@@ -134,8 +159,10 @@ def build_from_parts(
     *,
     factory: str | None = None,
     memory_budget_mb: float | None = None,
+    refine: bool = True,
 ) -> dict[str, Any]:
-    """Write images.faiss, captions.faiss and meta.sqlite into `vdir`; returns manifest sections."""
+    """Write images.faiss, captions.faiss and meta.sqlite into `vdir` (and, for compressed indexes with
+    `refine`, the float16 re-rank segments); returns manifest sections."""
     paths = [Path(d) for d in dirs]
     infos = [read_parts_info(d) for d in paths]
     if len({i["fingerprint"] for i in infos}) > 1 or len({i["dim"] for i in infos}) > 1:
@@ -159,7 +186,9 @@ def build_from_parts(
         chosen = factory or (fx.choose_factory(n, dim, share) if n else "Flat")
         if n and factory and n < 2 * _min_train(chosen, dim):
             chosen = "Flat"  # e.g. few captions: an IVF cannot be trained on them, exact search is right anyway
-        index, sections[name] = build_one(parts, chosen, dim) if n else (fx.make_index("Flat", dim), _empty())
+        refine_to = vdir / rx.segment_name(name, 0) if refine else None
+        index, sections[name] = (build_one(parts, chosen, dim, refine_to=refine_to, rows=total) if n
+                                 else (fx.make_index("Flat", dim), _empty()))  # fmt: skip
         fx.write(index, str(vdir / f"{name}.faiss"))
     return {
         "dim": dim,

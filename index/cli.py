@@ -39,10 +39,11 @@ def cmd_build(a: argparse.Namespace) -> int:
 
     idx = Index.build(_bundle(a.bundle, a.device), a.data, a.out, factory=a.factory,
                       memory_budget_mb=a.memory_budget_mb, batch_size=a.batch_size, caption_key=a.caption_key,
-                      progress=not a.quiet)  # fmt: skip
+                      progress=not a.quiet, refine=not a.no_refine)  # fmt: skip
     info = idx.info()
     _print_json({"index": str(idx.path), "counts": info["counts"],
-                 **{n: {k: info[n][k] for k in ("factory", "count", "recall@10", "search_params")}
+                 **{n: {k: info[n].get(k) for k in ("factory", "count", "recall@10", "search_params")}
+                       | ({"refine_k_factor": info[n]["refine"]["k_factor"]} if info[n].get("refine") else {})
                     for n in ("images", "captions")}})  # fmt: skip
     return 0
 
@@ -132,6 +133,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     s.add_argument("--caption-key", default="txt", help="'txt' or 'json:<field>'")
     s.add_argument("--device", default="auto")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.add_argument("--no-refine", action="store_true",
+                   help="a compressed index keeps only its codes (default: also float16 copies of the vectors "
+                        "on disk, 2 B/dimension, to re-rank candidates exactly)")  # fmt: skip
     s.set_defaults(func=cmd_build)
 
     s = sub.add_parser("search", help="search by --text, --image or stored --id; prints JSON hits")

@@ -6,7 +6,7 @@ import datetime as dt
 import shutil
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,7 @@ import faiss
 import numpy as np
 
 from index import factory as fx
+from index import refine as rx
 from index import search as sx
 from index import store
 from index.build import build_from_parts, embed_to_parts
@@ -31,6 +32,7 @@ class State:
     captions: faiss.Index
     meta: MetaReader
     stamp: tuple[int, int]
+    vectors: dict[str, rx.Vectors | None] = field(default_factory=dict)  # float16 re-rank copies, if any
 
 
 def read_faiss(path: Path, mmap: bool = False) -> faiss.Index:
@@ -52,7 +54,9 @@ def load_state(root: Path, mmap: bool = False) -> State:
         if index.d != manifest["dim"]:
             raise IndexError_(f"{vdir / name}.faiss has dimension {index.d}, the manifest says {manifest['dim']}")
         fx.apply_search_params(index, manifest[name].get("search_params", {}))
-    return State(manifest, images, captions, MetaReader(vdir / "meta.sqlite"), stamp)
+    dim = int(manifest["dim"])
+    vectors = {name: rx.Vectors.open(vdir, manifest[name], dim) for name in ("images", "captions")}
+    return State(manifest, images, captions, MetaReader(vdir / "meta.sqlite"), stamp, vectors)
 
 
 def now() -> str:
@@ -97,8 +101,11 @@ class Index:
         batch_size: int = 64,
         caption_key: str = "txt",
         progress: bool = True,
+        refine: bool = True,
     ) -> Index:
-        """Embed `data` (a shard spec or an image folder) with `bundle` and write a new index to `out`."""
+        """Embed `data` (a shard spec or an image folder) with `bundle` and write a new index to `out`.
+        `refine`: a compressed index keeps float16 copies of the vectors on disk to re-rank its candidates
+        exactly (index/refine.py); off, it is only the codes in RAM."""
         if bundle is None:
             raise IndexError_("index build needs a model bundle")
         if not str(data).strip():
@@ -115,7 +122,8 @@ class Index:
                 work = vdir / "_parts"
                 embed_to_parts(bundle, str(data), work, batch_size=batch_size, caption_key=caption_key,
                                progress=progress)  # fmt: skip
-                sections = build_from_parts([work], vdir, factory=factory, memory_budget_mb=memory_budget_mb)
+                sections = build_from_parts([work], vdir, factory=factory, memory_budget_mb=memory_budget_mb,
+                                            refine=refine)  # fmt: skip
                 shutil.rmtree(work)
             store.publish(root, new_manifest(bundle, sections, time.perf_counter() - t0))
         except BaseException:
@@ -133,6 +141,7 @@ class Index:
         *,
         factory: str | None = None,
         memory_budget_mb: float | None = None,
+        refine: bool = True,
     ) -> Index:
         """A new index from parts directories written by `index.build.embed_to_parts` (one per process)."""
         root = Path(out)
@@ -142,7 +151,8 @@ class Index:
         root.mkdir(parents=True, exist_ok=True)
         try:
             with store.writer_lock(root), store.new_version(root, 1) as vdir:
-                sections = build_from_parts(parts, vdir, factory=factory, memory_budget_mb=memory_budget_mb)
+                sections = build_from_parts(parts, vdir, factory=factory, memory_budget_mb=memory_budget_mb,
+                                            refine=refine)  # fmt: skip
             if sections["fingerprint"] != bundle.fingerprint:
                 raise IndexMismatchError("the parts were embedded with another bundle than the one given")
             store.publish(root, new_manifest(bundle, sections, time.perf_counter() - t0))
@@ -237,7 +247,7 @@ class Index:
         st = self._current()
         self.get(id)
         try:
-            vector = fx.reconstruct(st.images, [int(id)])[0]
+            vector = sx.stored_vectors(st, [int(id)])[0]
         except RuntimeError as exn:
             raise IndexError_(f"item {id} has no stored image vector") from exn
         exclude = set(kw.pop("exclude", None) or ()) | {int(id)}

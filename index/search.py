@@ -8,6 +8,7 @@ import faiss
 import numpy as np
 
 from index import factory as fx
+from index import refine as rx
 from index.types import Hit, IndexError_
 
 MAX_K = 1000  # results per page
@@ -52,9 +53,18 @@ def check_paging(k: Any, offset: Any, threshold: Any, collapse: Any, target: str
         raise IndexError_(f"target must be one of {TARGETS}, got {target!r}")
 
 
-def _collapse(ids: list[int], images: faiss.Index, sim: float) -> list[int]:
+def stored_vectors(state: Any, ids: list[int]) -> np.ndarray:
+    """Image vectors by id: the float16 re-rank copies where the index keeps them (exact, no id map to
+    build), else decoded from the FAISS codes. Unknown ids raise RuntimeError on the FAISS path."""
+    vectors = state.vectors.get("images")
+    if vectors is not None:
+        return vectors.get(ids)
+    return fx.reconstruct(state.images, ids)
+
+
+def _collapse(ids: list[int], state: Any, sim: float) -> list[int]:
     """Greedy near-duplicate removal in rank order: drop a hit whose image is >= `sim` to a kept one."""
-    vecs = fx.reconstruct(images, ids)
+    vecs = stored_vectors(state, ids)
     vecs /= np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
     kept: list[int] = []
     for j in range(len(ids)):
@@ -90,8 +100,13 @@ def search(
     if ntotal == 0:
         return [[] for _ in range(len(queries))]
     fetch = min(want + tombstones, ntotal)
+    vectors = state.vectors.get(target)
+    factor = int(state.manifest[target].get("refine", {}).get("k_factor", 1))
     while True:
-        scores, ids = index.search(queries, fetch, params=params)  # [Q, fetch] each
+        if vectors is not None:  # compressed codes propose, float16 copies on disk re-rank exactly
+            scores, ids = rx.search(index, vectors, queries, fetch, factor, params)
+        else:
+            scores, ids = index.search(queries, fetch, params=params)  # [Q, fetch] each
         out, short = [], False
         for row_s, row_i in zip(scores, ids, strict=True):
             ranked = _rank(state, row_s, row_i, threshold, collapse, exclude)
@@ -123,6 +138,6 @@ def _rank(state: Any, scores: np.ndarray, ids: np.ndarray, threshold: float | No
         live = state.meta.existing([i for i, _ in pairs])
         pairs = [(i, s) for i, s in pairs if i in live]
     if collapse is not None and pairs:
-        keep = set(_collapse([i for i, _ in pairs], state.images, collapse))
+        keep = set(_collapse([i for i, _ in pairs], state, collapse))
         pairs = [(i, s) for i, s in pairs if i in keep]
     return pairs

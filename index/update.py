@@ -19,6 +19,7 @@ from PIL import Image
 
 from encoders.images import ImageDecodeError
 from index import factory as fx
+from index import refine as rx
 from index import store
 from index.core import now, read_faiss
 from index.meta import MetaWriter, row_for
@@ -93,15 +94,18 @@ def add_items(index: Index, bundle: Any, items: list) -> list[int]:
             new.append(Item(first + j, Path(rel).stem[:16], caption, "add", None, rel, width, height, extra))
         ids = np.array([it.id for it in new], np.int64)
         captioned = [it for it in new if it.caption]
+        caption_ids = np.array([it.id for it in captioned], np.int64)
+        text_features = np.zeros((0, image_features.shape[1]), np.float32)
         images, captions = _copies(index, st)
         fx.add_chunks(images, [(ids, image_features)])
         if captioned:
             text_features = bundle.encode_texts([it.caption for it in captioned]).numpy()
-            fx.add_chunks(captions, [(np.array([it.id for it in captioned], np.int64), text_features)])
+            fx.add_chunks(captions, [(caption_ids, text_features)])
         counts = {**manifest["counts"], "items": manifest["counts"]["items"] + len(new),
                   "images": int(images.ntotal), "captions": int(captions.ntotal)}  # fmt: skip
+        added = {"images": (ids, image_features), "captions": (caption_ids, text_features)}
         _commit(index, st, images, captions, lambda w: w.insert(row_for(it) for it in new), counts,
-                next_id=first + len(new), change={"added": len(new)})  # fmt: skip
+                next_id=first + len(new), change={"added": len(new)}, added=(first, len(new), added))  # fmt: skip
     return ids.tolist()
 
 
@@ -138,18 +142,28 @@ def remove_items(index: Index, ids: list[int]) -> int:
 
 
 def _commit(index: Index, st: Any, images: faiss.Index, captions: faiss.Index, edit: Any, counts: dict,
-            *, next_id: int, change: dict, sections: dict | None = None) -> None:  # fmt: skip
+            *, next_id: int, change: dict, sections: dict | None = None, added: tuple | None = None) -> None:  # fmt: skip
+    """Write the next version: meta edited by `edit`, both FAISS indexes, the re-rank segments carried
+    over (hard links) plus one for `added` = (first id, rows, {name: (ids, vectors)}); then publish it."""
     root = index.path
     manifest = st.manifest
     number = int(manifest["version"]) + 1
+    sections = {name: dict(manifest[name]) for name in ("images", "captions")} | (sections or {})
     with store.new_version(root, number) as vdir:
+        for name, section in sections.items():
+            if section.get("refine"):
+                rx.carry(root / manifest["version_dir"], vdir, section["refine"])
+                if added is not None:
+                    first, rows, vectors = added
+                    section["refine"] = rx.append(vdir, name, section["refine"], first, rows,
+                                                  int(manifest["dim"]), *vectors[name])  # fmt: skip
         shutil.copyfile(root / manifest["version_dir"] / "meta.sqlite", vdir / "meta.sqlite")
         writer = MetaWriter(vdir / "meta.sqlite")
         edit(writer)
         writer.close()
         fx.write(images, str(vdir / "images.faiss"))
         fx.write(captions, str(vdir / "captions.faiss"))
-    new = {**manifest, **(sections or {}), "version": number, "version_dir": store.version_name(number),
+    new = {**manifest, **sections, "version": number, "version_dir": store.version_name(number),
            "counts": counts, "next_id": next_id}  # fmt: skip
     for name, idx in (("images", images), ("captions", captions)):
         new[name] = {**new[name], "count": int(idx.ntotal)}
