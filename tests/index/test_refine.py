@@ -125,3 +125,28 @@ def test_refined_index_through_build_adds_merges_removes_and_reopen(trained_bund
     seg.write_bytes(data[: len(data) // 2])
     with pytest.raises(IndexError_, match="truncated"):
         Index.open(root)
+
+
+def test_crash_while_writing_a_segment_leaves_the_previous_version(trained_bundle, synth_data, tmp_path, monkeypatch):
+    root = tmp_path / "ivf"
+    idx = Index.build(trained_bundle, synth_data["train"], root, factory="IVF8,Flat", progress=False)
+    seg = root / idx.manifest["version_dir"] / "images.vectors-0000.npy"
+    before = seg.read_bytes()
+    q = unit(np.random.default_rng(5).standard_normal((1, idx.dim)))
+    hits = [(h.id, h.score) for h in idx.search_vectors(q, k=10)[0]]
+    real = rx.write_segment
+
+    def half_then_crash(path, first_id, rows, dim, chunks):
+        real(path, first_id, rows, dim, chunks)
+        path.write_bytes(path.read_bytes()[:100])
+        raise OSError("simulated crash")
+
+    monkeypatch.setattr(rx, "write_segment", half_then_crash)
+    with pytest.raises(OSError, match="simulated crash"):
+        idx.add(trained_bundle, [(png_bytes((9, 9, 9)), "lost", {})])
+    monkeypatch.undo()
+    fresh = Index.open(root, bundle=trained_bundle)
+    assert len(fresh) == 600 and seg.read_bytes() == before
+    assert [(h.id, h.score) for h in fresh.search_vectors(q, k=10)[0]] == hits
+    assert fresh.add(trained_bundle, [(png_bytes((9, 9, 9)), "kept", {})]) == [600]
+    assert not list(root.glob(".tmp-*"))
