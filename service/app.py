@@ -19,6 +19,7 @@ from service import payload
 from service.deps import API_KEY_HEADER
 from service.engine import Engine
 from service.errors import install_error_handlers
+from service.fastpath import EmbedFastPath
 from service.metrics import Metrics, MetricsMiddleware
 from service.routers import classify, embed, health, info, items, search
 from service.settings import Settings
@@ -105,6 +106,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    app.add_middleware(EmbedFastPath)  # innermost: CORS and metrics still see its requests
     if settings.cors_origins:  # closed unless configured
         app.add_middleware(
             CORSMiddleware,
