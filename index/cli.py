@@ -128,7 +128,11 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     s.add_argument("--data", required=True, help="shard spec (brace pattern, '::' separated) or an image folder")
     s.add_argument("--out", required=True, help="new index directory")
     s.add_argument("--factory", help="FAISS factory string (default: chosen from the count and memory budget)")
-    s.add_argument("--memory-budget-mb", type=float, help="memory for the vectors of each index")
+    s.add_argument(
+        "--memory-budget-mb",
+        type=float,
+        help="RAM for the vectors of each index (the float16 re-rank copies on disk are extra)",
+    )
     s.add_argument("--batch-size", type=int, default=64)
     s.add_argument("--caption-key", default="txt", help="'txt' or 'json:<field>'")
     s.add_argument("--device", default="auto")
