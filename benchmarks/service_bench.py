@@ -312,6 +312,7 @@ def start_server(
     cmd = [sys.executable, "-m", "uvicorn", "service.app:create_app", "--factory", "--host", HOST, "--port", str(port),
            "--log-level", "warning", "--no-access-log", *extra]  # fmt: skip
     proc = subprocess.Popen(cmd, env=env, cwd=Path(__file__).resolve().parents[1])
+    _metrics_dirs[proc.pid] = env["PROMETHEUS_MULTIPROC_DIR"] if workers > 1 else None  # made above
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         try:
@@ -328,9 +329,15 @@ def start_server(
     raise RuntimeError("the server did not become ready")
 
 
+_metrics_dirs: dict[int, str | None] = {}  # server pid -> its multiprocess metrics directory, removed on stop
+
+
 def stop_server(proc: subprocess.Popen[bytes]) -> None:
     proc.terminate()
     proc.wait(timeout=60)
+    metrics_dir = _metrics_dirs.pop(proc.pid, None)
+    if metrics_dir:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 def server_stack() -> str:
