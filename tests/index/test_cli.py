@@ -55,3 +55,15 @@ def test_cli_errors_are_exceptions_with_one_line_messages(built_index, tmp_path)
         run(["index", "info", str(tmp_path / "missing")])
     with pytest.raises(IndexError_, match="unknown id"):
         run(["index", "remove", str(built_index), "123456"])
+
+
+def test_cli_build_reports_the_rerank_and_no_refine_turns_it_off(trained_bundle, synth_data, tmp_path, capsys):
+    bundle = str(trained_bundle.path)
+    base = ["index", "build", "--bundle", bundle, "--data", synth_data["train"], "--factory", "IVF8,Flat", "--quiet"]
+    assert run([*base, "--out", str(tmp_path / "a")]) == 0
+    built = json.loads(capsys.readouterr().out)
+    assert built["images"]["refine_k_factor"] in (1, 2, 4, 8, 16) and built["images"]["recall@10"] >= 0.95
+    assert (tmp_path / "a" / "v0001" / "images.vectors-0000.npy").is_file()
+    assert run([*base, "--out", str(tmp_path / "b"), "--no-refine"]) == 0
+    built = json.loads(capsys.readouterr().out)
+    assert "refine_k_factor" not in built["images"] and not list((tmp_path / "b").rglob("*.npy"))
