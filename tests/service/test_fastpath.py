@@ -103,4 +103,6 @@ def test_read_key_is_enforced_on_the_fast_path(make_client: AppFactory) -> None:
     assert c.post("/v1/embed", json=body, headers={"X-API-Key": "wrong"}).status_code == 401
     assert c.post("/v1/embed", json=body, headers={"X-API-Key": "reader"}).status_code == 200
     assert c.post("/v1/embed", json=body, headers={"X-API-Key": DEFAULTS["api_key"]}).status_code == 200
-    assert c.post("/v1/embed", json=body, headers={"X-API-Key": "rédér".encode()}).status_code == 401  # non-ASCII: no crash
+    assert (
+        c.post("/v1/embed", json=body, headers={"X-API-Key": "rédér".encode()}).status_code == 401
+    )  # non-ASCII: no crash
