@@ -104,8 +104,8 @@ def tune(
     target: float = fx.RECALL_TARGET, k: int = 10,
 ) -> tuple[dict[str, int], int, float]:  # fmt: skip
     """The cheapest (nprobe, k_factor) whose re-ranked recall@k reaches `target`: (params, factor, recall).
-    For each nprobe from 1 up, factors 1..16; re-ranking 16 rows costs about as much as scanning one more
-    list, so a deeper re-rank is tried before more probes."""
+    For each nprobe from 1 up (doubling), factors 1..16: a deeper re-rank reads k × factor more float16
+    rows, while each doubling of nprobe doubles the codes scanned, so depth is tried before probes."""
     ivf = fx.ivf_of(index)
     if ivf is None or len(queries) == 0:
         return {}, 1, fx.recall_at_k(index.search(queries, k)[1], truth) if len(queries) else 1.0
@@ -117,7 +117,6 @@ def tune(
         for factor in FACTORS:
             recall = fx.recall_at_k(search(index, vectors, queries, k, factor)[1], truth)
             if recall >= target:
-                fx.apply_search_params(index, params)
                 return params, factor, recall
         if recall < best[2] + 0.003:  # plateau at the deepest re-rank: more probes do not help
             break
