@@ -1,7 +1,8 @@
 """Index benchmark: clipforge's chosen FAISS index vs exact IndexFlatIP on clustered synthetic vectors.
 
-    python benchmarks/index_bench.py            # 100k and 1M x 512-d (~10 min on 2 cores)
-    python benchmarks/index_bench.py --quick    # 100k only
+    python benchmarks/index_bench.py                  # 100k and 1M x 512-d, with autofaiss (~50 min on 2 cores)
+    python benchmarks/index_bench.py --no-autofaiss   # the same without autofaiss (~6 min)
+    python benchmarks/index_bench.py --quick          # 100k only
 
 For each size: build time, bytes per vector (serialised index / n), recall@10 against exact search
 (|approx top-10 ∩ exact top-10| / 10, mean over held-out queries), and QPS at batch 1 and batch 64 on
