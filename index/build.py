@@ -114,7 +114,6 @@ def build_one(
     exact_search = factory.strip() in ("Flat", "IDMap2,Flat")
     _, queries = parts.gather(rng.choice(n, size=min(n, RECALL_QUERIES), replace=False))
     truth = fx.ExactTopK(queries if not exact_search else queries[:0], k=10)
-    refined = refine_to is not None and fx.ivf_of(index) is not None
 
     def chunks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for ids, vecs in parts.chunks():
@@ -122,19 +121,18 @@ def build_one(
             truth.update(ids, vecs)
             yield ids, vecs
 
-    refine_section = None
-    if refined:
-        assert refine_to is not None
+    refine_section: dict[str, Any] | None = None
+    vectors = None
+    if refine_to is not None and fx.ivf_of(index) is not None:
         seg = rx.write_segment(refine_to, 0, rows, dim, chunks())
         refine_section = {"dtype": "float16", "k_factor": 1, "segments": [seg]}
+        vectors = rx.Vectors.open(refine_to.parent, {"refine": refine_section}, dim)
     else:
         for _ in chunks():
             pass
     if exact_search:
         params, recall = {}, 1.0
-    elif refine_section is not None:
-        vectors = rx.Vectors.open(refine_to.parent, {"refine": refine_section}, dim)  # type: ignore[union-attr]
-        assert vectors is not None
+    elif refine_section is not None and vectors is not None:
         params, refine_section["k_factor"], recall = rx.tune(index, vectors, queries, truth.ids)
     else:
         params, recall = fx.tune(index, queries, truth.ids)

@@ -69,10 +69,7 @@ class EmbedFastPath:
         await send({"type": "http.response.body", "body": payload})
 
     async def _embed(self, body: bytes, settings: Any, engine: Any) -> bytes:
-        try:
-            data = json.loads(body)
-        except (ValueError, UnicodeDecodeError, RecursionError):
-            raise Fallback from None
+        data = json.loads(body)  # invalid JSON raises: the route answers it
         if not isinstance(data, dict) or not FIELDS.issuperset(data):
             raise Fallback
         texts, images = data.get("texts"), data.get("images")
