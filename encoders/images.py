@@ -99,8 +99,7 @@ def decode_image(
                 im.load()
                 if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # a quarter turn: width and height swap
                     w, h = h, w
-                im = ImageOps.exif_transpose(im)
-                return to_rgb(im), (w, h)
+                return to_rgb(ImageOps.exif_transpose(im)), (w, h)
         except ImageDecodeError:
             raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exn:

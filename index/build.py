@@ -130,6 +130,7 @@ def build_one(
     else:
         for _ in chunks():
             pass
+    params: dict[str, Any]
     if exact_search:
         params, recall = {}, 1.0
     elif refine_section is not None and vectors is not None:

@@ -128,7 +128,8 @@ def _decode_batch(
     bundle: Any, split: tuple[Any, Any] | None, recs: list[Record]
 ) -> tuple[list[tuple[Record, Any]], Any]:
     """Per record (width, height) or the skip reason, and the pixels [n_ok, 3, H, W] of those that decoded."""
-    out, pixels = [], []
+    out: list[tuple[Record, Any]] = []
+    pixels: list[Any] = []
     for r in recs:
         d = decode(bundle, r, split[0] if split else None)
         if isinstance(d, str):
@@ -173,7 +174,7 @@ def embed_records(
     next_id = start_id
     bar = tqdm(total=total, disable=not progress, unit="img", desc="embed", dynamic_ncols=True, mininterval=1.0)
     bar.shards = shards
-    pending: list[Future] = []
+    pending: list[Future[tuple[list[tuple[Record, Any]], Any]]] = []
     batches = _chunks(records, batch_size)
     split = split_transform(bundle.transform)
     t0 = time.perf_counter()
@@ -194,7 +195,7 @@ def embed_records(
 def _encode(
     bundle: Any, decoded: list[tuple[Record, Any]], pixels: Any, stats: Counter, bar: Any, next_id: int
 ) -> Iterator[Batch]:
-    items = []
+    items: list[Item] = []
     for rec, out in decoded:
         if isinstance(out, str):
             stats[out] += 1

@@ -104,7 +104,8 @@ class MetaReader:
 
     def filter_ids(self, filters: dict[str, Any]) -> list[int]:
         """Ids whose fields equal the filter values (a list means any of them); extra fields via JSON."""
-        clauses, args = [], []
+        clauses: list[str] = []
+        args: list[Any] = []
         for name, value in filters.items():
             if not isinstance(name, str) or not name.replace("_", "").replace("-", "").isalnum():
                 raise IndexError_(f"invalid filter field {name!r}")

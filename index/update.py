@@ -38,7 +38,7 @@ def _copies(index: Index, st: Any) -> tuple[faiss.Index, faiss.Index]:
     if index.mmap:
         vdir = index.path / st.manifest["version_dir"]
         return read_faiss(vdir / "images.faiss"), read_faiss(vdir / "captions.faiss")
-    return tuple(faiss.deserialize_index(faiss.serialize_index(x)) for x in (st.images, st.captions))  # type: ignore[return-value]
+    return tuple(faiss.deserialize_index(faiss.serialize_index(x)) for x in (st.images, st.captions))
 
 
 def store_image(root: Path, data: bytes) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -45,15 +46,19 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             from encoders.bundle import load_bundle
 
             bundle = await anyio.to_thread.run_sync(
-                lambda: load_bundle(
-                    settings.bundle, device=settings.device, precision=settings.precision, backend=settings.backend
-                )  # type: ignore[arg-type]
+                functools.partial(
+                    load_bundle,
+                    settings.bundle,
+                    device=settings.device,
+                    precision=settings.precision,
+                    backend=settings.backend,
+                )
             )
             engine = Engine(bundle, settings, on_batch=metrics.observe_batch)
             await anyio.to_thread.run_sync(engine.start_decode_pool)
             engine.start()
             for kind in ("text", "image"):
-                metrics.watch_queue(kind, lambda k=kind: engine.batcher.queue_depth(k))  # type: ignore[union-attr]
+                metrics.watch_queue(kind, functools.partial(engine.batcher.queue_depth, kind))
             log.info("loaded bundle %s (%s)", settings.bundle, bundle.fingerprint[:12])
             if settings.index is not None:
                 index = await IndexHandle.open(str(settings.index), bundle, mmap=settings.index_mmap)

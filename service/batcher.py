@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -137,12 +138,12 @@ class MicroBatcher:
                 await self._prepare_wakeup.wait()
                 continue
             queue = self._raw[kind]
-            chunk = [queue.popleft() for _ in range(min(self.max_batch, len(queue)))]
-            chunk = tuple(p for p in chunk if not p.future.done())  # client went away
+            popped = [queue.popleft() for _ in range(min(self.max_batch, len(queue)))]
+            chunk = tuple(p for p in popped if not p.future.done())  # client went away
             if chunk:
                 self._preparing.add(chunk)
                 job = loop.run_in_executor(self._prepare_executor, self._prepare[kind], [p.item for p in chunk])
-                job.add_done_callback(lambda job, kind=kind, chunk=chunk: self._prepared(kind, chunk, job))
+                job.add_done_callback(functools.partial(self._prepared, kind, chunk))
 
     def _prepared(self, kind: str, chunk: tuple[_Pending, ...], job: asyncio.Future[list[Any]]) -> None:
         assert self._wakeup is not None and self._prepare_wakeup is not None

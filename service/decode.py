@@ -49,7 +49,9 @@ class ImagePrep:
         self.preprocess, self.max_pixels = preprocess, max_pixels
         self.draft_size = int(preprocess["image_size"]) * 2  # as Bundle.load_image
         self.transform = image_transform(preprocess, train=False)
-        self.pil_steps, self.normalize = split_transform(self.transform) or (None, None)
+        split = split_transform(self.transform)
+        self.pil_steps: Any = split[0] if split else None
+        self.normalize: Any = split[1] if split else None
 
     def __call__(self, blob: bytes) -> Prepared:
         """Raises ImageDecodeError (or whatever a codec raises) for a bad image."""

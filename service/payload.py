@@ -157,7 +157,7 @@ async def _parse_multipart(
             if name not in model.model_fields:
                 raise APIError(422, "validation_error", f"{name}: unknown field")
         for name, field in model.model_fields.items():
-            values = form.getlist(name)
+            values: list[Any] = form.getlist(name)
             if name == file_field:
                 for i, v in enumerate(values):
                     blobs.append(await _upload_bytes(v, settings, f"{name}[{i}]"))

@@ -68,11 +68,10 @@ def check_limits(req: SearchRequest, settings: Settings) -> None:
         raise APIError(422, "k_out_of_range", f"k must be between 1 and {settings.max_k}")
     if req.offset > settings.max_offset:
         raise APIError(422, "offset_out_of_range", f"offset must be at most {settings.max_offset}")
-    for key in req.filters or {}:
+    for key, value in (req.filters or {}).items():
         if not FILTER_KEY.match(key):
             raise APIError(422, "invalid_filter", f"filter key {key!r}: use 1-64 letters, digits, '_' or '-'")
-        values = req.filters[key]
-        values = values if isinstance(values, list) else [values]
+        values = value if isinstance(value, list) else [value]
         if not values:
             raise APIError(422, "invalid_filter", f"filter {key!r} has an empty list of values")
         if any(isinstance(v, int) and not -MAX_ID - 1 <= v <= MAX_ID for v in values):
