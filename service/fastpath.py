@@ -15,6 +15,7 @@ import json
 from types import SimpleNamespace
 from typing import Any
 
+import pydantic_core
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.deps import API_KEY_HEADER, _matches, get_engine, get_settings, maybe_engine, require_read
@@ -83,16 +84,16 @@ class EmbedFastPath:
         blobs = [decode_base64_image(s, settings, f"images[{i}]") for i, s in enumerate(images)]
         image_features = await engine.encode_images(blobs) if blobs else None
         text_features = await engine.encode_texts(texts) if texts else None
-        # the bytes FastAPI writes for the route's EmbedResponse: same keys, order and float repr
-        return json.dumps(
+        # the bytes FastAPI writes for the route's EmbedResponse (same keys, order and float repr), with the
+        # serializer it uses (pydantic's, in Rust): ~10x faster than json.dumps on a vector of floats
+        return pydantic_core.to_json(
             {
                 "dim": engine.embed_dim,
                 "fingerprint": engine.fingerprint,
                 "text_embeddings": [] if text_features is None else text_features.tolist(),
                 "image_embeddings": [] if image_features is None else image_features.tolist(),
-            },
-            separators=(",", ":"),
-        ).encode()
+            }
+        )
 
 
 def _key_ok(headers: dict[bytes, bytes], settings: Any) -> bool:
