@@ -96,6 +96,9 @@ def save_bundle(
     return fingerprint
 
 
+META_SHAPE = {"model_cfg": dict, "tokenizer": dict, "preprocess": dict, "weights_sha256": str}
+
+
 def read_bundle_meta(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     meta_path = path / META
@@ -103,10 +106,14 @@ def read_bundle_meta(path: str | Path) -> dict[str, Any]:
         raise BundleError(f"{path} is not a clipforge bundle (no {META})")
     try:
         meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as exn:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exn:
         raise BundleError(f"{meta_path} is not valid JSON: {exn}") from exn
-    if meta.get("format") != BUNDLE_FORMAT:
-        raise BundleError(f"{path}: unsupported bundle format {meta.get('format')!r}, expected {BUNDLE_FORMAT}")
+    if not isinstance(meta, dict) or meta.get("format") != BUNDLE_FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise BundleError(f"{path}: unsupported bundle format {found!r}, expected {BUNDLE_FORMAT}")
+    for key, kind in META_SHAPE.items():
+        if not isinstance(meta.get(key), kind):
+            raise BundleError(f"{meta_path}: {key!r} should be {kind.__name__}: corrupt or not written by clipforge")
     return meta
 
 

@@ -27,7 +27,10 @@ def _bundle_for(index_dir: str, path: str | None, device: str) -> Any:
     """The bundle named by --bundle, else the one recorded in the index manifest."""
     from index.store import read_manifest
 
-    return _bundle(path or read_manifest(Path(index_dir))["bundle"]["path"], device)
+    recorded = read_manifest(Path(index_dir)).get("bundle", {}).get("path")
+    if not path and not isinstance(recorded, str):
+        raise ValueError(f"{index_dir}'s manifest records no bundle path: give --bundle")
+    return _bundle(path or recorded, device)
 
 
 def _hit_json(hit: Any) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from tqdm import tqdm
 from encoders.images import IMAGE_EXTENSIONS, ImageDecodeError
 from encoders.pixels import split_transform, to_batch
 from encoders.shards import IMAGE_KEYS, expand_urls, raw_samples, read_caption
+from index.meta import check_extra
 from index.types import IndexError_, Item
 
 
@@ -52,11 +53,14 @@ def is_folder(data: str) -> bool:
 
 
 def _json_dict(raw: bytes | None) -> dict[str, Any]:
+    """A sample's JSON metadata, or {} when it is not a JSON object that can be stored and searched (NaN,
+    1e400, lone surrogates, 2**70 are refused by `check_extra`): a bad sidecar never fails the build."""
     if raw is None:
         return {}
     try:
         value = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+        check_extra(value)
+    except (ValueError, UnicodeDecodeError, RecursionError, IndexError_):
         return {}
     return value if isinstance(value, dict) else {}
 

@@ -7,6 +7,7 @@ locks and a file deleted by garbage collection stays readable through an open co
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 import threading
 from collections.abc import Iterable
@@ -30,11 +31,55 @@ CREATE TABLE IF NOT EXISTS items (
 );
 """
 Row = tuple[int, str, str | None, str, str | None, str | None, int, int, str]
+MAX_FILTER_FIELDS = 64  # SQLite's expression tree is 1,000 deep: ~1,000 ANDed fields would overflow it
+INT64 = (-(2**63), 2**63 - 1)
+
+
+def encodable(text: str) -> bool:
+    """Whether `text` can be stored and sent as UTF-8 (no lone surrogates, as JSON escapes or undecodable
+    file names can produce)."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def clean_text(text: str | None) -> str | None:
+    """`text` with any lone surrogate replaced by U+FFFD: for names and captions read from data files."""
+    if text is None or encodable(text):
+        return text
+    return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+
+
+def check_extra(value: Any, where: str = "metadata") -> None:
+    """Refuse metadata that could be stored but not written back out as JSON or searched with
+    json_extract: non-finite numbers, integers beyond 64 bits, strings (keys too) that are not UTF-8."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise IndexError_(f"{where}: numbers must be finite, got {value}")
+    if isinstance(value, int) and not isinstance(value, bool) and not INT64[0] <= value <= INT64[1]:
+        raise IndexError_(f"{where}: integers must fit in 64 bits")
+    if isinstance(value, str) and not encodable(value):
+        raise IndexError_(f"{where}: text is not valid Unicode (a lone surrogate)")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str) or not encodable(k):
+                raise IndexError_(f"{where}: keys must be valid Unicode strings")
+            check_extra(v, f"{where}.{k}")
+    elif isinstance(value, list | tuple):
+        for i, v in enumerate(value):
+            check_extra(v, f"{where}[{i}]")
 
 
 def row_for(item: Item) -> Row:
-    extra = json.dumps(item.extra, sort_keys=True, default=str)
-    return (item.id, item.key, item.caption, item.source, item.member, item.path, item.width, item.height, extra)
+    check_extra(item.extra)
+    extra = json.dumps(item.extra, sort_keys=True, default=str, allow_nan=False)
+    key, caption, source, member, path = (
+        clean_text(t) for t in (item.key, item.caption, item.source, item.member, item.path)
+    )
+    return (item.id, key or "", caption, source or "", member, path, item.width, item.height, extra)
 
 
 def _item(row: tuple[Any, ...]) -> Item:
@@ -88,6 +133,7 @@ class MetaReader:
 
     def get_many(self, ids: list[int]) -> dict[int, Item]:
         out: dict[int, Item] = {}
+        ids = [i for i in ids if INT64[0] <= i <= INT64[1]]  # beyond SQLite's integers no id can be stored
         for start in range(0, len(ids), 500):  # SQLite's bound-parameter limit
             chunk = ids[start : start + 500]
             marks = ",".join("?" * len(chunk))
@@ -106,6 +152,8 @@ class MetaReader:
         """Ids whose fields equal the filter values (a list means any of them); extra fields via JSON."""
         clauses: list[str] = []
         args: list[Any] = []
+        if len(filters) > MAX_FILTER_FIELDS:
+            raise IndexError_(f"{len(filters)} filter fields is over the limit of {MAX_FILTER_FIELDS}")
         for name, value in filters.items():
             if not isinstance(name, str) or not name.replace("_", "").replace("-", "").isalnum():
                 raise IndexError_(f"invalid filter field {name!r}")
@@ -115,6 +163,7 @@ class MetaReader:
                 raise IndexError_(f"filter {name!r} has an empty list of values")
             if any(isinstance(v, dict | list) for v in values):
                 raise IndexError_(f"filter {name!r}: values must be strings, numbers or booleans")
+            check_extra(list(values), f"filter {name!r}")
             clauses.append(f"{column} IN ({','.join('?' * len(values))})")
             args.extend(values)
         where = " AND ".join(clauses) or "1"

@@ -19,7 +19,7 @@ TARGETS = ("images", "captions")
 def check_query(vectors: Any, dim: int) -> np.ndarray:
     """[N, D] float32, L2-normalised; a clear error for anything else."""
     try:
-        q = np.asarray(vectors, dtype=np.float32)
+        q = np.asarray(vectors, dtype=np.float64)  # normalised in float64: tiny values keep a non-zero norm
     except (TypeError, ValueError) as exn:
         raise IndexError_(f"query vectors must be numeric: {exn}") from exn
     if q.ndim == 1:
@@ -33,7 +33,9 @@ def check_query(vectors: Any, dim: int) -> np.ndarray:
     norms = np.linalg.norm(q, axis=1, keepdims=True)
     if (norms == 0).any():
         raise IndexError_("a query vector is all zeros")
-    return np.ascontiguousarray(q / norms)
+    if not np.isfinite(norms).all():
+        raise IndexError_("a query vector is too large to normalise")
+    return np.ascontiguousarray(q / norms, dtype=np.float32)
 
 
 def check_paging(k: Any, offset: Any, threshold: Any, collapse: Any, target: str) -> None:

@@ -51,6 +51,10 @@ def atomic_write(path: Path, data: bytes) -> None:
     fsync_dir(path.parent)
 
 
+MANIFEST_SHAPE = {"version": int, "version_dir": str, "fingerprint": str, "dim": int, "next_id": int, "counts": dict,
+                  "files": dict, "images": dict, "captions": dict, "bundle": dict, "provenance": dict}  # fmt: skip
+
+
 def read_manifest(root: Path) -> dict[str, Any]:
     path = root / MANIFEST
     if not root.is_dir():
@@ -59,10 +63,17 @@ def read_manifest(root: Path) -> dict[str, Any]:
         raise FileNotFoundError(f"{root} is not a clipforge index (no {MANIFEST})")
     try:
         manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as exn:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exn:
         raise IndexError_(f"{path} is not valid JSON: {exn}") from exn
-    if manifest.get("format") != FORMAT:
-        raise IndexError_(f"{path}: unsupported index format {manifest.get('format')!r}, expected {FORMAT}")
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise IndexError_(f"{path}: unsupported index format {found!r}, expected {FORMAT}")
+    for key, kind in MANIFEST_SHAPE.items():
+        if key in manifest and (not isinstance(manifest[key], kind) or isinstance(manifest[key], bool)):
+            raise IndexError_(f"{path}: {key!r} should be {kind.__name__}, not {type(manifest[key]).__name__}: corrupt")
+    for key in ("version_dir", "dim", "fingerprint", "images", "captions"):
+        if key not in manifest:
+            raise IndexError_(f"{path}: {key!r} is missing: corrupt or not written by clipforge")
     return manifest
 
 

@@ -22,7 +22,7 @@ from index import factory as fx
 from index import refine as rx
 from index import store
 from index.core import now, read_faiss
-from index.meta import MetaWriter, row_for
+from index.meta import MetaWriter, check_extra, encodable, row_for
 from index.sources import PIL_EXT
 from index.types import IndexError_, Item
 
@@ -70,6 +70,9 @@ def _check_items(bundle: Any, items: list) -> list[tuple[bytes, str | None, dict
             raise IndexError_(f"item {n}: caption must be a string or None")
         if extra is not None and not isinstance(extra, dict):
             raise IndexError_(f"item {n}: extra must be a dict or None")
+        check_extra(extra or {}, f"item {n}: metadata")
+        if caption is not None and not encodable(caption):
+            raise IndexError_(f"item {n}: caption is not valid Unicode (a lone surrogate)")
         try:
             image, size = bundle.decode_image(bytes(data))
         except ImageDecodeError as exn:

@@ -7,15 +7,21 @@ from typing import Any
 
 
 def preflight(settings: Any) -> None:
-    """Refuse to start, with one clear line, on a missing bundle or index or an index of another bundle."""
+    """Refuse to start, with one clear line, on a missing or corrupt bundle or index, or an index of another
+    bundle: found here, not in the app's lifespan, where uvicorn would print a traceback and exit 3."""
     from pathlib import Path
 
-    from encoders.bundle import read_bundle_meta
+    from encoders.bundle import WEIGHTS, BundleError, read_bundle_meta, sha256_file
 
     meta = read_bundle_meta(settings.bundle)  # BundleError (a ValueError) names what is wrong
+    weights = Path(settings.bundle) / WEIGHTS
+    if not weights.is_file() or sha256_file(weights) != meta["weights_sha256"]:
+        raise BundleError(f"{settings.bundle}: {WEIGHTS} is missing or does not match its weights_sha256 (corrupt)")
     if settings.index is not None:
+        from index import Index
         from index.store import read_manifest
 
+        Index.open(settings.index, mmap=True).close()  # every file there, of its size, readable
         fingerprint = read_manifest(Path(settings.index))["fingerprint"]
         if fingerprint != meta["weights_sha256"]:
             raise ValueError(f"index {settings.index} was built with another bundle (fingerprint {fingerprint[:12]}), "

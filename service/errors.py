@@ -12,6 +12,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger("clipforge.service")
+CLIENT_CLOSED = 499  # nginx's "client closed request": nobody is left to answer, and it is not our fault
 
 
 class ErrorDetail(BaseModel):

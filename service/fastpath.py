@@ -11,7 +11,6 @@ comes from one place. The route stays the documented one in the OpenAPI schema.
 
 from __future__ import annotations
 
-import json
 from types import SimpleNamespace
 from typing import Any
 
@@ -19,7 +18,7 @@ import pydantic_core
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.deps import API_KEY_HEADER, _matches, get_engine, get_settings, maybe_engine, require_read
-from service.payload import decode_base64_image
+from service.payload import decode_base64_image, loads
 from service.routers.classify import check_text
 
 PATH = "/v1/embed"
@@ -57,8 +56,9 @@ class EmbedFastPath:
             await self.app(scope, receive, send)
             return
         body = await _read(receive)
-        if body is None:
-            return  # the client went away before sending its body: nobody to answer
+        if body is None:  # the client went away before sending its body: nobody to answer
+            scope["route"] = ROUTE  # (MetricsMiddleware counts it as 499 under the route)
+            return
         try:
             payload = await self._embed(body, settings, engine)
         except Exception:  # Fallback, an APIError, anything: the route answers it, as it would have
@@ -70,7 +70,7 @@ class EmbedFastPath:
         await send({"type": "http.response.body", "body": payload})
 
     async def _embed(self, body: bytes, settings: Any, engine: Any) -> bytes:
-        data = json.loads(body)  # invalid JSON raises: the route answers it
+        data = loads(body)  # invalid JSON raises: the route answers it
         if not isinstance(data, dict) or not FIELDS.issuperset(data):
             raise Fallback
         texts, images = data.get("texts"), data.get("images")

@@ -95,6 +95,13 @@ async def add_items(request: Request, settings: SettingsDep, engine: EngineDep, 
     for i, c in enumerate(captions):
         if c is not None:
             check_text(c, settings, f"captions[{i}]")
+    from index.meta import check_extra  # (the items routes need the index package anyway)
+
+    for i, m in enumerate(metadata):
+        try:
+            check_extra(m, f"metadata[{i}]")  # what could be stored but never sent back or searched
+        except ValueError as exn:
+            raise APIError(422, "invalid_metadata", str(exn)) from exn
     await engine.decode_images(blobs)  # refuse bad images with a 4xx before touching the index
     bundle = engine.bundle
     items = list(zip(blobs, captions, metadata, strict=True))

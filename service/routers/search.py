@@ -21,6 +21,7 @@ router = APIRouter(prefix="/v1", tags=["search"], dependencies=[ReadAccess])
 FilterValue = str | int | float | bool
 FILTER_KEY = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MAX_ID = 2**63 - 1  # ids are SQLite integers
+MAX_FILTER_FIELDS = 64  # as index.meta: SQLite's expression depth limit is ~1,000 ANDed fields
 HIDDEN_METADATA = ("source", "member", "path")  # where files live on the server: never sent out
 
 
@@ -68,6 +69,8 @@ def check_limits(req: SearchRequest, settings: Settings) -> None:
         raise APIError(422, "k_out_of_range", f"k must be between 1 and {settings.max_k}")
     if req.offset > settings.max_offset:
         raise APIError(422, "offset_out_of_range", f"offset must be at most {settings.max_offset}")
+    if len(req.filters or {}) > MAX_FILTER_FIELDS:
+        raise APIError(422, "invalid_filter", f"at most {MAX_FILTER_FIELDS} filter fields per search")
     for key, value in (req.filters or {}).items():
         if not FILTER_KEY.match(key):
             raise APIError(422, "invalid_filter", f"filter key {key!r}: use 1-64 letters, digits, '_' or '-'")
@@ -76,16 +79,18 @@ def check_limits(req: SearchRequest, settings: Settings) -> None:
             raise APIError(422, "invalid_filter", f"filter {key!r} has an empty list of values")
         if any(isinstance(v, int) and not -MAX_ID - 1 <= v <= MAX_ID for v in values):
             raise APIError(422, "invalid_filter", f"filter {key!r}: integers must fit in 64 bits")
+        if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+            raise APIError(422, "invalid_filter", f"filter {key!r}: numbers must be finite")
 
 
 def query_vector(vector: list[float], dim: int) -> np.ndarray:
-    v = np.asarray(vector, dtype=np.float32)[None, :]  # [1, D]
+    v = np.asarray(vector, dtype=np.float64)[None, :]  # [1, D]; float64: the norm of tiny values stays > 0
     if v.shape[1] != dim:
         raise APIError(422, "invalid_vector", f"vector has {v.shape[1]} values, the index has dimension {dim}")
     norm = float(np.linalg.norm(v))
     if not math.isfinite(norm) or norm == 0.0:
         raise APIError(422, "invalid_vector", "vector must be finite and non-zero")
-    return v / norm
+    return (v / norm).astype(np.float32)
 
 
 @router.post(

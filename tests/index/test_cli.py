@@ -55,6 +55,38 @@ def test_cli_errors_are_exceptions_with_one_line_messages(built_index, tmp_path)
         run(["index", "info", str(tmp_path / "missing")])
     with pytest.raises(IndexError_, match="unknown id"):
         run(["index", "remove", str(built_index), "123456"])
+    huge = str(10**23)  # beyond SQLite's 64-bit integers: unknown, not an OverflowError
+    with pytest.raises(IndexError_, match="unknown id"):
+        run(["index", "remove", str(built_index), huge])
+    with pytest.raises(IndexError_, match="unknown id"):
+        run(["index", "search", str(built_index), "--id", huge])
+    with pytest.raises(IndexError_, match="64 bits"):
+        run(["index", "search", str(built_index), "--text", "red", "--filter", f"color={huge}"])
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda m: [1, 2],
+        lambda m: {**m, "version_dir": 5},
+        lambda m: {**m, "images": []},
+        lambda m: {**m, "files": 7},
+        lambda m: {**m, "bundle": "x"},
+        lambda m: {k: v for k, v in m.items() if k != "dim"},
+    ],
+    ids=["list", "version_dir", "images", "files", "bundle", "no-dim"],
+)
+def test_a_manifest_of_the_wrong_shape_is_a_clear_error(built_index, tmp_path, edit):
+    import shutil
+
+    copy = tmp_path / "idx"
+    shutil.copytree(built_index, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    (copy / "manifest.json").write_text(json.dumps(edit(manifest)))
+    with pytest.raises(IndexError_, match="manifest.json"):
+        run(["index", "info", str(copy)])
+    with pytest.raises(IndexError_, match="manifest.json"):
+        run(["index", "search", str(copy), "--text", "red"])
 
 
 def test_cli_build_reports_the_rerank_and_no_refine_turns_it_off(trained_bundle, synth_data, tmp_path, capsys):

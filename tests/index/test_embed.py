@@ -44,3 +44,23 @@ def test_batched_normalisation_matches_the_bundle_transform(micro_bundle):
 
 def test_a_transform_without_totensor_normalize_is_applied_per_image():
     assert split_transform(lambda im: im) is None
+
+
+def test_a_sidecar_that_could_not_be_stored_is_dropped_not_fatal(micro_bundle, tmp_path):
+    """NaN, 1e400, lone surrogates or 2**70 in an image's JSON: the image is indexed without that metadata,
+    and the index's filtered searches keep working (they used to fail on json_extract)."""
+    from index import Index
+
+    sidecars = ['{"x": NaN}', '{"x": 1e400}', '{"note": "a\\ud800b"}', '{"x": 1180591620717411303424}',
+                '{"color": "red"}']  # fmt: skip
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for i, text in enumerate(sidecars):
+        Image.new("RGB", (40, 30), (200, 10 * i, 10)).save(folder / f"img{i}.png")
+        (folder / f"img{i}.json").write_text(text)
+    bundle = load_bundle(micro_bundle)
+    idx = Index.build(bundle, str(folder), tmp_path / "idx", progress=False)
+    assert len(idx) == 5
+    assert [idx.get(i).extra for i in range(5)] == [{}, {}, {}, {}, {"color": "red"}]
+    assert [h.id for h in idx.search_text(bundle, "red", k=5, filters={"color": "red"})] == [4]
+    assert idx.search_text(bundle, "red", k=5, filters={"x": 1}) == []

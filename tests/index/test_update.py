@@ -146,3 +146,35 @@ def test_memory_mapped_index_searches_and_updates(trained_bundle, synth_data, tm
     assert mapped.search_vectors(v, k=1)[0][0].id == new[0]
     assert lists_type(mapped) is mapped_type  # the new version is mapped too
     assert 3 not in {h.id for h in ram.search_vectors(q, k=600)[0]} and len(ram) == 600  # the other handle followed
+
+
+@pytest.mark.parametrize(
+    "extra, caption, match",
+    [
+        ({"x": float("nan")}, None, "finite"),
+        ({"x": [1, {"y": float("inf")}]}, None, "finite"),
+        ({"x": 2**70}, None, "64 bits"),
+        ({"x": "a\ud800"}, None, "surrogate"),
+        ({"a\udfff": 1}, None, "keys"),
+        ({}, "a\ud800 caption", "surrogate"),
+    ],
+    ids=["nan", "nested-inf", "int70", "surrogate-value", "surrogate-key", "surrogate-caption"],
+)
+def test_add_refuses_what_could_be_stored_but_not_read_back(index_copy, trained_bundle, extra, caption, match):
+    idx = Index.open(index_copy, bundle=trained_bundle)
+    version = idx.info()["version"]
+    with pytest.raises(IndexError_, match=match):
+        idx.add(trained_bundle, [(png_bytes((1, 2, 3)), caption, extra)])
+    assert len(idx) == 600 and idx.info()["version"] == version  # nothing written
+    assert idx.search_text(trained_bundle, "red", k=3, filters={"color": "red"})  # filters still work
+
+
+def test_filters_are_bounded_and_checked(index_copy, trained_bundle):
+    idx = Index.open(index_copy, bundle=trained_bundle)
+    with pytest.raises(IndexError_, match="over the limit"):
+        idx.search_text(trained_bundle, "red", k=3, filters={f"k{i}": 1 for i in range(999)})
+    assert idx.search_text(trained_bundle, "red", k=3, filters={f"k{i}": 1 for i in range(64)}) == []
+    with pytest.raises(IndexError_, match="finite"):
+        idx.search_text(trained_bundle, "red", k=3, filters={"x": float("inf")})
+    with pytest.raises(IndexError_, match="unknown id"):
+        idx.get(2**70)

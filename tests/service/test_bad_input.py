@@ -152,9 +152,13 @@ def test_transport_level_mistakes(shared_client: TestClient) -> None:
     assert_error(c.post("/v1/classify", content=b'{"labels": ["a"', headers={"content-type": "application/json"}),
                  400, "invalid_json")  # fmt: skip
     assert_error(c.post("/v1/embed", content=b"\xff\xfe", headers={"content-type": "application/json"}), 400)
-    assert_error(c.post("/v1/embed", content=b'{"vector": [NaN]}', headers={"content-type": "application/json"}), 422)
+    # NaN and Infinity are not JSON (RFC 8259), though Python's json reads them
+    assert_error(c.post("/v1/embed", content=b'{"vector": [NaN]}', headers={"content-type": "application/json"}),
+                 400, "invalid_json")  # fmt: skip
     nan = b'{"vector": [' + b",".join([b"NaN"] * 32) + b"]}"
-    assert_error(c.post("/v1/search", content=nan, headers={"content-type": "application/json"}), 422)
+    assert_error(c.post("/v1/search", content=nan, headers={"content-type": "application/json"}), 400, "invalid_json")
+    big = b'{"vector": [' + b",".join([b"1e400"] * 32) + b"]}"  # JSON, but infinite as a float
+    assert_error(c.post("/v1/search", content=big, headers={"content-type": "application/json"}), 422)
     assert_error(c.post("/v1/embed", json=["a", "b"]), 422, "validation_error")
     deep = b'{"texts": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
     assert_error(c.post("/v1/embed", content=deep, headers={"content-type": "application/json"}), (400, 422))

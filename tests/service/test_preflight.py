@@ -33,3 +33,32 @@ def test_index_of_another_bundle_is_refused(micro_bundle: Path, synth_data: dict
     Index.build(load_bundle(tmp_path / "other"), synth_data["val"], tmp_path / "idx", progress=False)
     assert serve("--bundle", str(micro_bundle), "--index", str(tmp_path / "idx")) == 1
     assert "built with another bundle" in capsys.readouterr().err
+
+
+def test_corrupt_index_or_weights_are_one_line_errors(micro_bundle: Path, synth_data: dict, tmp_path: Path,
+                                                      capsys) -> None:  # fmt: skip
+    """Found before uvicorn starts (its lifespan failure would print a traceback and exit 3)."""
+    import shutil
+
+    from encoders.bundle import load_bundle
+    from index import Index
+    from index.store import read_manifest
+
+    Index.build(load_bundle(micro_bundle), synth_data["val"], tmp_path / "idx", progress=False).close()
+    meta = tmp_path / "idx" / read_manifest(tmp_path / "idx")["version_dir"] / "meta.sqlite"
+    meta.write_bytes(b"\x00garbage" * (meta.stat().st_size // 8) + b"\x00" * (meta.stat().st_size % 8))  # same size
+    assert serve("--bundle", str(micro_bundle), "--index", str(tmp_path / "idx")) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "meta.sqlite" in err, err
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(micro_bundle, bundle)
+    weights = bundle / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    assert serve("--bundle", str(bundle)) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "weights_sha256" in err, err
+    (bundle / "bundle.json").write_text("[1]")
+    assert serve("--bundle", str(bundle)) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "unsupported bundle format" in err, err

@@ -100,3 +100,91 @@ def test_index_of_another_bundle_is_refused_at_startup(siglip_bundle: Path, real
     app = create_app(Settings(bundle=siglip_bundle, index=real_index))
     with pytest.raises(IndexMismatchError), TestClient(app):
         pass
+
+
+def test_values_that_could_be_stored_but_not_sent_back_are_refused(
+    micro_bundle: Path, real_index: Path, tmp_path: Path
+) -> None:
+    """Lone surrogates, NaN/Infinity and 1e400 in metadata, captions, labels or filters: a 4xx on the way in,
+    nothing stored, and every later read and filtered search still answers (they used to break it: 500s)."""
+    import shutil
+
+    index_dir = tmp_path / "idx"
+    shutil.copytree(real_index, index_dir)
+    app = create_app(Settings(bundle=micro_bundle, index=index_dir, api_key=WRITE_KEY, max_wait_ms=1.0))
+    image = base64.b64encode(png_bytes()).decode()
+    key = {"X-API-Key": WRITE_KEY, "content-type": "application/json"}
+    with TestClient(app, raise_server_exceptions=False) as c:
+        raw_bodies = [  # written by hand: Python's json would not produce them
+            ("/v1/items", '{"images": ["IMG"], "metadata": [{"x": NaN}]}', 400),
+            ("/v1/items", '{"images": ["IMG"], "metadata": [{"x": Infinity}]}', 400),
+            ("/v1/items", '{"images": ["IMG"], "metadata": [{"x": 1e400}]}', 422),
+            ("/v1/items", '{"images": ["IMG"], "metadata": [{"x": [1, {"y": -1e999}]}]}', 422),
+            ("/v1/items", '{"images": ["IMG"], "metadata": [{"x": "a\\ud800b"}]}', 400),
+            ("/v1/items", '{"images": ["IMG"], "metadata": [{"a\\udfffb": 1}]}', 400),
+            ("/v1/items", '{"images": ["IMG"], "captions": ["a\\ud800b"]}', 400),
+            ("/v1/classify", '{"images": ["IMG"], "labels": ["a\\ud800b", "b"]}', 400),
+            ("/v1/classify", '{"images": ["IMG"], "labels": ["a", "b"], "templates": ["\\ud800{}"]}', 400),
+            ("/v1/search", '{"text": "a", "filters": {"color": "a\\ud800b"}}', 400),
+            ("/v1/search", '{"text": "a", "filters": {"color": 1e400}}', 422),
+        ]
+        for path, body, status in raw_bodies:
+            assert_error(c.post(path, content=body.replace("IMG", image).encode(), headers=key), status)
+        # the multipart form's metadata field is JSON too
+        files = [("images", ("x.png", png_bytes(), "image/png"))]
+        for meta, status in (('[{"x": NaN}]', 400), ('[{"x": 1e400}]', 422)):
+            r = c.post("/v1/items", files=files, data={"metadata": meta}, headers={"X-API-Key": WRITE_KEY})
+            assert_error(r, status)
+        # too many filter fields would overflow SQLite's expression depth: refused before the query
+        assert_error(c.post("/v1/search", json={"text": "a", "filters": {f"k{i}": 1 for i in range(999)}}), 422,
+                     "invalid_filter")  # fmt: skip
+        assert c.post("/v1/search", json={"text": "a", "filters": {f"k{i}": 1 for i in range(64)}}).status_code == 200
+
+        assert c.get("/v1/info").json()["index"]["count"] == 8  # nothing was added
+        r = c.post("/v1/search", json={"text": "a red circle", "k": 8, "filters": {"color": "red"}})
+        assert (
+            r.status_code == 200
+            and r.json()["results"]
+            and all(h["metadata"]["color"] == "red" for h in r.json()["results"])
+        )
+        assert all(c.get(f"/v1/items/{i}").status_code == 200 for i in range(8))
+        assert 'status="500"' not in c.get("/metrics").text
+
+
+def test_a_client_that_leaves_mid_body_is_not_a_server_error(micro_bundle: Path, real_index: Path) -> None:
+    """The body stops short and the client disconnects: no answer can reach it, nothing is logged as an error,
+    and /metrics counts 499 (nginx's "client closed request") under the route, never 500."""
+    app = create_app(Settings(bundle=micro_bundle, index=real_index, max_wait_ms=1.0))
+
+    async def cut_short(path: str, body: bytes, headers: list[tuple[bytes, bytes]]) -> list[dict[str, Any]]:
+        messages = iter([{"type": "http.request", "body": body[: len(body) // 2], "more_body": True}])
+        sent: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            return next(messages, {"type": "http.disconnect"})
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "path": path,
+                 "raw_path": path.encode(), "root_path": "", "scheme": "http", "query_string": b"",
+                 "headers": [(b"content-length", str(len(body)).encode()), *headers],
+                 "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80), "app": app}  # fmt: skip
+        await app(scope, receive, send)
+        return sent
+
+    image = base64.b64encode(png_bytes()).decode()
+    json_type = [(b"content-type", b"application/json")]
+    with TestClient(app) as c:
+        assert c.portal is not None
+        for path, body in (
+            ("/v1/search", json.dumps({"text": "a red circle", "k": 3}).encode()),
+            ("/v1/embed", json.dumps({"images": [image]}).encode()),  # the fast path's own read
+        ):
+            sent = c.portal.call(cut_short, path, body, json_type)
+            assert all(m.get("status") != 500 for m in sent), sent
+        metrics = c.get("/metrics").text
+        for route in ("/v1/search", "/v1/embed"):
+            assert f'clipforge_requests_total{{method="POST",route="{route}",status="499"}} 1.0' in metrics, metrics
+        assert 'status="500"' not in metrics
+        assert c.post("/v1/search", json={"text": "a red circle", "k": 3}).status_code == 200  # still serving
