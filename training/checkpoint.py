@@ -78,7 +78,17 @@ def save_checkpoint(run_dir: Path, step: int, payload: dict[str, Any], keep: int
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """The checkpoint's payload; ValueError (one line) for a file that is not a complete clipforge checkpoint."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"no checkpoint file {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exn:  # truncated, not a checkpoint, or a pickle that needs more than tensors
+        reason = " ".join(str(exn).split())[:160] or type(exn).__name__
+        raise ValueError(f"{path} is not a readable checkpoint ({type(exn).__name__}: {reason})") from None
+    if not isinstance(payload, dict) or "model" not in payload or "step" not in payload:
+        raise ValueError(f"{path} is not a clipforge checkpoint (no model state and step)")
+    return payload
 
 
 def latest_valid_checkpoint(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
@@ -87,9 +97,7 @@ def latest_valid_checkpoint(run_dir: Path) -> tuple[Path, dict[str, Any]] | None
         stray.unlink(missing_ok=True)
     for path in reversed(list_checkpoints(run_dir)):
         try:
-            payload = load_checkpoint(path)
-            if "model" in payload and "step" in payload:
-                return path, payload
+            return path, load_checkpoint(path)
         except Exception as exn:  # truncated or corrupt: fall back to an older one
             log.warning("checkpoint %s is unreadable (%s); trying an older one", path, exn)
     return None

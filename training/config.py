@@ -104,7 +104,7 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        return _build(tp, value, where)
+        return _build(tp, value, f"{where}.")
     if origin is tuple:
         (item_tp, *_rest) = get_args(tp)
         items = [value] if isinstance(value, str | int | float) else list(value or [])
@@ -157,20 +157,45 @@ def resolve_preset(name_or_path: str) -> Path:
     raise ConfigError(f"no config file {name_or_path!r} (shipped presets: {names})")
 
 
+# the smallest sensible value of each numeric setting that has one (anything less would divide by zero,
+# train zero steps or loop forever)
+MINIMUM = {"train.batch_size": 1, "train.accum": 1, "train.samples": 1, "train.log_every": 1, "train.ckpt_every": 0,
+           "train.keep_ckpts": 1, "train.threads": 0, "optim.warmup_steps": 0, "optim.grad_clip": 0,
+           "optim.weight_decay": 0, "data.workers": 0, "data.sample_shuffle": 0, "data.max_pixels": 1,
+           "data.max_caption_chars": 1, "eval.every": 0, "eval.val_samples": 1, "eval.batch_size": 1,
+           "loss.max_logit_scale": 1}  # fmt: skip
+
+
+def _yaml(text: str, where: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exn:
+        raise ConfigError(f"{where}: not valid YAML ({' '.join(str(exn).split())})") from None
+
+
+def check_ranges(cfg: Config) -> Config:
+    tree = cfg.to_dict()
+    for dotted, low in MINIMUM.items():
+        section, key = dotted.split(".")
+        if tree[section][key] < low:
+            raise ConfigError(f"{dotted} must be at least {low}, got {tree[section][key]}")
+    return cfg
+
+
 def load_config(name_or_path: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Load a YAML preset (path or shipped name) and apply `a.b=value` overrides (values parsed as YAML)."""
     tree: dict[str, Any] = {}
     if name_or_path:
         path = resolve_preset(name_or_path)
-        tree = yaml.safe_load(path.read_text()) or {}
+        tree = _yaml(path.read_text(), str(path)) or {}
         if not isinstance(tree, dict):
             raise ConfigError(f"{path}: top level must be a mapping")
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"--set expects key=value, got {item!r}")
         key, raw = item.split("=", 1)
-        _set_path(tree, key.strip(), yaml.safe_load(raw))
-    return _build(Config, tree)
+        _set_path(tree, key.strip(), _yaml(raw, f"--set {item}"))
+    return check_ranges(_build(Config, tree))
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

@@ -30,17 +30,31 @@ def iter_folder(folder: Path) -> Iterator[tuple[Path, str | None]]:
 
 def iter_table(table: Path, path_col: str, caption_col: str) -> Iterator[tuple[Path, str | None]]:
     base = table.parent
-    if table.suffix.lower() == ".jsonl":
-        with open(table, encoding="utf-8") as f:
-            rows: Iterator[dict] = (json.loads(line) for line in f if line.strip())
-            for row in rows:
-                yield base / str(row[path_col]), row.get(caption_col)
-    else:
-        with open(table, newline="", encoding="utf-8") as f:
-            for row in csv.DictReader(f):
-                if path_col not in row or caption_col not in row:
-                    raise ValueError(f"{table}: needs columns {path_col!r} and {caption_col!r}, has {list(row)}")
-                yield base / row[path_col], row[caption_col]
+    try:
+        if table.suffix.lower() == ".jsonl":
+            with open(table, encoding="utf-8") as f:
+                for n, line in enumerate(f, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        row = json.loads(line)
+                    except ValueError as exn:
+                        raise ValueError(f"{table}:{n}: not valid JSON ({exn})") from None
+                    if not isinstance(row, dict) or not isinstance(row.get(path_col), str) or not row[path_col]:
+                        raise ValueError(f"{table}:{n}: expected an object with a {path_col!r} string")
+                    caption = row.get(caption_col)
+                    yield base / row[path_col], None if caption is None else str(caption)
+        else:
+            with open(table, newline="", encoding="utf-8") as f:
+                reader = csv.DictReader(f)
+                for row in reader:
+                    if path_col not in row or caption_col not in row:
+                        raise ValueError(f"{table}: needs columns {path_col!r} and {caption_col!r}, has {list(row)}")
+                    if not row[path_col]:
+                        raise ValueError(f"{table}:{reader.line_num}: the {path_col!r} column is empty")
+                    yield base / row[path_col], row[caption_col]
+    except UnicodeDecodeError as exn:
+        raise ValueError(f"{table} is not a UTF-8 CSV or JSONL file ({exn.reason} at byte {exn.start})") from None
 
 
 def encode_resized(path: Path, max_size: int, quality: int) -> tuple[bytes, str, tuple[int, int]]:
@@ -69,6 +83,9 @@ def pack_shards(
     caption_col: str = "caption",
 ) -> dict:
     source, out = Path(source), Path(out)
+    if shard_size < 1 or max_size < 16 or not 1 <= quality <= 100:
+        raise ValueError(f"need shard_size >= 1, max_size >= 16 and 1 <= quality <= 100; got {shard_size}, "
+                         f"{max_size}, {quality}")  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     if source.is_dir():
         rows = list(iter_folder(source))

@@ -16,7 +16,16 @@ def test_preset_and_overrides(tmp_path):
 
 @pytest.mark.parametrize(
     "override, match",
-    [("train.batchsize=3", "unknown config key"), ("train.batch_size=abc", "expected int"), ("nodots", "key=value")],
+    [
+        ("train.batchsize=3", r"unknown config key\(s\) \['train.batchsize'\]"),
+        ("train.batch_size=abc", "train.batch_size: expected int"),
+        ("nodots", "key=value"),
+        ("data.train=[oops", "not valid YAML"),
+        ("train.batch_size=0", "at least 1"),
+        ("train.samples=-1", "at least 1"),
+        ("data.workers=-2", "at least 0"),
+        ("train.log_every=0", "at least 1"),
+    ],
 )
 def test_bad_overrides_are_clear_errors(override, match):
     with pytest.raises(ConfigError, match=match):
@@ -26,3 +35,11 @@ def test_bad_overrides_are_clear_errors(override, match):
 def test_missing_preset():
     with pytest.raises(ConfigError, match="shipped presets"):
         load_config("nope")
+
+
+def test_invalid_yaml_file_is_a_one_line_error(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [1,\n")
+    with pytest.raises(ConfigError, match="not valid YAML") as info:
+        load_config(str(bad))
+    assert "\n" not in str(info.value)

@@ -192,6 +192,22 @@ def test_lit_style_tuning_from_a_bundle_keeps_the_locked_tower(synth_data, tmp_p
     assert not torch.equal(a["token_embedding.weight"], b["token_embedding.weight"])
 
 
+def test_a_bad_resume_file_or_init_bundle_is_a_one_line_error(synth_data, tmp_path):
+    (tmp_path / "noise.pt").write_bytes(os.urandom(200))
+    (tmp_path / "text.pt").write_text("hello\n")
+    torch.save({"not": "a checkpoint"}, tmp_path / "other.pt")
+    for name in ("noise.pt", "text.pt", "other.pt"):
+        with pytest.raises(ValueError, match="checkpoint") as info:
+            train(smoke_cfg(synth_data, tmp_path / "run"), resume=str(tmp_path / name), progress=False)
+        assert "\n" not in str(info.value)
+    first = tmp_path / "first"
+    train(smoke_cfg(synth_data, first, "train.samples=16", "data.zeroshot=null", "data.val=null"), progress=False)
+    with pytest.raises(ValueError, match="does not fit model.arch 'cf-tiny-vit'") as info:
+        train(smoke_cfg(synth_data, tmp_path / "run2", "model.arch=cf-tiny-vit", f"model.init_bundle={first / 'bundle'}"),
+              progress=False)  # fmt: skip
+    assert "\n" not in str(info.value)
+
+
 def test_gradient_checkpointing_and_channels_last_give_the_same_loss(synth_data, tmp_path):
     """Memory/speed options must not change the numbers: the same first-step loss with and without them.
 
