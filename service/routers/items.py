@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Request, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from service.deps import EngineDep, IndexDep, ReadAccess, SettingsDep, WriteAccess
 from service.errors import APIError, error_responses
@@ -16,7 +16,18 @@ from service.store import get_item as lookup_item
 from service.store import index_errors, run_query
 
 router = APIRouter(prefix="/v1/items", tags=["items"])
-ItemId = Annotated[int, Path(ge=0, le=2**63 - 1, description="the item's id in the index")]
+
+
+def _plain_digits(value: Any) -> Any:
+    """An id in a path is written as plain digits: "1_0", "+1", "1.0" or "-0" would name another item's URL."""
+    if isinstance(value, str) and not (value.isascii() and value.isdigit()):
+        raise ValueError("an item id is written as plain digits")
+    return value
+
+
+ItemId = Annotated[
+    int, Path(ge=0, le=2**63 - 1, description="the item's id in the index"), BeforeValidator(_plain_digits)
+]
 SAFE_IMAGE_TYPES = {"image/jpeg", "image/png", "image/webp", "image/gif", "image/bmp", "image/tiff"}
 
 

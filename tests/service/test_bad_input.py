@@ -256,3 +256,10 @@ def test_one_bad_image_among_good_ones_names_its_index(shared_client: TestClient
     assert_error(r, 400, "invalid_image")
     assert r.json()["error"]["message"].startswith("image 1:")
     assert shared_client.post("/v1/embed", json={"images": [B64, B64]}).status_code == 200  # still serving
+
+
+@pytest.mark.parametrize("raw", ["-0", "1_0", "+1", "1.0", "0x1", " 1", "١"])
+def test_an_item_id_in_a_path_is_plain_digits(shared_client: TestClient, raw: str) -> None:
+    """Otherwise "/v1/items/1_0" would be item 10 and "-0" item 0: several URLs for one item."""
+    assert_error(shared_client.get(f"/v1/items/{raw}"), 422)
+    assert_error(shared_client.delete(f"/v1/items/{raw}", headers={"X-API-Key": WRITE_KEY}), 422)
