@@ -173,10 +173,15 @@ def cmd_quickstart(a: argparse.Namespace) -> int:
     )
     if a.no_serve:
         return 0
-    from service.cli import cmd_serve
+    serve = quickstart_serve_args(summary["bundle"], index_dir, a.host, a.port)
+    return int(serve.func(serve))
 
-    return cmd_serve(argparse.Namespace(bundle=str(summary["bundle"]), index=str(index_dir), host=a.host, port=a.port,
-                                        device=None, log_level="warning", access_log=False))  # fmt: skip
+
+def quickstart_serve_args(bundle: str | Path, index: str | Path, host: str, port: int) -> argparse.Namespace:
+    """`clipforge serve` as the command line would give it (every flag's default included, so that a flag
+    added to `serve` later cannot break the main job's last step)."""
+    return build_parser().parse_args(["serve", "--bundle", str(bundle), "--index", str(index), "--host", host,
+                                      "--port", str(port), "--log-level", "warning", "--no-access-log"])  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:

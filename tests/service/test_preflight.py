@@ -62,3 +62,17 @@ def test_corrupt_index_or_weights_are_one_line_errors(micro_bundle: Path, synth_
     assert serve("--bundle", str(bundle)) == 1
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "unsupported bundle format" in err, err
+
+
+def test_the_main_jobs_serve_step_has_every_serve_flag(tmp_path: Path) -> None:
+    """`clipforge quickstart` (make demo) ends by serving: it built serve's arguments by hand and lost a flag
+    added later (`--workers`: AttributeError after training). It now parses them; a missing bundle shows that
+    cmd_serve got as far as its preflight."""
+    import pytest
+
+    from clipforge.cli import quickstart_serve_args
+
+    a = quickstart_serve_args(tmp_path / "nope", tmp_path / "idx", "127.0.0.1", 1)
+    assert (a.workers, a.log_level, a.access_log) == (None, "warning", False)
+    with pytest.raises(ValueError, match="not a clipforge bundle"):
+        a.func(a)
