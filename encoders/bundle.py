@@ -57,8 +57,13 @@ def save_bundle(
 ) -> str:
     """Write a bundle atomically (temp dir + rename) and return its fingerprint (weights sha256)."""
     out = Path(out_dir)
+    if out.exists() and not (out.is_dir() and (not any(out.iterdir()) or (out / META).is_file())):
+        raise BundleError(f"{out} exists and is not a clipforge bundle (nor empty): refusing to replace it")
     out.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
+    bad = [k for k, v in state.items() if not bool(torch.isfinite(v).all())]
+    if bad:
+        raise BundleError(f"{len(bad)} weight tensor(s) hold NaN or infinity (e.g. {bad[0]}): not saving a bundle")
     logit_bias = state.get("logit_bias")
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     umask = os.umask(0)

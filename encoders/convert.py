@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ from encoders.bundle import Bundle, load_bundle, save_bundle
 from encoders.model import build_model, preprocess_cfg, resolve_model_config
 
 ONNX_DIR = "onnx"
+ONNX_FILES = {"image_encoder.onnx", "text_encoder.onnx", "onnx.json"}
 
 
 def import_open_clip(arch: str, weights: str | Path, out: str | Path, *, quick_gelu: bool = False) -> str:
@@ -152,9 +155,12 @@ def export_open_clip(bundle_dir: str | Path, out: str | Path) -> Path:
 
 def export_onnx(bundle_dir: str | Path, out: str | Path | None = None, opset: int = 17) -> Path:
     """Image and text encoders as two ONNX graphs with a dynamic batch axis (default: BUNDLE/onnx/)."""
-    b: Bundle = load_bundle(bundle_dir, device="cpu", precision="fp32")
-    out = Path(out) if out else Path(bundle_dir) / ONNX_DIR
-    out.mkdir(parents=True, exist_ok=True)
+    b: Bundle = load_bundle(bundle_dir, device="cpu", precision="fp32", backend="torch")  # not its old graphs
+    final = Path(out) if out else Path(bundle_dir) / ONNX_DIR
+    if final.exists() and not (final.is_dir() and {p.name for p in final.iterdir()} <= ONNX_FILES):
+        raise ValueError(f"{final} exists and holds more than ONNX graphs: refusing to replace it")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))  # graphs appear whole or not at all
     model = b.model.eval()
 
     class ImageEncoder(torch.nn.Module):
@@ -177,9 +183,22 @@ def export_onnx(bundle_dir: str | Path, out: str | Path | None = None, opset: in
     size = tuple(size) if isinstance(size, list) else (size, size)
     pixels = torch.zeros(2, 3, *size)
     tokens = b.tokenizer(["a photo", "of something"])
-    for module, args, name, inp, outp in ((ImageEncoder(), (pixels,), "image_encoder", "pixel_values", "image_embeds"),
-                                          (TextEncoder(), (tokens,), "text_encoder", "input_ids", "text_embeds")):  # fmt: skip
-        torch.onnx.export(module, args, str(out / f"{name}.onnx"), input_names=[inp], output_names=[outp],
-                          dynamic_axes={inp: {0: "batch"}, outp: {0: "batch"}}, opset_version=opset, dynamo=False)  # fmt: skip
-    (out / "onnx.json").write_text(json.dumps({"weights_sha256": b.fingerprint, "opset": opset}, indent=2))
-    return out
+    try:
+        for module, args, name, inp, outp in ((ImageEncoder(), (pixels,), "image_encoder", "pixel_values", "image_embeds"),
+                                              (TextEncoder(), (tokens,), "text_encoder", "input_ids", "text_embeds")):  # fmt: skip
+            torch.onnx.export(module, args, str(tmp / f"{name}.onnx"), input_names=[inp], output_names=[outp],
+                              dynamic_axes={inp: {0: "batch"}, outp: {0: "batch"}}, opset_version=opset, dynamo=False)  # fmt: skip
+        (tmp / "onnx.json").write_text(json.dumps({"weights_sha256": b.fingerprint, "opset": opset}, indent=2))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    os.chmod(tmp, 0o755)
+    if final.exists():
+        old = final.with_name(f".{final.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+    return final

@@ -149,3 +149,50 @@ def test_onnx_graphs_match_pytorch_and_serve_as_a_backend(tmp_path, micro_bundle
     (out / "onnx.json").write_text(json.dumps({**meta, "weights_sha256": "0" * 64}))
     with pytest.raises(ValueError, match="other weights"):
         load_bundle(bundle, backend="onnx")
+
+
+def test_a_torn_onnx_export_is_repaired_by_exporting_again(tmp_path, micro_bundle):
+    """A graph cut short (a kill -9 mid-export of the old in-place writer) made every load of the bundle
+    fail, the re-export included; graphs are now written to a temporary directory and renamed, and the export
+    reads the bundle's weights, not its graphs. A folder holding anything else is never replaced."""
+    import shutil
+
+    bundle = tmp_path / "b"
+    shutil.copytree(micro_bundle, bundle)
+    graphs = export_onnx(bundle)
+    graph = graphs / "image_encoder.onnx"
+    graph.write_bytes(graph.read_bytes()[: graph.stat().st_size // 2])
+    assert export_onnx(bundle) == graphs and sorted(p.name for p in graphs.iterdir()) == sorted(
+        ["image_encoder.onnx", "text_encoder.onnx", "onnx.json"]
+    )
+    assert load_bundle(bundle, backend="onnx").encode_texts(["a red circle"]).shape[0] == 1
+    assert not [p for p in bundle.iterdir() if p.name.startswith(".")]  # no temporary left behind
+    keep = tmp_path / "mine"
+    keep.mkdir()
+    (keep / "thesis.txt").write_text("x")
+    with pytest.raises(ValueError, match="refusing"):
+        export_onnx(bundle, keep)
+    assert (keep / "thesis.txt").read_text() == "x"
+
+
+def test_saving_a_bundle_never_replaces_other_files_or_keeps_nan_weights(tmp_path, micro_bundle):
+    from encoders.bundle import BundleError, save_bundle
+
+    b = load_bundle(micro_bundle, backend="torch")
+    meta = b.meta
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.txt").write_text("x")
+    with pytest.raises(BundleError, match="refusing"):
+        save_bundle(b.model, mine, arch=meta["arch"], model_cfg=meta["model_cfg"])
+    assert [p.name for p in mine.iterdir()] == ["thesis.txt"]
+    (tmp_path / "file").write_text("y")
+    with pytest.raises(BundleError, match="refusing"):
+        save_bundle(b.model, tmp_path / "file", arch=meta["arch"], model_cfg=meta["model_cfg"])
+    save_bundle(b.model, tmp_path / "again", arch=meta["arch"], model_cfg=meta["model_cfg"])
+    save_bundle(b.model, tmp_path / "again", arch=meta["arch"], model_cfg=meta["model_cfg"])  # a bundle: replaced
+    with torch.no_grad():
+        next(b.model.parameters()).fill_(float("nan"))
+    with pytest.raises(BundleError, match="NaN"):
+        save_bundle(b.model, tmp_path / "nan", arch=meta["arch"], model_cfg=meta["model_cfg"])
+    assert not (tmp_path / "nan").exists()
