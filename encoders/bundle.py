@@ -45,6 +45,18 @@ def code_version() -> str:
         return "unknown"
 
 
+def swap_in(tmp: Path, final: Path) -> None:
+    """Put the finished directory `tmp` at `final`, replacing what is there with two renames."""
+    if final.exists():
+        old = final.with_name(f".{final.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+
+
 def save_bundle(
     model: torch.nn.Module,
     out_dir: str | Path,
@@ -87,14 +99,7 @@ def save_bundle(
         (tmp / META).write_text(json.dumps(meta, indent=2))
         for f in tmp.iterdir():  # safetensors writes 0600 files
             os.chmod(f, 0o666 & ~umask)
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        swap_in(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from encoders.bundle import Bundle, load_bundle, save_bundle
+from encoders.bundle import Bundle, load_bundle, save_bundle, swap_in
 from encoders.model import build_model, preprocess_cfg, resolve_model_config
 
 ONNX_DIR = "onnx"
@@ -193,12 +193,5 @@ def export_onnx(bundle_dir: str | Path, out: str | Path | None = None, opset: in
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     os.chmod(tmp, 0o755)
-    if final.exists():
-        old = final.with_name(f".{final.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
+    swap_in(tmp, final)
     return final
