@@ -19,10 +19,10 @@ def preflight(settings: Any) -> None:
         raise BundleError(f"{settings.bundle}: {WEIGHTS} is missing or does not match its weights_sha256 (corrupt)")
     if settings.index is not None:
         from index import Index
-        from index.store import read_manifest
 
-        Index.open(settings.index, mmap=True).close()  # every file there, of its size, readable
-        fingerprint = read_manifest(Path(settings.index))["fingerprint"]
+        index = Index.open(settings.index, mmap=True)  # every file there, of its size, readable
+        fingerprint = index.fingerprint
+        index.close()
         if fingerprint != meta["weights_sha256"]:
             raise ValueError(f"index {settings.index} was built with another bundle (fingerprint {fingerprint[:12]}), "
                              f"not {settings.bundle} ({meta['weights_sha256'][:12]})")  # fmt: skip

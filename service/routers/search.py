@@ -21,7 +21,6 @@ router = APIRouter(prefix="/v1", tags=["search"], dependencies=[ReadAccess])
 FilterValue = str | int | float | bool
 FILTER_KEY = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MAX_ID = 2**63 - 1  # ids are SQLite integers
-MAX_FILTER_FIELDS = 64  # as index.meta: SQLite's expression depth limit is ~1,000 ANDed fields
 HIDDEN_METADATA = ("source", "member", "path")  # where files live on the server: never sent out
 
 
@@ -69,6 +68,8 @@ def check_limits(req: SearchRequest, settings: Settings) -> None:
         raise APIError(422, "k_out_of_range", f"k must be between 1 and {settings.max_k}")
     if req.offset > settings.max_offset:
         raise APIError(422, "offset_out_of_range", f"offset must be at most {settings.max_offset}")
+    from index.meta import MAX_FILTER_FIELDS, check_extra  # the index's own rules for what it can search
+
     if len(req.filters or {}) > MAX_FILTER_FIELDS:
         raise APIError(422, "invalid_filter", f"at most {MAX_FILTER_FIELDS} filter fields per search")
     for key, value in (req.filters or {}).items():
@@ -77,10 +78,10 @@ def check_limits(req: SearchRequest, settings: Settings) -> None:
         values = value if isinstance(value, list) else [value]
         if not values:
             raise APIError(422, "invalid_filter", f"filter {key!r} has an empty list of values")
-        if any(isinstance(v, int) and not -MAX_ID - 1 <= v <= MAX_ID for v in values):
-            raise APIError(422, "invalid_filter", f"filter {key!r}: integers must fit in 64 bits")
-        if any(isinstance(v, float) and not math.isfinite(v) for v in values):
-            raise APIError(422, "invalid_filter", f"filter {key!r}: numbers must be finite")
+        try:
+            check_extra(values, f"filter {key!r}")  # 64-bit integers, finite numbers
+        except ValueError as exn:
+            raise APIError(422, "invalid_filter", str(exn)) from exn
 
 
 def query_vector(vector: list[float], dim: int) -> np.ndarray:
