@@ -20,10 +20,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from encoders.bundle import load_bundle, save_bundle  # noqa: E402
-from encoders.convert import export_onnx  # noqa: E402
-from encoders.device import cpu_bf16_is_fast  # noqa: E402
-from encoders.model import build_model, resolve_model_config  # noqa: E402
+from clipforge.encoders.bundle import load_bundle, save_bundle  # noqa: E402
+from clipforge.encoders.convert import export_onnx  # noqa: E402
+from clipforge.encoders.device import cpu_bf16_is_fast  # noqa: E402
+from clipforge.encoders.model import build_model, resolve_model_config  # noqa: E402
 
 TEXTS = ["a photo of a small red circle on the left", "a drawing of a large blue square", "an image of a dog"]
 

@@ -42,8 +42,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from index import factory as fx  # noqa: E402
-from index import refine as rx  # noqa: E402
+from clipforge.index import factory as fx  # noqa: E402
+from clipforge.index import refine as rx  # noqa: E402
 
 DIM = 512
 THREADS = 2

@@ -30,12 +30,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from encoders.bundle import load_bundle, save_bundle  # noqa: E402
-from encoders.model import build_model, resolve_model_config  # noqa: E402
-from encoders.pixels import split_transform  # noqa: E402
-from encoders.shards import iter_pairs  # noqa: E402
-from index import Index  # noqa: E402
-from index.embed import _chunks, _decode_batch, shard_records  # noqa: E402
+from clipforge.encoders.bundle import load_bundle, save_bundle  # noqa: E402
+from clipforge.encoders.model import build_model, resolve_model_config  # noqa: E402
+from clipforge.encoders.pixels import split_transform  # noqa: E402
+from clipforge.encoders.shards import iter_pairs  # noqa: E402
+from clipforge.index import Index  # noqa: E402
+from clipforge.index.embed import _chunks, _decode_batch, shard_records  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--repeats", type=int, default=3, help="alternating pure/build rounds")
     a = p.parse_args(argv)
-    from training.synth import write_synth  # the benchmark's data only; index itself never imports training
+    from clipforge.training.synth import write_synth  # the benchmark's data only; index itself never imports training
 
     tmp = Path(tempfile.mkdtemp(prefix="index-embed-bench-"))
     try:

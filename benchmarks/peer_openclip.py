@@ -28,14 +28,14 @@ def prepare_peer_env() -> dict[str, str]:
                         "webdataset==0.2.86", "pandas", "braceexpand"], check=True)  # fmt: skip
     (overlay / "sitecustomize.py").write_text(
         "import open_clip, pathlib\n"
-        f"for p in pathlib.Path({str(ROOT / 'encoders' / 'configs')!r}).glob('*.json'):\n"
+        f"for p in pathlib.Path({str(ROOT / 'clipforge' / 'encoders' / 'configs')!r}).glob('*.json'):\n"
         "    open_clip.add_model_config(p)\n"
     )
     return {**os.environ, "PYTHONPATH": f"{overlay}{os.pathsep}{ROOT}", "PYTHONUNBUFFERED": "1"}
 
 
 def ensure_data(n_train: int = 20_000) -> dict:
-    from training.synth import write_synth
+    from clipforge.training.synth import write_synth
 
     root = CACHE / f"synth-{n_train}"
     if not (root / "synth.json").is_file():

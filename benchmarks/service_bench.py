@@ -61,8 +61,8 @@ def jpeg(rgb: tuple[int, int, int], size: int = 64) -> bytes:
 def make_bundle(arch: str, out: Path) -> Path:
     import torch
 
-    from encoders.bundle import save_bundle
-    from encoders.model import build_model, resolve_model_config
+    from clipforge.encoders.bundle import save_bundle
+    from clipforge.encoders.model import build_model, resolve_model_config
 
     torch.manual_seed(0)
     name, cfg = resolve_model_config(arch)
@@ -72,8 +72,8 @@ def make_bundle(arch: str, out: Path) -> Path:
 
 def make_index(bundle_dir: Path, out: Path, n: int = 64) -> Path | None:
     try:
-        from encoders.bundle import load_bundle
-        from index import Index
+        from clipforge.encoders.bundle import load_bundle
+        from clipforge.index import Index
     except ImportError:
         return None
     folder = out.parent / "images"
@@ -124,9 +124,9 @@ class Offline:
     decoding with encoding."""
 
     def __init__(self, bundle_dir: Path, image: bytes, batch: int) -> None:
-        from encoders.bundle import load_bundle
-        from service.engine import Engine
-        from service.settings import Settings
+        from clipforge.encoders.bundle import load_bundle
+        from clipforge.service.engine import Engine
+        from clipforge.service.settings import Settings
 
         # decode_processes=0 (and the engine is never started): everything runs on this one thread
         settings = Settings(bundle=bundle_dir, device="cpu", decode_processes=0)
@@ -309,7 +309,7 @@ def start_server(
         extra = ["--workers", str(workers)]
     if index is not None:
         env["CLIPFORGE_INDEX"] = str(index)
-    cmd = [sys.executable, "-m", "uvicorn", "service.app:create_app", "--factory", "--host", HOST, "--port", str(port),
+    cmd = [sys.executable, "-m", "uvicorn", "clipforge.service.app:create_app", "--factory", "--host", HOST, "--port", str(port),
            "--log-level", "warning", "--no-access-log", *extra]  # fmt: skip
     proc = subprocess.Popen(cmd, env=env, cwd=Path(__file__).resolve().parents[1])
     _metrics_dirs[proc.pid] = env["PROMETHEUS_MULTIPROC_DIR"] if workers > 1 else None  # made above

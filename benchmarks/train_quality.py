@@ -24,9 +24,9 @@ TEMPLATES = ("a photo of a {}.", "a {}.", "a picture of a {}.")
 def evaluate_openclip_checkpoint(ckpt: Path, arch: str, folder: str) -> dict:
     import torch
 
-    from encoders.model import build_model, resolve_model_config
-    from training.evaluate import zeroshot_eval
-    from training.loop import as_encoder
+    from clipforge.encoders.model import build_model, resolve_model_config
+    from clipforge.training.evaluate import zeroshot_eval
+    from clipforge.training.loop import as_encoder
 
     state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]  # our own file, just written
     state = {k.removeprefix("module."): v for k, v in state.items()}
@@ -37,8 +37,8 @@ def evaluate_openclip_checkpoint(ckpt: Path, arch: str, folder: str) -> dict:
 
 
 def evaluate_bundle(path: Path, folder: str) -> dict:
-    from encoders.bundle import load_bundle
-    from training.evaluate import zeroshot_eval
+    from clipforge.encoders.bundle import load_bundle
+    from clipforge.training.evaluate import zeroshot_eval
 
     return zeroshot_eval(load_bundle(path, precision="fp32"), folder, TEMPLATES)
 

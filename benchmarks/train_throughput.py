@@ -23,9 +23,9 @@ from benchmarks.peer_openclip import ensure_data, prepare_peer_env, run_openclip
 
 
 def data_pipeline_rate(data: dict, arch: str, batch: int, workers: int, batches: int = 40) -> float:
-    from encoders.model import get_tokenizer, preprocess_cfg, resolve_model_config, tokenizer_cfg
-    from training.augment import TrainTransform
-    from training.data import ShardStream, StreamSpec, expand_urls, make_loader
+    from clipforge.encoders.model import get_tokenizer, preprocess_cfg, resolve_model_config, tokenizer_cfg
+    from clipforge.training.augment import TrainTransform
+    from clipforge.training.data import ShardStream, StreamSpec, expand_urls, make_loader
 
     _, cfg = resolve_model_config(arch)
     pp = preprocess_cfg(cfg)

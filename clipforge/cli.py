@@ -17,7 +17,7 @@ def _print_json(obj: Any) -> None:
 
 
 def cmd_data_synth(a: argparse.Namespace) -> int:
-    from training.synth import write_synth
+    from clipforge.training.synth import write_synth
 
     _print_json(
         write_synth(a.out, train=a.train, val=a.val, per_class=a.per_class, shard_size=a.shard_size, seed=a.seed)
@@ -26,7 +26,7 @@ def cmd_data_synth(a: argparse.Namespace) -> int:
 
 
 def cmd_data_shards(a: argparse.Namespace) -> int:
-    from training.pack import pack_shards
+    from clipforge.training.pack import pack_shards
 
     _print_json(
         pack_shards(
@@ -43,8 +43,8 @@ def cmd_data_shards(a: argparse.Namespace) -> int:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
-    from training.config import load_config
-    from training.loop import train
+    from clipforge.training.config import load_config
+    from clipforge.training.loop import train
 
     cfg = load_config(a.config, a.set)
     summary = train(cfg, resume=a.resume)
@@ -57,8 +57,8 @@ def _short_eval(ev: dict[str, Any]) -> dict[str, Any]:
 
 
 def cmd_eval(a: argparse.Namespace) -> int:
-    from encoders.bundle import load_bundle
-    from training.evaluate import retrieval_eval, zeroshot_eval
+    from clipforge.encoders.bundle import load_bundle
+    from clipforge.training.evaluate import retrieval_eval, zeroshot_eval
 
     if not a.zeroshot and not a.val:
         raise ValueError("give --zeroshot FOLDER and/or --val SHARDS")
@@ -75,7 +75,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
 
 
 def cmd_export(a: argparse.Namespace) -> int:
-    from training.export import export_bundle
+    from clipforge.training.export import export_bundle
 
     fp = export_bundle(a.source, a.out)
     _print_json({"bundle": a.out, "fingerprint": fp})
@@ -83,7 +83,7 @@ def cmd_export(a: argparse.Namespace) -> int:
 
 
 def cmd_bundle_import(a: argparse.Namespace) -> int:
-    from encoders.convert import import_hf_clip, import_open_clip
+    from clipforge.encoders.convert import import_hf_clip, import_open_clip
 
     if bool(a.hf) == bool(a.arch):
         raise ValueError("give either --arch ARCH --weights FILE (open_clip) or --hf DIR (transformers)")
@@ -98,7 +98,7 @@ def cmd_bundle_import(a: argparse.Namespace) -> int:
 
 
 def cmd_bundle_export(a: argparse.Namespace) -> int:
-    from encoders.convert import export_onnx, export_open_clip
+    from clipforge.encoders.convert import export_onnx, export_open_clip
 
     if not a.open_clip and not a.onnx:
         raise ValueError("give --open-clip DIR and/or --onnx")
@@ -112,7 +112,7 @@ def cmd_bundle_export(a: argparse.Namespace) -> int:
 
 
 def cmd_report(a: argparse.Namespace) -> int:
-    from training.report import write_report
+    from clipforge.training.report import write_report
 
     path = write_report(a.run_dir, a.out, examples=not a.no_examples)
     print(f"report: {path}")
@@ -120,7 +120,7 @@ def cmd_report(a: argparse.Namespace) -> int:
 
 
 def cmd_bundle_info(a: argparse.Namespace) -> int:
-    from encoders.bundle import read_bundle_meta
+    from clipforge.encoders.bundle import read_bundle_meta
 
     meta = read_bundle_meta(a.bundle)
     meta.get("provenance", {}).pop("config", None)
@@ -132,13 +132,13 @@ def cmd_quickstart(a: argparse.Namespace) -> int:
     """The main job: synthesize data, train the CPU preset, evaluate, export, index, serve."""
     import shutil
 
-    from encoders.bundle import load_bundle
-    from encoders.convert import export_onnx
-    from index import Index
-    from training.config import load_config
-    from training.loop import train
-    from training.report import write_report
-    from training.synth import write_synth
+    from clipforge.encoders.bundle import load_bundle
+    from clipforge.encoders.convert import export_onnx
+    from clipforge.index import Index
+    from clipforge.training.config import load_config
+    from clipforge.training.loop import train
+    from clipforge.training.report import write_report
+    from clipforge.training.synth import write_synth
 
     data = Path(a.data)
     if not (data / "synth.json").is_file():
@@ -256,8 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--onnx-dir", help="where to write the ONNX graphs")
     s.set_defaults(func=cmd_bundle_export)
 
-    from index.cli import register as register_index
-    from service.cli import register as register_serve
+    from clipforge.index.cli import register as register_index
+    from clipforge.service.cli import register as register_serve
 
     register_index(sub)
     register_serve(sub)

@@ -6,14 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from encoders.bundle import save_bundle
-from encoders.model import build_model, resolve_model_config
+from clipforge.encoders.bundle import save_bundle
+from clipforge.encoders.model import build_model, resolve_model_config
 
 
 @pytest.fixture(scope="session")
 def synth_data(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A small coloured-shapes set: 6 train shards of 100, 1 val shard, 2 zero-shot images per class."""
-    from training.synth import write_synth
+    from clipforge.training.synth import write_synth
 
     out = tmp_path_factory.mktemp("synth")
     summary = write_synth(out, train=600, val=100, per_class=2, shard_size=100, seed=1)

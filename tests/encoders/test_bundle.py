@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from encoders.bundle import BundleError, load_bundle, save_bundle
-from encoders.model import CONFIG_DIR, build_model, resolve_model_config
+from clipforge.encoders.bundle import BundleError, load_bundle, save_bundle
+from clipforge.encoders.model import CONFIG_DIR, build_model, resolve_model_config
 
 
 def test_resolve_shipped_and_open_clip_names():
@@ -59,7 +59,7 @@ def test_exported_bundle_matches_in_fresh_process_and_in_plain_open_clip(tmp_pat
     # 1) a fresh Python process loading the bundle with clipforge
     script = f"""
 import torch
-from encoders.bundle import load_bundle
+from clipforge.encoders.bundle import load_bundle
 b = load_bundle({str(tmp_path / "b")!r}, device='cpu', precision='fp32')
 x = torch.load({str(tmp_path / "inputs.pt")!r}, weights_only=True)
 with torch.no_grad():

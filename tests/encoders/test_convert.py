@@ -8,9 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
-from encoders.bundle import load_bundle
-from encoders.convert import export_onnx, export_open_clip, import_hf_clip, import_open_clip
-from encoders.model import CONFIG_DIR
+from clipforge.encoders.bundle import load_bundle
+from clipforge.encoders.convert import export_onnx, export_open_clip, import_hf_clip, import_open_clip
+from clipforge.encoders.model import CONFIG_DIR
 
 LABELS = ["a red circle", "a blue square", "a green ring", "a big orange cross"]
 
@@ -176,7 +176,7 @@ def test_a_torn_onnx_export_is_repaired_by_exporting_again(tmp_path, micro_bundl
 
 
 def test_saving_a_bundle_never_replaces_other_files_or_keeps_nan_weights(tmp_path, micro_bundle):
-    from encoders.bundle import BundleError, save_bundle
+    from clipforge.encoders.bundle import BundleError, save_bundle
 
     b = load_bundle(micro_bundle, backend="torch")
     meta = b.meta

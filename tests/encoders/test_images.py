@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from encoders.images import ImageDecodeError, decode_image, load_image
+from clipforge.encoders.images import ImageDecodeError, decode_image, load_image
 
 
 def encode(im: Image.Image, fmt: str, **kw) -> bytes:

@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from open_clip.tokenizer import SimpleTokenizer
 
-from encoders.tokenizer import ClipBpe, Tokenizer
+from clipforge.encoders.tokenizer import ClipBpe, Tokenizer
 
 REF, FAST = SimpleTokenizer(), ClipBpe()
 

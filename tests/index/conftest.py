@@ -7,15 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from encoders.bundle import Bundle, load_bundle
-from index import Index
+from clipforge.encoders.bundle import Bundle, load_bundle
+from clipforge.index import Index
 
 
 @pytest.fixture(scope="session")
 def trained_bundle(synth_data: dict, tmp_path_factory: pytest.TempPathFactory) -> Bundle:
     """cf-micro-vit trained for 20 steps of 64 on the synthetic shapes: it learns colours (~15 s on 2 cores)."""
-    from training.config import load_config
-    from training.loop import train
+    from clipforge.training.config import load_config
+    from clipforge.training.loop import train
 
     out = tmp_path_factory.mktemp("index-train")
     cfg = load_config(

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from encoders.bundle import load_bundle
-from index import Index, IndexError_, IndexMismatchError
-from index.build import embed_to_parts
-from index.factory import choose_factory
+from clipforge.encoders.bundle import load_bundle
+from clipforge.index import Index, IndexError_, IndexMismatchError
+from clipforge.index.build import embed_to_parts
+from clipforge.index.factory import choose_factory
 
 
 def test_manifest_binds_the_bundle_and_records_the_build(built_index, trained_bundle):
@@ -61,7 +61,7 @@ def test_budgeted_index_fits_its_budget(tmp_path):
     """The index choose_factory picks for a budget serialises (codes, ids, id map, centroids, codebook) within it."""
     import faiss
 
-    from index import factory as fx
+    from clipforge.index import factory as fx
 
     n, dim, budget_mb = 60_000, 64, 40 * 60_000 / 2**20  # 40 B/vector: too little for the default PQ32
     rng = np.random.default_rng(0)

@@ -4,8 +4,8 @@ import json
 import pytest
 from PIL import Image
 
-from index import IndexError_
-from index.cli import register
+from clipforge.index import IndexError_
+from clipforge.index.cli import register
 
 
 def run(argv: list[str]) -> int:

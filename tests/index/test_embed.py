@@ -7,9 +7,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from encoders.bundle import load_bundle
-from encoders.pixels import split_transform
-from index.embed import Record, decode, embed_records
+from clipforge.encoders.bundle import load_bundle
+from clipforge.encoders.pixels import split_transform
+from clipforge.index.embed import Record, decode, embed_records
 
 
 def _png(mode: str, size: tuple[int, int], colour) -> bytes:
@@ -49,7 +49,7 @@ def test_a_transform_without_totensor_normalize_is_applied_per_image():
 def test_a_sidecar_that_could_not_be_stored_is_dropped_not_fatal(micro_bundle, tmp_path):
     """NaN, 1e400, lone surrogates or 2**70 in an image's JSON: the image is indexed without that metadata,
     and the index's filtered searches keep working (they used to fail on json_extract)."""
-    from index import Index
+    from clipforge.index import Index
 
     sidecars = ['{"x": NaN}', '{"x": 1e400}', '{"note": "a\\ud800b"}', '{"x": 1180591620717411303424}',
                 '{"color": "red"}']  # fmt: skip

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from index import Index, IndexError_
-from index import factory as fx
-from index import refine as rx
+from clipforge.index import Index, IndexError_
+from clipforge.index import factory as fx
+from clipforge.index import refine as rx
 
 
 def unit(x: np.ndarray) -> np.ndarray:

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from index import Hit, Index, IndexError_
-from training.synth import COLORS
+from clipforge.index import Hit, Index, IndexError_
+from clipforge.training.synth import COLORS
 
 CHANCE = 1 / len(COLORS)
 

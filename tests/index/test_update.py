@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from index import Index, IndexError_, store
+from clipforge.index import Index, IndexError_, store
 
 
 def png_bytes(colour: tuple[int, int, int]) -> bytes:
@@ -66,7 +66,7 @@ def test_crash_during_update_leaves_previous_version(index_copy, trained_bundle,
     if crash_at == "pointer":  # the new version directory is complete; the pointer swap never happens
         monkeypatch.setattr(store, "commit_pointer", crash)
     else:  # dies half-way through writing the FAISS files of the new version
-        monkeypatch.setattr("index.update.faiss.write_index", crash)
+        monkeypatch.setattr("clipforge.index.update.faiss.write_index", crash)
     with pytest.raises(OSError, match="simulated crash"):
         idx.add(trained_bundle, [(png_bytes((9, 9, 9)), "lost", {})])
     with pytest.raises(OSError, match="simulated crash"):
@@ -122,7 +122,7 @@ def test_memory_mapped_index_searches_and_updates(trained_bundle, synth_data, tm
     index's, and adds/removes through the mapped handle work on an in-RAM copy of the file."""
     import faiss
 
-    from index import factory as fx
+    from clipforge.index import factory as fx
 
     root = tmp_path / "ivf"
     Index.build(trained_bundle, synth_data["train"], root, factory="IVF4,Flat", progress=False).close()

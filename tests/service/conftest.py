@@ -11,10 +11,10 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from service.app import create_app
-from service.deps import maybe_index
-from service.settings import Settings
-from service.store import IndexHandle
+from clipforge.service.app import create_app
+from clipforge.service.deps import maybe_index
+from clipforge.service.settings import Settings
+from clipforge.service.store import IndexHandle
 from tests.service.fakes import FakeIndex, shape_items
 
 WRITE_KEY = "test-write-key"
@@ -22,7 +22,7 @@ WRITE_KEY = "test-write-key"
 
 @pytest.fixture(scope="session")
 def bundle(micro_bundle: Path) -> Any:
-    from encoders.bundle import load_bundle
+    from clipforge.encoders.bundle import load_bundle
 
     return load_bundle(micro_bundle, device="cpu")
 
@@ -31,8 +31,8 @@ def bundle(micro_bundle: Path) -> Any:
 def siglip_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import torch
 
-    from encoders.bundle import save_bundle
-    from encoders.model import build_model, resolve_model_config
+    from clipforge.encoders.bundle import save_bundle
+    from clipforge.encoders.model import build_model, resolve_model_config
 
     torch.manual_seed(1)
     arch, cfg = resolve_model_config("cf-micro-vit")

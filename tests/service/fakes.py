@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from index.types import Hit, Item  # the real result types: the fake differs only in how it searches
+from clipforge.index.types import Hit, Item  # the real result types: the fake differs only in how it searches
 
 COLORS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (235, 215, 40)}
 SHAPES = ("circle", "square")

@@ -93,7 +93,7 @@ def test_classify_json_label_set_top_k_and_cache(client: TestClient, bundle: Any
 
 
 def test_classify_siglip_uses_sigmoid(make_client: AppFactory, siglip_bundle: Any) -> None:
-    from encoders.bundle import load_bundle
+    from clipforge.encoders.bundle import load_bundle
 
     _, c = make_client(bundle=siglip_bundle)
     labels = ["red", "blue", "green"]

@@ -229,7 +229,7 @@ def test_server_keeps_serving_after_bad_input(shared_client: TestClient) -> None
 
 
 def test_catch_all_handler_answers_json_500(make_client: AppFactory) -> None:
-    from service.deps import get_engine
+    from clipforge.service.deps import get_engine
 
     class Broken:
         async def encode_texts(self, texts: list[str]) -> Any:

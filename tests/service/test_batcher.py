@@ -9,8 +9,8 @@ import time
 import numpy as np
 import pytest
 
-from service.batcher import MicroBatcher
-from service.engine import LabelCache
+from clipforge.service.batcher import MicroBatcher
+from clipforge.service.engine import LabelCache
 from tests.service.conftest import run_async
 
 

@@ -12,10 +12,10 @@ from typing import Any
 import httpx
 import pytest
 
-from service.app import create_app
-from service.deps import maybe_index
-from service.settings import Settings
-from service.store import IndexHandle
+from clipforge.service.app import create_app
+from clipforge.service.deps import maybe_index
+from clipforge.service.settings import Settings
+from clipforge.service.store import IndexHandle
 from tests.service.fakes import COLORS, FakeIndex, png_bytes, shape_items
 
 pytestmark = pytest.mark.slow

@@ -10,8 +10,8 @@ from typing import Any
 import httpx
 import numpy as np
 
-from service.app import create_app
-from service.settings import Settings
+from clipforge.service.app import create_app
+from clipforge.service.settings import Settings
 from tests.service.conftest import run_async
 
 

@@ -19,11 +19,11 @@ import torch
 from PIL import Image
 from pydantic import ValidationError
 
-from encoders.pixels import to_batch
-from service.decode import CRASHED, DecodePool, ImagePrep, decode_chunk
-from service.engine import Engine
-from service.errors import APIError
-from service.settings import Settings
+from clipforge.encoders.pixels import to_batch
+from clipforge.service.decode import CRASHED, DecodePool, ImagePrep, decode_chunk
+from clipforge.service.engine import Engine
+from clipforge.service.errors import APIError
+from clipforge.service.settings import Settings
 from tests.service.conftest import AppFactory, run_async
 from tests.service.fakes import png_bytes
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from service import fastpath
-from service.deps import require_read
+from clipforge.service import fastpath
+from clipforge.service.deps import require_read
 from tests.service.conftest import DEFAULTS, AppFactory
 from tests.service.fakes import COLORS, png_bytes
 

@@ -23,9 +23,9 @@ def test_missing_index_is_one_line_error(micro_bundle: Path, tmp_path: Path, cap
 def test_index_of_another_bundle_is_refused(micro_bundle: Path, synth_data: dict, tmp_path: Path, capsys) -> None:
     import torch
 
-    from encoders.bundle import load_bundle, save_bundle
-    from encoders.model import build_model, resolve_model_config
-    from index import Index
+    from clipforge.encoders.bundle import load_bundle, save_bundle
+    from clipforge.encoders.model import build_model, resolve_model_config
+    from clipforge.index import Index
 
     torch.manual_seed(123)
     arch, cfg = resolve_model_config("cf-micro-vit")
@@ -40,9 +40,9 @@ def test_corrupt_index_or_weights_are_one_line_errors(micro_bundle: Path, synth_
     """Found before uvicorn starts (its lifespan failure would print a traceback and exit 3)."""
     import shutil
 
-    from encoders.bundle import load_bundle
-    from index import Index
-    from index.store import read_manifest
+    from clipforge.encoders.bundle import load_bundle
+    from clipforge.index import Index
+    from clipforge.index.store import read_manifest
 
     Index.build(load_bundle(micro_bundle), synth_data["val"], tmp_path / "idx", progress=False).close()
     meta = tmp_path / "idx" / read_manifest(tmp_path / "idx")["version_dir"] / "meta.sqlite"

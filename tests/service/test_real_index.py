@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from service.app import create_app
-from service.settings import Settings
+from clipforge.service.app import create_app
+from clipforge.service.settings import Settings
 from tests.service.conftest import WRITE_KEY
 from tests.service.fakes import COLORS, png_bytes, shape_items
 from tests.service.test_bad_input import assert_error
@@ -21,7 +21,7 @@ pytest.importorskip("index")
 
 @pytest.fixture(scope="module")
 def real_index(micro_bundle: Path, bundle: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from index import Index
+    from clipforge.index import Index
 
     folder = tmp_path_factory.mktemp("service-images")
     for i, (data, caption, meta) in enumerate(shape_items()):
@@ -95,7 +95,7 @@ def test_real_index_end_to_end(micro_bundle: Path, real_index: Path, tmp_path: P
 
 
 def test_index_of_another_bundle_is_refused_at_startup(siglip_bundle: Path, real_index: Path) -> None:
-    from index import IndexMismatchError
+    from clipforge.index import IndexMismatchError
 
     app = create_app(Settings(bundle=siglip_bundle, index=real_index))
     with pytest.raises(IndexMismatchError), TestClient(app):

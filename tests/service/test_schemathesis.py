@@ -22,10 +22,10 @@ from schemathesis.specs.openapi.checks import (  # noqa: E402
     status_code_conformance,
 )
 
-from service.app import create_app  # noqa: E402
-from service.deps import maybe_index  # noqa: E402
-from service.settings import Settings  # noqa: E402
-from service.store import IndexHandle  # noqa: E402
+from clipforge.service.app import create_app  # noqa: E402
+from clipforge.service.deps import maybe_index  # noqa: E402
+from clipforge.service.settings import Settings  # noqa: E402
+from clipforge.service.store import IndexHandle  # noqa: E402
 from tests.service.conftest import DEFAULTS, WRITE_KEY  # noqa: E402
 from tests.service.fakes import FakeIndex, shape_items  # noqa: E402
 

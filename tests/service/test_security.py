@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from service.settings import Settings
+from clipforge.service.settings import Settings
 from tests.service.conftest import WRITE_KEY, AppFactory
 from tests.service.fakes import FakeIndex, png_bytes
 from tests.service.test_bad_input import assert_error
@@ -85,7 +85,7 @@ def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp
 
 
 def test_cli_registers_serve() -> None:
-    from service.cli import cmd_serve, register
+    from clipforge.service.cli import cmd_serve, register
 
     parser = argparse.ArgumentParser(prog="clipforge")
     register(parser.add_subparsers(dest="command"))
@@ -96,7 +96,7 @@ def test_cli_registers_serve() -> None:
 
 
 def test_cli_without_a_bundle_is_a_one_line_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    from service.cli import cmd_serve, register
+    from clipforge.service.cli import cmd_serve, register
 
     monkeypatch.delenv("CLIPFORGE_BUNDLE", raising=False)
     parser = argparse.ArgumentParser()

@@ -48,7 +48,7 @@ def pids_with_metrics(metrics_dir: Path) -> set[str]:
 
 
 def test_two_workers_share_port_metrics_and_index(micro_bundle: Path, bundle: Any, tmp_path: Path) -> None:
-    from index import Index
+    from clipforge.index import Index
 
     folder = tmp_path / "images"
     folder.mkdir()

@@ -5,9 +5,9 @@ import sys
 import torch
 import torch.distributed as dist
 
+from clipforge.training.distributed import init_distributed
+from clipforge.training.step import train_step
 from tests.training.test_step import make_batch, make_model
-from training.distributed import init_distributed
-from training.step import train_step
 
 out_path, accum = sys.argv[1], int(sys.argv[2])
 info = init_distributed("cpu")

@@ -4,7 +4,7 @@ import torch
 from open_clip.transform import PreprocessCfg, image_transform_v2
 from PIL import Image
 
-from training.augment import TrainTransform, crop_box, normalizer
+from clipforge.training.augment import TrainTransform, crop_box, normalizer
 
 
 def test_crop_box_respects_scale_and_bounds():

@@ -1,7 +1,7 @@
 import pytest
 import yaml
 
-from training.config import ConfigError, load_config, save_config
+from clipforge.training.config import ConfigError, load_config, save_config
 
 
 def test_preset_and_overrides(tmp_path):

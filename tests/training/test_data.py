@@ -7,10 +7,10 @@ import torch
 import webdataset as wds
 from PIL import Image
 
-from encoders.model import get_tokenizer, preprocess_cfg, resolve_model_config, tokenizer_cfg
+from clipforge.encoders.model import get_tokenizer, preprocess_cfg, resolve_model_config, tokenizer_cfg
+from clipforge.training.augment import TrainTransform
+from clipforge.training.data import DataState, ShardStream, StreamSpec, expand_urls, make_loader
 from tests.encoders.test_images import huge_png
-from training.augment import TrainTransform
-from training.data import DataState, ShardStream, StreamSpec, expand_urls, make_loader
 
 
 def make_stream(urls, batch_size=10, **kw) -> ShardStream:

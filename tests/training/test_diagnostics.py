@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from training.diagnostics import (
+from clipforge.training.diagnostics import (
     alignment,
     canonical_correlations,
     coordination_diagnostics,

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from clipforge.training.checkpoint import latest_valid_checkpoint, list_checkpoints
 from tests.training.test_step import sgd_step
-from training.checkpoint import latest_valid_checkpoint, list_checkpoints
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -4,7 +4,13 @@ import pytest
 import torch
 from open_clip.loss import ClipLoss, SigLipLoss
 
-from training.loss import NonFiniteLossError, check_finite, clamp_logit_scale_, contrastive_loss, scaled_logit_scale
+from clipforge.training.loss import (
+    NonFiniteLossError,
+    check_finite,
+    clamp_logit_scale_,
+    contrastive_loss,
+    scaled_logit_scale,
+)
 
 
 def features(b=16, d=32, seed=0):

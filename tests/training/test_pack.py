@@ -5,7 +5,7 @@ import json
 import pytest
 from PIL import Image
 
-from training.pack import pack_shards
+from clipforge.training.pack import pack_shards
 
 
 @pytest.mark.parametrize(

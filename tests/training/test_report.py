@@ -2,9 +2,9 @@ import json
 
 import pytest
 
+from clipforge.training.loop import train
+from clipforge.training.report import write_report
 from tests.training.test_train import read_metrics, smoke_cfg
-from training.loop import train
-from training.report import write_report
 
 
 @pytest.fixture(scope="module")

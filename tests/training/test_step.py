@@ -1,8 +1,8 @@
 import torch
 
-from encoders.model import build_model, resolve_model_config
-from training.distributed import DistInfo
-from training.step import train_step
+from clipforge.encoders.model import build_model, resolve_model_config
+from clipforge.training.distributed import DistInfo
+from clipforge.training.step import train_step
 
 
 def make_model() -> torch.nn.Module:
@@ -37,7 +37,7 @@ def test_accumulation_over_k_micro_batches_equals_one_big_batch():
 
 
 def test_optimizer_is_fused_adamw_and_matches_the_foreach_update():
-    from training.optim import make_optimizer
+    from clipforge.training.optim import make_optimizer
 
     def five_steps(fused: bool) -> dict[str, torch.Tensor]:
         model = make_model()

@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from encoders.bundle import load_bundle
+from clipforge.encoders.bundle import load_bundle
+from clipforge.training.checkpoint import latest_valid_checkpoint, list_checkpoints
+from clipforge.training.config import load_config
+from clipforge.training.export import export_bundle
+from clipforge.training.loop import train
+from clipforge.training.loss import NonFiniteLossError
 from tests.training.test_data import messy_shard
-from training.checkpoint import latest_valid_checkpoint, list_checkpoints
-from training.config import load_config
-from training.export import export_bundle
-from training.loop import train
-from training.loss import NonFiniteLossError
 
 
 def smoke_cfg(synth_data, out: Path, *extra: str):
@@ -61,7 +61,7 @@ def test_bundle_embeddings_equal_the_trained_model(synth_data, tmp_path):
     train(smoke_cfg(synth_data, run, "train.samples=64"), progress=False)
     _, ckpt = latest_valid_checkpoint(run)
     b = load_bundle(run / "bundle", precision="fp32")
-    from encoders.model import build_model
+    from clipforge.encoders.model import build_model
 
     model = build_model(ckpt["model_cfg"]).eval()
     model.load_state_dict(ckpt["model"])

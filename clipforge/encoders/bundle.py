@@ -1,0 +1,250 @@
+"""The model bundle: `bundle.json` + `model.safetensors` (open_clip key names). See DESIGN.md."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from clipforge.encoders.device import autocast, resolve_device, resolve_precision
+from clipforge.encoders.images import decode_image, load_image
+from clipforge.encoders.model import build_model, get_tokenizer, image_transform, preprocess_cfg, tokenizer_cfg
+from clipforge.encoders.tokenizer import Tokenizer
+
+BUNDLE_FORMAT = "clipforge-bundle/1"
+WEIGHTS = "model.safetensors"
+META = "bundle.json"
+
+
+class BundleError(ValueError):
+    """A bundle is missing, malformed or does not match its recorded fingerprint."""
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def code_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("clipforge")
+    except Exception:  # running from a source tree without installing
+        return "unknown"
+
+
+def swap_in(tmp: Path, final: Path) -> None:
+    """Put the finished directory `tmp` at `final`, replacing what is there with two renames."""
+    if final.exists():
+        old = final.with_name(f".{final.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+
+
+def save_bundle(
+    model: torch.nn.Module,
+    out_dir: str | Path,
+    *,
+    arch: str,
+    model_cfg: dict[str, Any],
+    loss: str = "clip",
+    provenance: dict[str, Any] | None = None,
+    preprocess: dict[str, Any] | None = None,
+) -> str:
+    """Write a bundle atomically (temp dir + rename) and return its fingerprint (weights sha256)."""
+    out = Path(out_dir)
+    if out.exists() and not (out.is_dir() and (not any(out.iterdir()) or (out / META).is_file())):
+        raise BundleError(f"{out} exists and is not a clipforge bundle (nor empty): refusing to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
+    bad = [k for k, v in state.items() if not bool(torch.isfinite(v).all())]
+    if bad:
+        raise BundleError(f"{len(bad)} weight tensor(s) hold NaN or infinity (e.g. {bad[0]}): not saving a bundle")
+    logit_bias = state.get("logit_bias")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700: a bundle must be readable by e.g. a container's user
+    try:
+        save_file(state, str(tmp / WEIGHTS), metadata={"format": BUNDLE_FORMAT})
+        fingerprint = sha256_file(tmp / WEIGHTS)
+        meta = {
+            "format": BUNDLE_FORMAT,
+            "arch": arch,
+            "model_cfg": model_cfg,
+            "tokenizer": tokenizer_cfg(model_cfg),
+            "preprocess": preprocess or preprocess_cfg(model_cfg),
+            "loss": loss,
+            "logit_scale": float(state["logit_scale"].exp().item()),
+            "logit_bias": None if logit_bias is None else float(logit_bias.item()),
+            "provenance": {"code_version": code_version(), **(provenance or {})},
+            "weights_sha256": fingerprint,
+        }
+        (tmp / META).write_text(json.dumps(meta, indent=2))
+        for f in tmp.iterdir():  # safetensors writes 0600 files
+            os.chmod(f, 0o666 & ~umask)
+        swap_in(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return fingerprint
+
+
+META_SHAPE = {"model_cfg": dict, "tokenizer": dict, "preprocess": dict, "weights_sha256": str}
+
+
+def read_bundle_meta(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    meta_path = path / META
+    if not path.is_dir() or not meta_path.is_file():
+        raise BundleError(f"{path} is not a clipforge bundle (no {META})")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exn:
+        raise BundleError(f"{meta_path} is not valid JSON: {exn}") from exn
+    if not isinstance(meta, dict) or meta.get("format") != BUNDLE_FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise BundleError(f"{path}: unsupported bundle format {found!r}, expected {BUNDLE_FORMAT}")
+    for key, kind in META_SHAPE.items():
+        if not isinstance(meta.get(key), kind):
+            raise BundleError(f"{meta_path}: {key!r} should be {kind.__name__}: corrupt or not written by clipforge")
+    return meta
+
+
+@dataclass
+class Bundle:
+    """A loaded bundle: model in eval mode plus tokenizer and preprocessing, ready to embed."""
+
+    path: Path
+    meta: dict[str, Any]
+    model: torch.nn.Module
+    tokenizer: Tokenizer
+    device: torch.device
+    precision: str
+    transform: Any = field(repr=False)
+    onnx: Any = field(default=None, repr=False)  # OnnxEncoders when the ONNX Runtime backend is selected
+
+    @property
+    def backend(self) -> str:
+        return "onnx" if self.onnx is not None else "torch"
+
+    @property
+    def fingerprint(self) -> str:
+        return str(self.meta["weights_sha256"])
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.meta["model_cfg"]["embed_dim"])
+
+    @property
+    def loss(self) -> str:
+        return str(self.meta.get("loss", "clip"))
+
+    def preprocess(self, images: list[Any]) -> torch.Tensor:
+        """PIL images (RGB) -> normalised tensor [N, 3, H, W]."""
+        return torch.stack([self.transform(im) for im in images])
+
+    def load_image(self, source: bytes | str | Path, **kw: Any) -> Any:
+        return load_image(source, draft_size=self.meta["preprocess"]["image_size"] * 2, **kw)
+
+    def decode_image(self, source: bytes | str | Path, **kw: Any) -> tuple[Any, tuple[int, int]]:
+        """(RGB image, the stored image's displayed (width, height))."""
+        return decode_image(source, draft_size=self.meta["preprocess"]["image_size"] * 2, **kw)
+
+    @torch.inference_mode()
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        """[N, 3, H, W] -> L2-normalised fp32 features [N, D]."""
+        if self.onnx is not None:
+            return self.onnx.encode_images(pixels)
+        with autocast(self.device, self.precision):
+            feats = self.model.encode_image(pixels.to(self.device), normalize=True)  # type: ignore[operator]
+        return torch.nn.functional.normalize(feats.float(), dim=-1).cpu()
+
+    @torch.inference_mode()
+    def encode_texts(self, texts: list[str]) -> torch.Tensor:
+        """list of N strings -> L2-normalised fp32 features [N, D]."""
+        tokens = self.tokenizer(texts)
+        if self.onnx is not None:
+            return self.onnx.encode_texts(tokens)
+        tokens = tokens.to(self.device)
+        with autocast(self.device, self.precision):
+            feats = self.model.encode_text(tokens, normalize=True)  # type: ignore[operator]
+        return torch.nn.functional.normalize(feats.float(), dim=-1).cpu()
+
+    def logit_scale(self) -> float:
+        return float(self.model.logit_scale.exp().clamp(max=100).item())  # type: ignore[operator]
+
+
+BACKENDS = ("auto", "torch", "onnx")
+
+
+def load_bundle(
+    path: str | Path, *, device: str = "auto", precision: str = "auto", verify: bool = True, backend: str = "auto"
+) -> Bundle:
+    """Load a bundle; with `verify`, the weights' sha256 must equal the recorded fingerprint.
+
+    backend: "torch"; "onnx" (ONNX Runtime on CPU; needs `clipforge bundle export --onnx` first); or "auto":
+    ONNX Runtime when the bundle has ONNX graphs and the device is the CPU, else torch.
+    """
+    if backend not in BACKENDS:
+        raise BundleError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    path = Path(path)
+    meta = read_bundle_meta(path)
+    weights = path / WEIGHTS
+    if not weights.is_file():
+        raise BundleError(f"{path}: missing {WEIGHTS}")
+    if verify and sha256_file(weights) != meta.get("weights_sha256"):
+        raise BundleError(f"{path}: {WEIGHTS} does not match the recorded weights_sha256 (corrupt or edited)")
+    model = build_model(meta["model_cfg"], init_logit_bias=0.0 if meta.get("logit_bias") is not None else None)
+    try:
+        state = load_file(str(weights))
+    except Exception as exn:  # safetensors raises its own error types for truncated files
+        raise BundleError(f"{path}: cannot read {WEIGHTS}: {exn}") from exn
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise BundleError(f"{path}: weights do not fit the architecture (missing={missing}, unexpected={unexpected})")
+    dev = resolve_device(device)
+    prec = resolve_precision(precision, dev)
+    model.to(dev).eval()
+    tok_cfg = dict(meta["tokenizer"])
+    if tok_cfg["name"].startswith("bundle:"):  # a tokenizer shipped inside the bundle directory
+        tok_cfg["name"] = str(path / tok_cfg["name"].removeprefix("bundle:"))
+    onnx = None
+    onnx_dir = path / "onnx"
+    want_onnx = backend == "onnx" or (backend == "auto" and dev.type == "cpu" and (onnx_dir / "onnx.json").is_file())
+    if want_onnx:
+        if not (onnx_dir / "onnx.json").is_file():
+            raise BundleError(f"{path}: no ONNX graphs; run `clipforge bundle export {path} --onnx` first")
+        from clipforge.encoders.onnx_backend import OnnxEncoders
+
+        try:
+            onnx = OnnxEncoders(onnx_dir, meta["weights_sha256"])
+        except ImportError as exn:
+            if backend == "onnx":
+                raise BundleError("the onnx backend needs onnxruntime: pip install 'clipforge[onnx]'") from exn
+    return Bundle(
+        path=path,
+        meta=meta,
+        model=model,
+        tokenizer=get_tokenizer(tok_cfg),
+        device=dev,
+        precision=prec,
+        transform=image_transform(meta["preprocess"], train=False),
+        onnx=onnx,
+    )

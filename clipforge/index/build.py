@@ -1,0 +1,217 @@
+"""Building an index: embed data into parts (one or many processes), then train, fill and tune FAISS.
+
+More data than RAM: embedding streams to chunk files (parts.py); the IVF is trained on a random sample
+gathered from them; vectors are added one memory-mapped chunk at a time; the exact top-10 used to
+measure recall is accumulated chunk by chunk too. See index/README.md for splitting the embedding step.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from clipforge.index import factory as fx
+from clipforge.index import refine as rx
+from clipforge.index.embed import count_folder_images, embed_records, folder_records, is_folder, shard_records
+from clipforge.index.meta import MetaWriter, row_for
+from clipforge.index.parts import Parts, PartWriter, read_parts_info
+from clipforge.index.types import IndexError_
+
+RECALL_QUERIES = 200
+NAMES = ("images", "captions")
+
+
+def embed_to_parts(
+    bundle: Any,
+    data: str,
+    workdir: str | Path,
+    *,
+    batch_size: int = 64,
+    caption_key: str = "txt",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Embed `data` (shard spec or image folder) into a parts directory; returns its parts.json."""
+    work = Path(workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    stats: Counter = Counter()
+    if is_folder(data):
+        records, total, shards = folder_records(data), count_folder_images(data), None
+    elif any(c in data for c in "{}:/.") or Path(data).suffix == ".tar":
+        from clipforge.encoders.shards import expand_urls
+
+        records, total, shards = shard_records(data, caption_key, stats), None, len(expand_urls(data))
+    else:
+        raise FileNotFoundError(f"data {data!r} is neither an image folder nor a shard spec")
+    meta = MetaWriter(work / "meta.sqlite")
+    writers = {name: PartWriter(work, name) for name in NAMES}
+    n_items = n_captions = 0
+    t0 = time.perf_counter()
+    for batch in embed_records(
+        bundle, records, batch_size=batch_size, stats=stats, total=total, shards=shards, progress=progress
+    ):
+        meta.insert(row_for(it) for it in batch.items)
+        writers["images"].append(np.array([it.id for it in batch.items], np.int64), batch.image_features)
+        writers["captions"].append(batch.caption_ids, batch.caption_features)
+        n_items += len(batch.items)
+        n_captions += len(batch.caption_ids)
+    for w in writers.values():
+        w.flush()
+    meta.close()
+    seconds = time.perf_counter() - t0
+    skipped = {k: v for k, v in stats.items() if k not in ("embedded", "embed_seconds_x1000")}
+    info = {
+        "data": data,
+        "fingerprint": bundle.fingerprint,
+        "dim": bundle.embed_dim,
+        "items": n_items,
+        "captions": n_captions,
+        "skipped": skipped,
+        "embed_seconds": round(seconds, 3),
+        "embed_images_per_s": round(n_items / seconds, 2) if seconds > 0 else None,
+    }
+    (work / "parts.json").write_text(json.dumps(info, indent=2))
+    return info
+
+
+def merge_meta(dirs: list[Path], offsets: list[int], out: Path) -> None:
+    """One meta.sqlite from several parts directories, ids shifted by each directory's offset."""
+    MetaWriter(out).close()
+    conn = sqlite3.connect(str(out))
+    for i, (d, off) in enumerate(zip(dirs, offsets, strict=True)):
+        conn.execute(f"ATTACH DATABASE ? AS p{i}", (str(d / "meta.sqlite"),))
+        conn.execute(
+            f"INSERT INTO items SELECT id + ?, key, caption, source, member, path, width, height, extra FROM p{i}.items",
+            (off,),
+        )
+        conn.commit()
+        conn.execute(f"DETACH DATABASE p{i}")
+    conn.close()
+
+
+def build_one(
+    parts: Parts, factory: str, dim: int, seed: int = 0, refine_to: Path | None = None, rows: int = 0
+) -> tuple[faiss.Index, dict[str, Any]]:
+    """Train `factory` on a sample of the parts, add them chunk by chunk, tune to the recall target.
+    `refine_to`: for a compressed (IVF) index, also write the float16 re-rank segment there, for ids
+    [0, rows), and tune nprobe and the re-rank depth together (index/refine.py)."""
+    rng = np.random.default_rng(seed)
+    n = len(parts)
+    index = fx.make_index(factory, dim)
+    t0 = time.perf_counter()
+    need = fx.training_size(index)
+    if need:
+        _, sample = parts.gather(rng.choice(n, size=min(n, need), replace=False))
+        fx.train(index, sample, factory)
+    exact_search = factory.strip() in ("Flat", "IDMap2,Flat")
+    _, queries = parts.gather(rng.choice(n, size=min(n, RECALL_QUERIES), replace=False))
+    truth = fx.ExactTopK(queries if not exact_search else queries[:0], k=10)
+
+    def chunks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for ids, vecs in parts.chunks():
+            fx.add_chunks(index, [(ids, vecs)])
+            truth.update(ids, vecs)
+            yield ids, vecs
+
+    refine_section: dict[str, Any] | None = None
+    vectors = None
+    if refine_to is not None and fx.ivf_of(index) is not None:
+        seg = rx.write_segment(refine_to, 0, rows, dim, chunks())
+        refine_section = {"dtype": "float16", "k_factor": 1, "segments": [seg]}
+        vectors = rx.Vectors.open(refine_to.parent, {"refine": refine_section}, dim)
+    else:
+        for _ in chunks():
+            pass
+    params: dict[str, Any]
+    if exact_search:
+        params, recall = {}, 1.0
+    elif refine_section is not None and vectors is not None:
+        params, refine_section["k_factor"], recall = rx.tune(index, vectors, queries, truth.ids)
+    else:
+        params, recall = fx.tune(index, queries, truth.ids)
+    section = {
+        "factory": factory,
+        "count": int(index.ntotal),
+        "search_params": params,
+        "recall@10": round(recall, 4),
+        "recall_queries": 0 if exact_search else int(len(queries)),
+        "train_vectors": int(min(n, need)) if need else 0,
+        "build_seconds": round(time.perf_counter() - t0, 3),
+        "tombstones": 0,
+    }
+    if refine_section is not None:
+        section["refine"] = refine_section
+    return index, section
+
+
+def build_from_parts(
+    dirs: list[str | Path],
+    vdir: Path,
+    *,
+    factory: str | None = None,
+    memory_budget_mb: float | None = None,
+    refine: bool = True,
+) -> dict[str, Any]:
+    """Write images.faiss, captions.faiss and meta.sqlite into `vdir` (and, for compressed indexes with
+    `refine`, the float16 re-rank segments); returns manifest sections."""
+    paths = [Path(d) for d in dirs]
+    infos = [read_parts_info(d) for d in paths]
+    if len({i["fingerprint"] for i in infos}) > 1 or len({i["dim"] for i in infos}) > 1:
+        raise IndexError_("the parts directories were embedded with different bundles")
+    dim = int(infos[0]["dim"])
+    offsets = list(np.cumsum([0] + [i["items"] for i in infos[:-1]]).astype(int).tolist())
+    total = sum(i["items"] for i in infos)
+    skipped: Counter = Counter()
+    for i in infos:
+        skipped.update(i["skipped"])
+    if total == 0:
+        data = ", ".join(i["data"] for i in infos)
+        raise IndexError_(f"no usable images in {data} (skipped: {dict(skipped) or 'nothing found'})")
+    merge_meta(paths, offsets, vdir / "meta.sqlite")
+    sections: dict[str, Any] = {}
+    counts = {name: sum(i["items" if name == "images" else "captions"] for i in infos) for name in NAMES}
+    for name in NAMES:
+        parts = Parts(paths, name, offsets)
+        n = len(parts)
+        share = None if memory_budget_mb is None else memory_budget_mb * n / max(sum(counts.values()), 1)
+        chosen = factory or (fx.choose_factory(n, dim, share) if n else "Flat")
+        if n and factory and n < 2 * _min_train(chosen, dim):
+            chosen = "Flat"  # e.g. few captions: an IVF cannot be trained on them, exact search is right anyway
+        refine_to = vdir / rx.segment_name(name, 0) if refine else None
+        index, sections[name] = (build_one(parts, chosen, dim, refine_to=refine_to, rows=total) if n
+                                 else (fx.make_index("Flat", dim), _empty()))  # fmt: skip
+        fx.write(index, str(vdir / f"{name}.faiss"))
+    return {
+        "dim": dim,
+        "fingerprint": infos[0]["fingerprint"],
+        "counts": {"items": total, **counts, "skipped": dict(skipped)},
+        "next_id": total,
+        **sections,
+        "embedding": {
+            "data": [i["data"] for i in infos],
+            "seconds": round(sum(i["embed_seconds"] for i in infos), 3),
+            "images_per_s": infos[0]["embed_images_per_s"] if len(infos) == 1 else None,
+        },
+    }
+
+
+def _min_train(factory: str, dim: int) -> int:
+    ivf = fx.ivf_of(fx.make_index(factory, dim))
+    return 0 if ivf is None else int(ivf.nlist)
+
+
+def _empty() -> dict[str, Any]:
+    return {"factory": "Flat", "count": 0, "search_params": {}, "recall@10": 1.0, "recall_queries": 0,
+            "train_vectors": 0, "build_seconds": 0.0, "tombstones": 0}  # fmt: skip
+
+
+def remove_parts(work: Path) -> None:
+    shutil.rmtree(work, ignore_errors=True)

@@ -1,0 +1,196 @@
+"""`clipforge index …`: build, search, add, remove, info. `register(subparsers)` adds the group."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, default=str))
+
+
+def _bundle(path: str | None, device: str = "auto") -> Any:
+    from clipforge.encoders.bundle import load_bundle
+
+    if not path:
+        raise ValueError("--bundle is required")
+    if not Path(path).exists():
+        raise FileNotFoundError(f"no bundle at {path}")
+    return load_bundle(path, device=device)
+
+
+def _bundle_for(index_dir: str, path: str | None, device: str) -> Any:
+    """The bundle named by --bundle, else the one recorded in the index manifest."""
+    from clipforge.index.store import read_manifest
+
+    recorded = read_manifest(Path(index_dir)).get("bundle", {}).get("path")
+    if not path and not isinstance(recorded, str):
+        raise ValueError(f"{index_dir}'s manifest records no bundle path: give --bundle")
+    return _bundle(path or recorded, device)
+
+
+def _hit_json(hit: Any) -> dict[str, Any]:
+    return {"id": hit.id, "score": round(hit.score, 5), "caption": hit.caption, **hit.metadata}
+
+
+def cmd_build(a: argparse.Namespace) -> int:
+    from clipforge.index import Index
+
+    idx = Index.build(_bundle(a.bundle, a.device), a.data, a.out, factory=a.factory,
+                      memory_budget_mb=a.memory_budget_mb, batch_size=a.batch_size, caption_key=a.caption_key,
+                      progress=not a.quiet, refine=not a.no_refine)  # fmt: skip
+    info = idx.info()
+    _print_json({"index": str(idx.path), "counts": info["counts"],
+                 **{n: {k: info[n].get(k) for k in ("factory", "count", "recall@10", "search_params")}
+                       | ({"refine_k_factor": info[n]["refine"]["k_factor"]} if info[n].get("refine") else {})
+                    for n in ("images", "captions")}})  # fmt: skip
+    return 0
+
+
+def _filters(raw: list[str]) -> dict[str, Any] | None:
+    out: dict[str, Any] = {}
+    for item in raw:
+        if "=" not in item:
+            raise ValueError(f"--filter expects field=value, got {item!r}")
+        key, value = item.split("=", 1)
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out or None
+
+
+def cmd_search(a: argparse.Namespace) -> int:
+    from clipforge.index import Index
+
+    given = [x for x in (a.text, a.image, a.id) if x is not None]
+    if len(given) != 1:
+        raise ValueError("give exactly one of --text, --image or --id")
+    kw = {"target": a.target, "filters": _filters(a.filter), "threshold": a.threshold, "offset": a.offset,
+          "collapse": a.collapse}  # fmt: skip
+    if a.id is not None:
+        hits = Index.open(a.index, mmap=a.mmap).search_id(a.id, a.k, **kw)
+    else:
+        bundle = _bundle_for(a.index, a.bundle, a.device)
+        idx = Index.open(a.index, bundle=bundle, mmap=a.mmap)
+        if a.text is not None:
+            hits = idx.search_text(bundle, a.text, a.k, **kw)
+        else:
+            if not Path(a.image).is_file():
+                raise FileNotFoundError(f"no image at {a.image}")
+            hits = idx.search_image(bundle, bundle.load_image(a.image), a.k, **kw)
+    _print_json([_hit_json(h) for h in hits])
+    return 0
+
+
+def cmd_add(a: argparse.Namespace) -> int:
+    from clipforge.index import Index
+
+    bundle = _bundle_for(a.index, a.bundle, a.device)
+    idx = Index.open(a.index, bundle=bundle)
+    items = []
+    for path in a.images:
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"no image at {p}")
+        txt = p.with_suffix(".txt")
+        caption = a.caption if a.caption is not None else (txt.read_text().strip() if txt.is_file() else None)
+        items.append((p.read_bytes(), caption, {"file": p.name}))
+    ids = idx.add(bundle, items)
+    _print_json({"added": ids, "items": len(idx)})
+    return 0
+
+
+def cmd_remove(a: argparse.Namespace) -> int:
+    from clipforge.index import Index
+
+    idx = Index.open(a.index)
+    n = idx.remove(a.ids)
+    _print_json({"removed": n, "items": len(idx)})
+    return 0
+
+
+def cmd_info(a: argparse.Namespace) -> int:
+    from clipforge.index import Index
+
+    _print_json(Index.open(a.index).info())
+    return 0
+
+
+def register(subparsers: Any) -> argparse.ArgumentParser:
+    """Add `index {build,search,add,remove,info}` to an argparse subparsers object."""
+    group = subparsers.add_parser("index", help="build, search and update a FAISS index of images and captions")
+    sub = group.add_subparsers(dest="index_command", required=True)
+
+    s = sub.add_parser("build", help="embed shards or an image folder into a new index directory")
+    s.add_argument("--bundle", required=True, help="model bundle directory")
+    s.add_argument("--data", required=True, help="shard spec (brace pattern, '::' separated) or an image folder")
+    s.add_argument("--out", required=True, help="new index directory")
+    s.add_argument("--factory", help="FAISS factory string (default: chosen from the count and memory budget)")
+    s.add_argument(
+        "--memory-budget-mb",
+        type=float,
+        help="RAM for the vectors of each index (the float16 re-rank copies on disk are extra)",
+    )
+    s.add_argument("--batch-size", type=int, default=64)
+    s.add_argument("--caption-key", default="txt", help="'txt' or 'json:<field>'")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.add_argument("--no-refine", action="store_true",
+                   help="a compressed index keeps only its codes (default: also float16 copies of the vectors "
+                        "on disk, 2 B/dimension, to re-rank candidates exactly)")  # fmt: skip
+    s.set_defaults(func=cmd_build)
+
+    s = sub.add_parser("search", help="search by --text, --image or stored --id; prints JSON hits")
+    s.add_argument("index")
+    s.add_argument("--text")
+    s.add_argument("--image", help="path of a query image")
+    s.add_argument("--id", type=int, help="an indexed item's id (its image vector is the query)")
+    s.add_argument("-k", type=int, default=10)
+    s.add_argument("--target", choices=("images", "captions"), default="images")
+    s.add_argument("--filter", action="append", default=[], metavar="FIELD=VALUE")
+    s.add_argument("--threshold", type=float)
+    s.add_argument("--offset", type=int, default=0)
+    s.add_argument("--collapse", type=float, help="drop near-duplicates at or above this image similarity")
+    s.add_argument("--bundle", help="default: the bundle path recorded in the manifest")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--mmap", action="store_true", help="memory-map the inverted lists instead of reading them")
+    s.set_defaults(func=cmd_search)
+
+    s = sub.add_parser("add", help="add image files (caption from --caption or a sidecar .txt)")
+    s.add_argument("index")
+    s.add_argument("images", nargs="+")
+    s.add_argument("--caption")
+    s.add_argument("--bundle", help="default: the bundle path recorded in the manifest")
+    s.add_argument("--device", default="auto")
+    s.set_defaults(func=cmd_add)
+
+    s = sub.add_parser("remove", help="remove items by id")
+    s.add_argument("index")
+    s.add_argument("ids", nargs="+", type=int)
+    s.set_defaults(func=cmd_remove)
+
+    s = sub.add_parser("info", help="print the manifest and live counts")
+    s.add_argument("index")
+    s.set_defaults(func=cmd_info)
+    return group
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Standalone entry (`python -m index.cli …`) until the group is wired into `clipforge`."""
+    parser = argparse.ArgumentParser(prog="clipforge")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (ValueError, FileNotFoundError, RuntimeError, OSError) as exn:
+        print(f"clipforge: error: {exn}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,174 @@
+"""The metadata table: one SQLite row per indexed image, keyed by the id the FAISS indexes use.
+
+A version's `meta.sqlite` is written once and then only read (opened `immutable=1`, so readers take no
+locks and a file deleted by garbage collection stays readable through an open connection).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from clipforge.index.types import IndexError_, Item
+
+COLUMNS = ("key", "caption", "source", "member", "path", "width", "height")
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS items (
+    id INTEGER PRIMARY KEY,
+    key TEXT NOT NULL,
+    caption TEXT,
+    source TEXT NOT NULL,
+    member TEXT,
+    path TEXT,
+    width INTEGER NOT NULL,
+    height INTEGER NOT NULL,
+    extra TEXT NOT NULL DEFAULT '{}'
+);
+"""
+Row = tuple[int, str, str | None, str, str | None, str | None, int, int, str]
+MAX_FILTER_FIELDS = 64  # SQLite's expression tree is 1,000 deep: ~1,000 ANDed fields would overflow it
+INT64 = (-(2**63), 2**63 - 1)
+
+
+def encodable(text: str) -> bool:
+    """Whether `text` can be stored and sent as UTF-8 (no lone surrogates, as JSON escapes or undecodable
+    file names can produce)."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def clean_text(text: str | None) -> str | None:
+    """`text` with any lone surrogate replaced by U+FFFD: for names and captions read from data files."""
+    if text is None or encodable(text):
+        return text
+    return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+
+
+def check_extra(value: Any, where: str = "metadata") -> None:
+    """Refuse metadata that could be stored but not written back out as JSON or searched with
+    json_extract: non-finite numbers, integers beyond 64 bits, strings (keys too) that are not UTF-8."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise IndexError_(f"{where}: numbers must be finite, got {value}")
+    if isinstance(value, int) and not isinstance(value, bool) and not INT64[0] <= value <= INT64[1]:
+        raise IndexError_(f"{where}: integers must fit in 64 bits")
+    if isinstance(value, str) and not encodable(value):
+        raise IndexError_(f"{where}: text is not valid Unicode (a lone surrogate)")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str) or not encodable(k):
+                raise IndexError_(f"{where}: keys must be valid Unicode strings")
+            check_extra(v, f"{where}.{k}")
+    elif isinstance(value, list | tuple):
+        for i, v in enumerate(value):
+            check_extra(v, f"{where}[{i}]")
+
+
+def row_for(item: Item) -> Row:
+    check_extra(item.extra)
+    extra = json.dumps(item.extra, sort_keys=True, default=str, allow_nan=False)
+    key, caption, source, member, path = (
+        clean_text(t) for t in (item.key, item.caption, item.source, item.member, item.path)
+    )
+    return (item.id, key or "", caption, source or "", member, path, item.width, item.height, extra)
+
+
+def _item(row: tuple[Any, ...]) -> Item:
+    extra = json.loads(row[8]) if row[8] else {}
+    return Item(row[0], row[1], row[2], row[3], row[4], row[5], int(row[6]), int(row[7]), extra)
+
+
+class MetaWriter:
+    """Write side, used only while a new version is being assembled in its temporary directory."""
+
+    def __init__(self, path: Path) -> None:
+        self.conn = sqlite3.connect(str(path))
+        self.conn.executescript("PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;" + SCHEMA)
+
+    def insert(self, rows: Iterable[Row]) -> None:
+        self.conn.executemany("INSERT INTO items VALUES (?,?,?,?,?,?,?,?,?)", rows)
+
+    def delete(self, ids: list[int]) -> None:
+        self.conn.executemany("DELETE FROM items WHERE id = ?", [(i,) for i in ids])
+
+    def close(self) -> None:
+        """Commit and make the file durable: the caller renames the version directory next."""
+        self.conn.commit()
+        self.conn.execute("VACUUM")
+        self.conn.close()
+
+
+class MetaReader:
+    """Read side of an immutable version; safe to share across threads (queries are serialised)."""
+
+    def __init__(self, path: Path) -> None:
+        if not path.is_file():
+            raise IndexError_(f"{path} is missing: the index is incomplete")
+        uri = f"file:{path.resolve()}?immutable=1"
+        self.conn = sqlite3.connect(uri, uri=True, check_same_thread=False)
+        self.lock = threading.Lock()
+        try:
+            self.count()
+        except sqlite3.DatabaseError as exn:
+            raise IndexError_(f"{path} is not a readable metadata table ({exn}): truncated or corrupt") from exn
+
+    def _query(self, sql: str, args: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
+        with self.lock:
+            return self.conn.execute(sql, tuple(args)).fetchall()
+
+    def count(self) -> int:
+        return int(self._query("SELECT COUNT(*) FROM items")[0][0])
+
+    def count_captions(self) -> int:
+        return int(self._query("SELECT COUNT(*) FROM items WHERE caption IS NOT NULL")[0][0])
+
+    def get_many(self, ids: list[int]) -> dict[int, Item]:
+        out: dict[int, Item] = {}
+        ids = [i for i in ids if INT64[0] <= i <= INT64[1]]  # beyond SQLite's integers no id can be stored
+        for start in range(0, len(ids), 500):  # SQLite's bound-parameter limit
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for row in self._query(f"SELECT * FROM items WHERE id IN ({marks})", chunk):
+                out[int(row[0])] = _item(row)
+        return out
+
+    def existing(self, ids: list[int]) -> set[int]:
+        return set(self.get_many(ids))
+
+    def max_id(self) -> int:
+        value = self._query("SELECT MAX(id) FROM items")[0][0]
+        return -1 if value is None else int(value)
+
+    def filter_ids(self, filters: dict[str, Any]) -> list[int]:
+        """Ids whose fields equal the filter values (a list means any of them); extra fields via JSON."""
+        clauses: list[str] = []
+        args: list[Any] = []
+        if len(filters) > MAX_FILTER_FIELDS:
+            raise IndexError_(f"{len(filters)} filter fields is over the limit of {MAX_FILTER_FIELDS}")
+        for name, value in filters.items():
+            if not isinstance(name, str) or not name.replace("_", "").replace("-", "").isalnum():
+                raise IndexError_(f"invalid filter field {name!r}")
+            column = name if name in COLUMNS or name == "id" else f"json_extract(extra, '$.\"{name}\"')"
+            values = value if isinstance(value, list | tuple | set) else [value]
+            if not values:
+                raise IndexError_(f"filter {name!r} has an empty list of values")
+            if any(isinstance(v, dict | list) for v in values):
+                raise IndexError_(f"filter {name!r}: values must be strings, numbers or booleans")
+            check_extra(list(values), f"filter {name!r}")
+            clauses.append(f"{column} IN ({','.join('?' * len(values))})")
+            args.extend(values)
+        where = " AND ".join(clauses) or "1"
+        return [int(r[0]) for r in self._query(f"SELECT id FROM items WHERE {where}", args)]
+
+    def close(self) -> None:
+        with self.lock:
+            self.conn.close()

@@ -1,0 +1,79 @@
+"""`clipforge serve`: run the app on uvicorn. Flags override CLIPFORGE_* environment variables."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def preflight(settings: Any) -> None:
+    """Refuse to start, with one clear line, on a missing or corrupt bundle or index, or an index of another
+    bundle: found here, not in the app's lifespan, where uvicorn would print a traceback and exit 3."""
+    from pathlib import Path
+
+    from clipforge.encoders.bundle import WEIGHTS, BundleError, read_bundle_meta, sha256_file
+
+    meta = read_bundle_meta(settings.bundle)  # BundleError (a ValueError) names what is wrong
+    weights = Path(settings.bundle) / WEIGHTS
+    if not weights.is_file() or sha256_file(weights) != meta["weights_sha256"]:
+        raise BundleError(f"{settings.bundle}: {WEIGHTS} is missing or does not match its weights_sha256 (corrupt)")
+    if settings.index is not None:
+        from clipforge.index import Index
+
+        index = Index.open(settings.index, mmap=True)  # every file there, of its size, readable
+        fingerprint = index.fingerprint
+        index.close()
+        if fingerprint != meta["weights_sha256"]:
+            raise ValueError(f"index {settings.index} was built with another bundle (fingerprint {fingerprint[:12]}), "
+                             f"not {settings.bundle} ({meta['weights_sha256'][:12]})")  # fmt: skip
+
+
+def cmd_serve(a: argparse.Namespace) -> int:
+    import os
+    import tempfile
+
+    import uvicorn
+
+    from clipforge.service.app import create_app
+    from clipforge.service.metrics import MULTIPROC_ENV
+    from clipforge.service.settings import Settings
+
+    flags = {"bundle": a.bundle, "index": a.index, "host": a.host, "port": a.port, "device": a.device,
+             "workers": a.workers}  # fmt: skip
+    overrides: dict[str, Any] = {k: v for k, v in flags.items() if v is not None}
+    settings = Settings(**overrides)
+    if settings.bundle is None:
+        raise ValueError("no bundle: give --bundle DIR or set CLIPFORGE_BUNDLE")
+    preflight(settings)
+    run = {"host": settings.host, "port": settings.port, "log_level": a.log_level, "access_log": a.access_log,
+           "timeout_graceful_shutdown": 10}  # fmt: skip
+    if settings.workers == 1:  # one process, one model: batching across requests happens inside it
+        uvicorn.run(create_app(settings), **run)
+        return 0
+    # several processes, each building its app from the environment: pass the flags on through it, and give
+    # the workers one directory for their metrics (a scrape of any of them adds all up)
+    os.environ.update({f"CLIPFORGE_{k.upper()}": str(v) for k, v in overrides.items()})
+    with tempfile.TemporaryDirectory(prefix="clipforge-metrics-") as metrics_dir:
+        os.environ.setdefault(MULTIPROC_ENV, metrics_dir)
+        uvicorn.run("clipforge.service.app:create_app", factory=True, workers=settings.workers, **run)
+    return 0
+
+
+def register(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the `serve` subcommand to the `clipforge` parser's subparsers."""
+    s = subparsers.add_parser(
+        "serve",
+        help="serve a bundle (and optionally an index) over HTTP: classify, embed, search, web page",
+        description="Settings not given as flags come from CLIPFORGE_* environment variables "
+        '(e.g. CLIPFORGE_API_KEY, CLIPFORGE_MAX_K, CLIPFORGE_LABEL_SETS=\'{"pets": ["cat", "dog"]}\').',
+    )
+    s.add_argument("--bundle", help="model bundle directory (or CLIPFORGE_BUNDLE)")
+    s.add_argument("--index", help="index directory (or CLIPFORGE_INDEX); without one, search is unavailable")
+    s.add_argument("--host", help="bind address (default 127.0.0.1, or CLIPFORGE_HOST)")
+    s.add_argument("--port", type=int, help="port (default 8000, or CLIPFORGE_PORT)")
+    s.add_argument("--device", help="auto, cpu, cuda, cuda:1, mps (default auto)")
+    s.add_argument("--workers", type=int, help="server processes, each with its own model copy (default 1)")
+    s.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    s.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=True)
+    s.set_defaults(func=cmd_serve)
+    return s

@@ -1,0 +1,141 @@
+"""Zero-shot classification on a folder-per-class set, and image<->text retrieval on held-out shards.
+
+Works on anything with `encode_images`, `encode_texts` and `preprocess` (a loaded Bundle, or the model
+being trained wrapped as one).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from clipforge.encoders.images import IMAGE_EXTENSIONS, ImageDecodeError, load_image
+from clipforge.encoders.shards import iter_pairs
+from clipforge.training.diagnostics import coordination_diagnostics
+
+
+def list_classes(folder: Path) -> list[tuple[str, list[Path]]]:
+    """(class name, image paths) per sub-folder; '_' in folder names reads as a space."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f"zero-shot set {folder} is not a directory")
+    out = []
+    for d in sorted(p for p in folder.iterdir() if p.is_dir()):
+        files = sorted(f for f in d.iterdir() if f.suffix.lower().lstrip(".") in IMAGE_EXTENSIONS)
+        if files:
+            out.append((d.name.replace("_", " "), files))
+    if len(out) < 2:
+        raise ValueError(f"zero-shot set {folder} needs at least 2 class folders with images")
+    return out
+
+
+@torch.inference_mode()
+def class_embeddings(encoder: Any, classnames: list[str], templates: tuple[str, ...]) -> torch.Tensor:
+    """Prompt-ensembled, re-normalised text embedding per class: [C, D]."""
+    per_class = []
+    for name in classnames:
+        feats = encoder.encode_texts([t.format(name) for t in templates])  # [T, D]
+        per_class.append(torch.nn.functional.normalize(feats.mean(0), dim=-1))
+    return torch.stack(per_class)
+
+
+def _batches(items: list[Any], n: int) -> Any:
+    for i in range(0, len(items), n):
+        yield items[i : i + n]
+
+
+@torch.inference_mode()
+def zeroshot_eval(
+    encoder: Any, folder: str | Path, templates: tuple[str, ...], batch_size: int = 256
+) -> dict[str, Any]:
+    folder = Path(folder)
+    classes = list_classes(folder)
+    names = [c for c, _ in classes]
+    weights = class_embeddings(encoder, names, templates)  # [C, D]
+    items = [(path, label) for label, (_, paths) in enumerate(classes) for path in paths]
+    correct1 = torch.zeros(len(names))
+    correct5 = torch.zeros(len(names))
+    totals = torch.zeros(len(names))
+    confusion = torch.zeros(len(names), len(names), dtype=torch.long)
+    bad = 0
+    for chunk in _batches(items, batch_size):
+        images, labels = [], []
+        for path, label in chunk:
+            try:
+                images.append(load_image(path))
+                labels.append(label)
+            except ImageDecodeError:
+                bad += 1
+        if not images:
+            continue
+        feats = encoder.encode_images(encoder.preprocess(images))  # [N, D]
+        logits = feats @ weights.T  # [N, C]
+        top = logits.topk(min(5, len(names)), dim=-1).indices  # [N, 5]
+        y = torch.tensor(labels)
+        hit1 = top[:, 0] == y
+        hit5 = (top == y[:, None]).any(-1)
+        for i, lab in enumerate(labels):
+            totals[lab] += 1
+            correct1[lab] += float(hit1[i])
+            correct5[lab] += float(hit5[i])
+            confusion[lab, top[i, 0]] += 1
+    n = totals.sum().clamp(min=1)
+    per_class = {name: float(correct1[i] / max(1.0, float(totals[i]))) for i, name in enumerate(names)}
+    result: dict[str, Any] = {
+        "zeroshot_top1": float(correct1.sum() / n),
+        "zeroshot_top5": float(correct5.sum() / n),
+        "zeroshot_chance": 1.0 / len(names),
+        "zeroshot_per_class": per_class,
+        "zeroshot_classes": names,
+        "zeroshot_confusion": confusion.tolist(),
+        "zeroshot_images": int(totals.sum()),
+        "zeroshot_bad_images": bad,
+    }
+    subsets_file = folder / "subsets.json"
+    if subsets_file.is_file():  # e.g. {"heldout": [class names never seen in training]}
+        for subset, members in json.loads(subsets_file.read_text()).items():
+            idx = [names.index(m) for m in members if m in names]
+            if idx:
+                result[f"zeroshot_top1_{subset}"] = float(correct1[idx].sum() / totals[idx].sum().clamp(min=1))
+    return result
+
+
+def recall_at(sim: torch.Tensor, ks: tuple[int, ...] = (1, 5, 10)) -> dict[int, float]:
+    """sim [N, N] with the true match of row i in column i."""
+    ranks = (sim > sim.diagonal()[:, None]).sum(-1)  # [N] rank of the true match (0 = best)
+    return {k: float((ranks < k).float().mean()) for k in ks}
+
+
+@torch.inference_mode()
+def retrieval_eval(
+    encoder: Any, shards: str, limit: int = 1000, batch_size: int = 256, caption_key: str = "txt"
+) -> dict[str, Any]:
+    image_feats, text_feats = [], []
+    images: list[Any] = []
+    captions: list[str] = []
+
+    def flush() -> None:
+        if images:
+            image_feats.append(encoder.encode_images(encoder.preprocess(images)))
+            text_feats.append(encoder.encode_texts(captions))
+            images.clear()
+            captions.clear()
+
+    for image, caption, _ in iter_pairs(shards, caption_key=caption_key, limit=limit):
+        images.append(image)
+        captions.append(caption)
+        if len(images) == batch_size:
+            flush()
+    flush()
+    if not image_feats:
+        raise ValueError(f"no usable image-caption pairs in {shards}")
+    img, txt = torch.cat(image_feats), torch.cat(text_feats)  # [N, D] each
+    sim = img @ txt.T  # [N, N]
+    i2t, t2i = recall_at(sim), recall_at(sim.T)
+    out: dict[str, Any] = {"retrieval_pairs": int(img.shape[0])}
+    out.update({f"image_to_text_R@{k}": v for k, v in i2t.items()})
+    out.update({f"text_to_image_R@{k}": v for k, v in t2i.items()})
+    out.update({f"diag_{k}": v for k, v in coordination_diagnostics(img, txt, encoder.logit_scale()).items()})
+    return out
