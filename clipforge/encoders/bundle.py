@@ -220,7 +220,7 @@ def load_bundle(
     if missing or unexpected:
         raise BundleError(f"{path}: weights do not fit the architecture (missing={missing}, unexpected={unexpected})")
     dev = resolve_device(device)
-    prec = resolve_precision(precision, dev)
+    prec = resolve_precision(precision, dev, training=False)
     model.to(dev).eval()
     tok_cfg = dict(meta["tokenizer"])
     if tok_cfg["name"].startswith("bundle:"):  # a tokenizer shipped inside the bundle directory

@@ -1,7 +1,12 @@
 """Device and precision helpers.
 
-bf16 autocast is only used on CPU when this CPU runs bf16 matmuls fast (AMX / AVX512-BF16): on plain
-AVX2 machines PyTorch emulates bf16 and it is ~100x slower than fp32, so "auto" measures before choosing.
+Training: bf16 autocast is only used on CPU when this CPU runs bf16 matmuls fast (AMX / AVX512-BF16): on
+plain AVX2 machines PyTorch emulates bf16 and it is ~100x slower than fp32, so "auto" measures before choosing.
+
+Inference on CPU ("auto" for a loaded bundle) is always fp32: under bf16 autocast an image's embedding depends
+on which other images share its batch (~1e-3 apart, as oneDNN blocks the matmuls differently per batch shape)
+and on a timing measurement, so an index built in one process and queried from another would not give an
+image back its own vector. fp32 is also what the ONNX Runtime backend computes.
 """
 
 from __future__ import annotations
@@ -42,7 +47,9 @@ def cpu_bf16_is_fast() -> bool:
     return bf16 < fp32 * 0.8
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
+def resolve_precision(precision: str, device: torch.device, *, training: bool = True) -> str:
+    """The precision "auto" stands for: bf16/fp16 on CUDA; on CPU bf16 for training where it is fast, fp32 for
+    inference (`training=False`, see the module docstring)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if precision == "fp16" and device.type != "cuda":
@@ -51,7 +58,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         return precision
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if cpu_bf16_is_fast() else "fp32"
+    return "bf16" if training and cpu_bf16_is_fast() else "fp32"
 
 
 @contextlib.contextmanager

@@ -94,3 +94,18 @@ def test_bundle_directory_is_readable_by_others(micro_bundle):
     assert micro_bundle.stat().st_mode & stat.S_IROTH and micro_bundle.stat().st_mode & stat.S_IXOTH
     for f in micro_bundle.iterdir():
         assert f.stat().st_mode & stat.S_IROTH, f
+
+
+def test_cpu_inference_is_fp32_so_an_embedding_does_not_depend_on_its_batch(micro_bundle, monkeypatch):
+    """`precision="auto"` on CPU: training may pick bf16 where it is fast, a loaded bundle never does. Under bf16
+    autocast the same image embedded alone and inside a batch of 64 differed by ~1e-3 (an index then did not
+    hold the vector `encode_images` gives for that image)."""
+    from clipforge.encoders import device
+
+    monkeypatch.setattr(device, "cpu_bf16_is_fast", lambda: True)  # as on an AMX / AVX512-BF16 CPU
+    assert device.resolve_precision("auto", torch.device("cpu")) == "bf16"
+    b = load_bundle(micro_bundle, device="cpu", backend="torch")
+    assert b.precision == "fp32"
+    torch.manual_seed(0)
+    pixels = torch.randn(64, 3, 32, 32)
+    torch.testing.assert_close(b.encode_images(pixels[:1])[0], b.encode_images(pixels)[0], atol=1e-5, rtol=0)
