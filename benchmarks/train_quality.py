@@ -24,7 +24,7 @@ TEMPLATES = ("a photo of a {}.", "a {}.", "a picture of a {}.")
 def evaluate_openclip_checkpoint(ckpt: Path, arch: str, folder: str) -> dict:
     import torch
 
-    from clipforge.encoders.model import build_model, resolve_model_config
+    from clipforge.encoders.model import build_model, eval_preprocess, preprocess_cfg, resolve_model_config
     from clipforge.training.evaluate import zeroshot_eval
     from clipforge.training.loop import as_encoder
 
@@ -33,14 +33,16 @@ def evaluate_openclip_checkpoint(ckpt: Path, arch: str, folder: str) -> dict:
     _, cfg = resolve_model_config(arch)
     model = build_model(cfg)
     model.load_state_dict(state)
-    return zeroshot_eval(as_encoder(model.eval(), cfg, torch.device("cpu"), "fp32"), folder, TEMPLATES)
+    encoder = as_encoder(model.eval(), cfg, torch.device("cpu"), "fp32")
+    return zeroshot_eval(encoder, eval_preprocess(preprocess_cfg(cfg)), folder, TEMPLATES)
 
 
 def evaluate_bundle(path: Path, folder: str) -> dict:
     from clipforge.encoders.bundle import load_bundle
     from clipforge.training.evaluate import zeroshot_eval
 
-    return zeroshot_eval(load_bundle(path, precision="fp32"), folder, TEMPLATES)
+    bundle = load_bundle(path, precision="fp32")
+    return zeroshot_eval(bundle, bundle.preprocess, folder, TEMPLATES)
 
 
 def main() -> None:

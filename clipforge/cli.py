@@ -58,18 +58,22 @@ def _short_eval(ev: dict[str, Any]) -> dict[str, Any]:
 
 def cmd_eval(a: argparse.Namespace) -> int:
     from clipforge.encoders.bundle import load_bundle
+    from clipforge.encoders.prompts import DEFAULT_TEMPLATES, check_templates
     from clipforge.training.evaluate import retrieval_eval, zeroshot_eval
 
     if not a.zeroshot and not a.val:
         raise ValueError("give --zeroshot FOLDER and/or --val SHARDS")
+    templates = check_templates(a.template) if a.template else DEFAULT_TEMPLATES  # before the slow load
     bundle = load_bundle(a.bundle, device=a.device)
     out: dict[str, Any] = {}
     if a.zeroshot:
-        out.update(
-            zeroshot_eval(bundle, a.zeroshot, tuple(a.template) if a.template else ("a photo of a {}.", "a {}."))
-        )
+        out.update(zeroshot_eval(bundle, bundle.preprocess, a.zeroshot, templates))
     if a.val:
-        out.update(retrieval_eval(bundle, a.val, a.limit, caption_key=a.caption_key))
+        out.update(
+            retrieval_eval(
+                bundle, bundle.preprocess, a.val, a.limit, caption_key=a.caption_key, logit_scale=bundle.logit_scale()
+            )
+        )
     _print_json(out if a.full else _short_eval(out))
     return 0
 
@@ -220,7 +224,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("bundle")
     s.add_argument("--zeroshot", help="folder-per-class image set")
     s.add_argument("--val", help="held-out shards for retrieval")
-    s.add_argument("--template", action="append", help="prompt template with {} (repeatable)")
+    s.add_argument(
+        "--template",
+        action="append",
+        help="prompt template with {} (repeatable; default: encoders/prompts.py DEFAULT_TEMPLATES)",
+    )
     s.add_argument("--limit", type=int, default=1000)
     s.add_argument("--caption-key", default="txt")
     s.add_argument("--device", default="auto")

@@ -7,6 +7,8 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,14 +16,24 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from clipforge.encoders.device import autocast, resolve_device, resolve_precision
-from clipforge.encoders.images import decode_image, load_image
-from clipforge.encoders.model import build_model, get_tokenizer, image_transform, preprocess_cfg, tokenizer_cfg
+from clipforge.encoders.backends import Encoder, TorchEncoder
+from clipforge.encoders.device import resolve_device, resolve_precision
+from clipforge.encoders.images import decode_image, draft_size, load_image
+from clipforge.encoders.model import (
+    MAX_LOGIT_SCALE,
+    build_model,
+    get_tokenizer,
+    image_transform,
+    preprocess_cfg,
+    state_dict_mismatch,
+    tokenizer_cfg,
+)
 from clipforge.encoders.tokenizer import Tokenizer
 
 BUNDLE_FORMAT = "clipforge-bundle/1"
 WEIGHTS = "model.safetensors"
 META = "bundle.json"
+ONNX_DIR = "onnx"
 
 
 class BundleError(ValueError):
@@ -129,20 +141,17 @@ def read_bundle_meta(path: str | Path) -> dict[str, Any]:
 
 @dataclass
 class Bundle:
-    """A loaded bundle: model in eval mode plus tokenizer and preprocessing, ready to embed."""
+    """A loaded bundle: an `Encoder` (torch or ONNX Runtime) plus tokenizer, preprocessing and `bundle.json`."""
 
     path: Path
     meta: dict[str, Any]
-    model: torch.nn.Module
+    encoder: Encoder
     tokenizer: Tokenizer
     device: torch.device
     precision: str
     transform: Any = field(repr=False)
-    onnx: Any = field(default=None, repr=False)  # OnnxEncoders when the ONNX Runtime backend is selected
-
-    @property
-    def backend(self) -> str:
-        return "onnx" if self.onnx is not None else "torch"
+    backend: str = "torch"
+    _model: torch.nn.Module | None = field(default=None, repr=False)
 
     @property
     def fingerprint(self) -> str:
@@ -156,42 +165,79 @@ class Bundle:
     def loss(self) -> str:
         return str(self.meta.get("loss", "clip"))
 
+    @property
+    def model(self) -> torch.nn.Module:
+        """The torch model, in eval mode on `device`: the torch backend's own, or built from the weights on first
+        use when ONNX Runtime encodes (exporting and converting need it; serving does not)."""
+        if self._model is None:
+            self._model = read_model(self.path, self.meta).to(self.device).eval()
+        return self._model
+
     def preprocess(self, images: list[Any]) -> torch.Tensor:
         """PIL images (RGB) -> normalised tensor [N, 3, H, W]."""
         return torch.stack([self.transform(im) for im in images])
 
     def load_image(self, source: bytes | str | Path, **kw: Any) -> Any:
-        return load_image(source, draft_size=self.meta["preprocess"]["image_size"] * 2, **kw)
+        return load_image(source, draft_size=draft_size(self.meta["preprocess"]), **kw)
 
     def decode_image(self, source: bytes | str | Path, **kw: Any) -> tuple[Any, tuple[int, int]]:
         """(RGB image, the stored image's displayed (width, height))."""
-        return decode_image(source, draft_size=self.meta["preprocess"]["image_size"] * 2, **kw)
+        return decode_image(source, draft_size=draft_size(self.meta["preprocess"]), **kw)
 
-    @torch.inference_mode()
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         """[N, 3, H, W] -> L2-normalised fp32 features [N, D]."""
-        if self.onnx is not None:
-            return self.onnx.encode_images(pixels)
-        with autocast(self.device, self.precision):
-            feats = self.model.encode_image(pixels.to(self.device), normalize=True)  # type: ignore[operator]
-        return torch.nn.functional.normalize(feats.float(), dim=-1).cpu()
+        return self.encoder.encode_images(pixels)
 
-    @torch.inference_mode()
     def encode_texts(self, texts: list[str]) -> torch.Tensor:
         """list of N strings -> L2-normalised fp32 features [N, D]."""
-        tokens = self.tokenizer(texts)
-        if self.onnx is not None:
-            return self.onnx.encode_texts(tokens)
-        tokens = tokens.to(self.device)
-        with autocast(self.device, self.precision):
-            feats = self.model.encode_text(tokens, normalize=True)  # type: ignore[operator]
-        return torch.nn.functional.normalize(feats.float(), dim=-1).cpu()
+        return self.encoder.encode_texts(texts)
 
     def logit_scale(self) -> float:
-        return float(self.model.logit_scale.exp().clamp(max=100).item())  # type: ignore[operator]
+        """The temperature recorded in bundle.json at save time, clamped as the loss applies it."""
+        recorded = self.meta.get("logit_scale")
+        if not isinstance(recorded, int | float):  # not written by save_bundle: ask the weights
+            return float(self.model.logit_scale.exp().clamp(max=MAX_LOGIT_SCALE).item())  # type: ignore[operator]
+        return min(float(recorded), MAX_LOGIT_SCALE)
 
 
-BACKENDS = ("auto", "torch", "onnx")
+def read_model(path: Path, meta: dict[str, Any]) -> torch.nn.Module:
+    """Build the architecture in `meta` and load the bundle's weights into it, or raise BundleError."""
+    model = build_model(meta["model_cfg"], init_logit_bias=0.0 if meta.get("logit_bias") is not None else None)
+    try:
+        state = load_file(str(path / WEIGHTS))
+    except Exception as exn:  # safetensors raises its own error types for truncated files
+        raise BundleError(f"{path}: cannot read {WEIGHTS}: {exn}") from exn
+    problem = state_dict_mismatch(model, state)
+    if problem:
+        raise BundleError(f"{path}: weights do not fit the architecture: {problem}")
+    model.load_state_dict(state)
+    return model
+
+
+def _torch_encoder(path: Path, meta: dict[str, Any], tokenizer: Tokenizer, dev: torch.device, prec: str) -> Encoder:
+    return TorchEncoder(read_model(path, meta).to(dev).eval(), tokenizer, dev, prec)
+
+
+def _onnx_encoder(path: Path, meta: dict[str, Any], tokenizer: Tokenizer, dev: torch.device, prec: str) -> Encoder:
+    onnx_dir = path / ONNX_DIR
+    if not (onnx_dir / "onnx.json").is_file():
+        raise BundleError(f"{path}: no ONNX graphs; run `clipforge bundle export {path} --onnx` first")
+    try:
+        from clipforge.encoders.backends import OnnxEncoder
+    except ImportError as exn:
+        raise BundleError("the onnx backend needs onnxruntime: pip install 'clipforge[onnx]'") from exn
+    try:
+        return OnnxEncoder(onnx_dir, tokenizer, meta["weights_sha256"])
+    except ImportError as exn:
+        raise BundleError("the onnx backend needs onnxruntime: pip install 'clipforge[onnx]'") from exn
+    except Exception as exn:  # onnxruntime's own errors for a corrupt or truncated graph
+        reason = " ".join(str(exn).split())[:200]
+        raise BundleError(f"{path}: cannot load the ONNX graphs in {onnx_dir}: {reason}") from exn
+
+
+EncoderLoader = Callable[[Path, dict[str, Any], Tokenizer, torch.device, str], Encoder]
+BACKENDS: dict[str, EncoderLoader] = {"torch": _torch_encoder, "onnx": _onnx_encoder}
+BACKEND_CHOICES = ("auto", *BACKENDS)
 
 
 def load_bundle(
@@ -199,11 +245,13 @@ def load_bundle(
 ) -> Bundle:
     """Load a bundle; with `verify`, the weights' sha256 must equal the recorded fingerprint.
 
-    backend: "torch"; "onnx" (ONNX Runtime on CPU; needs `clipforge bundle export --onnx` first); or "auto":
-    ONNX Runtime when the bundle has ONNX graphs and the device is the CPU, else torch.
+    backend: "torch"; "onnx" (ONNX Runtime on CPU; needs `clipforge bundle export --onnx` first; builds no torch
+    model); or "auto": ONNX Runtime when the bundle has ONNX graphs and the device is the CPU, else torch. A
+    graph that fails to load under "auto" falls back to the torch weights with a warning: the fingerprint
+    covers the weights, not the graphs.
     """
-    if backend not in BACKENDS:
-        raise BundleError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend not in BACKEND_CHOICES:
+        raise BundleError(f"backend must be one of {BACKEND_CHOICES}, got {backend!r}")
     path = Path(path)
     meta = read_bundle_meta(path)
     weights = path / WEIGHTS
@@ -211,40 +259,30 @@ def load_bundle(
         raise BundleError(f"{path}: missing {WEIGHTS}")
     if verify and sha256_file(weights) != meta.get("weights_sha256"):
         raise BundleError(f"{path}: {WEIGHTS} does not match the recorded weights_sha256 (corrupt or edited)")
-    model = build_model(meta["model_cfg"], init_logit_bias=0.0 if meta.get("logit_bias") is not None else None)
-    try:
-        state = load_file(str(weights))
-    except Exception as exn:  # safetensors raises its own error types for truncated files
-        raise BundleError(f"{path}: cannot read {WEIGHTS}: {exn}") from exn
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise BundleError(f"{path}: weights do not fit the architecture (missing={missing}, unexpected={unexpected})")
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev, training=False)
-    model.to(dev).eval()
     tok_cfg = dict(meta["tokenizer"])
     if tok_cfg["name"].startswith("bundle:"):  # a tokenizer shipped inside the bundle directory
         tok_cfg["name"] = str(path / tok_cfg["name"].removeprefix("bundle:"))
-    onnx = None
-    onnx_dir = path / "onnx"
-    want_onnx = backend == "onnx" or (backend == "auto" and dev.type == "cpu" and (onnx_dir / "onnx.json").is_file())
-    if want_onnx:
-        if not (onnx_dir / "onnx.json").is_file():
-            raise BundleError(f"{path}: no ONNX graphs; run `clipforge bundle export {path} --onnx` first")
-        from clipforge.encoders.onnx_backend import OnnxEncoders
-
-        try:
-            onnx = OnnxEncoders(onnx_dir, meta["weights_sha256"])
-        except ImportError as exn:
-            if backend == "onnx":
-                raise BundleError("the onnx backend needs onnxruntime: pip install 'clipforge[onnx]'") from exn
+    tokenizer = get_tokenizer(tok_cfg)
+    name = backend
+    if backend == "auto":
+        name = "onnx" if dev.type == "cpu" and (path / ONNX_DIR / "onnx.json").is_file() else "torch"
+    try:
+        encoder = BACKENDS[name](path, meta, tokenizer, dev, prec)
+    except BundleError as exn:
+        if backend != "auto" or name == "torch":
+            raise
+        warnings.warn(f"{exn}; using the torch weights instead", RuntimeWarning, stacklevel=2)
+        name, encoder = "torch", _torch_encoder(path, meta, tokenizer, dev, prec)
     return Bundle(
         path=path,
         meta=meta,
-        model=model,
-        tokenizer=get_tokenizer(tok_cfg),
+        encoder=encoder,
+        tokenizer=tokenizer,
         device=dev,
         precision=prec,
         transform=image_transform(meta["preprocess"], train=False),
-        onnx=onnx,
+        backend=name,
+        _model=encoder.model if isinstance(encoder, TorchEncoder) else None,
     )

@@ -10,12 +10,19 @@ from __future__ import annotations
 import io
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 DEFAULT_MAX_PIXELS = 89_478_485  # PIL's own warning threshold (~0.25 GiB of RGBA)
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
+
+
+def draft_size(preprocess: dict[str, Any]) -> int:
+    """The JPEG draft size for a model's preprocess settings: twice the input size, so draft mode's 1/2..1/8
+    scale decode still leaves the resize (bicubic, antialiased) enough pixels to work from."""
+    return int(preprocess["image_size"]) * 2
 
 
 class ImageDecodeError(ValueError):

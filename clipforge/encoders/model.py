@@ -5,10 +5,12 @@ from __future__ import annotations
 import copy
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import open_clip
+import torch
 from open_clip.model import CLIP, CustomTextCLIP
 from open_clip.transform import PreprocessCfg, image_transform_v2
 
@@ -16,7 +18,7 @@ from clipforge.encoders.tokenizer import Tokenizer
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 INIT_LOGIT_SCALE = math.log(1 / 0.07)  # CLIP's initial temperature 0.07
-MAX_LOGIT_SCALE = 100.0
+MAX_LOGIT_SCALE = 100.0  # the loss clamps exp(logit_scale) here (CLIP's limit); a bundle reports it clamped
 
 
 def shipped_configs() -> list[str]:
@@ -84,6 +86,15 @@ def image_transform(pp: dict[str, Any], *, train: bool, aug: dict[str, Any] | No
     return image_transform_v2(cfg, is_train=train, aug_cfg=aug)
 
 
+Preprocess = Callable[[list[Any]], torch.Tensor]  # RGB PIL images -> normalised pixels [N, 3, H, W]
+
+
+def eval_preprocess(pp: dict[str, Any]) -> Preprocess:
+    """The eval transform for these settings applied to a list of images, stacked (as `Bundle.preprocess`)."""
+    transform = image_transform(pp, train=False)
+    return lambda images: torch.stack([transform(im) for im in images])
+
+
 def tokenizer_cfg(model_cfg: dict[str, Any]) -> dict[str, Any]:
     text_cfg = model_cfg.get("text_cfg", {})
     name = text_cfg.get("hf_tokenizer_name") or "clip-bpe"
@@ -92,3 +103,22 @@ def tokenizer_cfg(model_cfg: dict[str, Any]) -> dict[str, Any]:
 
 def get_tokenizer(tok_cfg: dict[str, Any]) -> Tokenizer:
     return Tokenizer(tok_cfg["name"], tok_cfg["context_length"])
+
+
+def state_dict_mismatch(model: torch.nn.Module, state: dict[str, Any], show: int = 3) -> str:
+    """'' when `state` loads into `model` exactly; else one line naming the first few missing, unexpected and
+    mis-shaped keys with their counts (instead of PyTorch's message listing every key)."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} != {tuple(own[k].shape)}"
+        for k in own
+        if k in state and tuple(getattr(state[k], "shape", ())) != tuple(own[k].shape)
+    ]
+    parts = []
+    for label, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", shapes)):
+        if keys:
+            more = f", and {len(keys) - show} more" if len(keys) > show else ""
+            parts.append(f"{len(keys)} {label} ({', '.join(keys[:show])}{more})")
+    return "; ".join(parts)

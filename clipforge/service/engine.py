@@ -13,6 +13,7 @@ import torch
 
 from clipforge.encoders.bundle import Bundle
 from clipforge.encoders.pixels import to_batch
+from clipforge.encoders.prompts import ensemble, fill
 from clipforge.service.batcher import MicroBatcher
 from clipforge.service.decode import DecodePool, ImagePrep, Prepared, api_error
 from clipforge.service.errors import APIError
@@ -167,10 +168,7 @@ class Engine:
         key: LabelKey = (self.fingerprint, tuple(labels), tuple(templates))
 
         async def compute() -> np.ndarray:
-            prompts = [t.replace("{}", label) for label in labels for t in templates]  # label-major
-            feats = await self.encode_texts(prompts)  # [L*T, D]
-            feats = feats.reshape(len(labels), len(templates), -1).mean(axis=1)  # [L, D]
-            return feats / np.maximum(np.linalg.norm(feats, axis=-1, keepdims=True), 1e-12)
+            return ensemble(await self.encode_texts(fill(templates, labels)), len(labels))  # [L*T, D] -> [L, D]
 
         return await self.labels.get_or_compute(key, compute)
 

@@ -7,17 +7,7 @@ from pathlib import Path
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-# An ensemble in the spirit of CLIP's zero-shot prompts; the mean of the normalised prompt embeddings
-# is usually a better class embedding than any single prompt.
-DEFAULT_TEMPLATES: tuple[str, ...] = (
-    "a photo of a {}.",
-    "a picture of a {}.",
-    "an image of a {}.",
-    "a photo of the {}.",
-    "a close-up photo of a {}.",
-    "a drawing of a {}.",
-    "{}",
-)
+from clipforge.encoders.prompts import DEFAULT_TEMPLATES, check_templates
 
 
 class Settings(BaseSettings):
@@ -82,9 +72,7 @@ class Settings(BaseSettings):
     @field_validator("templates")
     @classmethod
     def _templates_have_slot(cls, v: list[str]) -> list[str]:
-        if not v or any("{}" not in t for t in v):
-            raise ValueError("every prompt template must contain '{}'")
-        return v
+        return list(check_templates(v))
 
     @property
     def writes_enabled(self) -> bool:

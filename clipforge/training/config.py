@@ -10,6 +10,8 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
+from clipforge.encoders.prompts import DEFAULT_TEMPLATES
+
 PRESET_DIR = Path(__file__).parent / "configs"
 
 
@@ -76,7 +78,7 @@ class TrainCfg:
 @dataclass(frozen=True)
 class EvalCfg:
     every: int = 0  # steps between evaluations; 0 = only at the end
-    templates: tuple[str, ...] = ("a photo of a {}.", "a {}.", "a picture of a {}.")
+    templates: tuple[str, ...] = DEFAULT_TEMPLATES  # the service's list too (encoders/prompts.py)
     val_samples: int = 1000  # held-out pairs used for retrieval
     batch_size: int = 256
 

@@ -1,7 +1,7 @@
 """Zero-shot classification on a folder-per-class set, and image<->text retrieval on held-out shards.
 
-Works on anything with `encode_images`, `encode_texts` and `preprocess` (a loaded Bundle, or the model
-being trained wrapped as one).
+Works on any `Encoder` (a loaded bundle, or the model being trained in a `TorchEncoder`) with the model's
+eval preprocessing (`Bundle.preprocess`, or `encoders.model.eval_preprocess(preprocess settings)`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,10 @@ from typing import Any
 
 import torch
 
+from clipforge.encoders.backends import Encoder
 from clipforge.encoders.images import IMAGE_EXTENSIONS, ImageDecodeError, load_image
+from clipforge.encoders.model import Preprocess
+from clipforge.encoders.prompts import DEFAULT_TEMPLATES, check_templates, class_embeddings
 from clipforge.encoders.shards import iter_pairs
 from clipforge.training.diagnostics import coordination_diagnostics
 
@@ -31,16 +34,6 @@ def list_classes(folder: Path) -> list[tuple[str, list[Path]]]:
     return out
 
 
-@torch.inference_mode()
-def class_embeddings(encoder: Any, classnames: list[str], templates: tuple[str, ...]) -> torch.Tensor:
-    """Prompt-ensembled, re-normalised text embedding per class: [C, D]."""
-    per_class = []
-    for name in classnames:
-        feats = encoder.encode_texts([t.format(name) for t in templates])  # [T, D]
-        per_class.append(torch.nn.functional.normalize(feats.mean(0), dim=-1))
-    return torch.stack(per_class)
-
-
 def _batches(items: list[Any], n: int) -> Any:
     for i in range(0, len(items), n):
         yield items[i : i + n]
@@ -48,12 +41,17 @@ def _batches(items: list[Any], n: int) -> Any:
 
 @torch.inference_mode()
 def zeroshot_eval(
-    encoder: Any, folder: str | Path, templates: tuple[str, ...], batch_size: int = 256
+    encoder: Encoder,
+    preprocess: Preprocess,
+    folder: str | Path,
+    templates: tuple[str, ...] = DEFAULT_TEMPLATES,
+    batch_size: int = 256,
 ) -> dict[str, Any]:
     folder = Path(folder)
+    templates = check_templates(templates)
     classes = list_classes(folder)
     names = [c for c, _ in classes]
-    weights = class_embeddings(encoder, names, templates)  # [C, D]
+    weights = torch.from_numpy(class_embeddings(encoder, names, templates))  # [C, D]
     items = [(path, label) for label, (_, paths) in enumerate(classes) for path in paths]
     correct1 = torch.zeros(len(names))
     correct5 = torch.zeros(len(names))
@@ -70,7 +68,7 @@ def zeroshot_eval(
                 bad += 1
         if not images:
             continue
-        feats = encoder.encode_images(encoder.preprocess(images))  # [N, D]
+        feats = encoder.encode_images(preprocess(images))  # [N, D]
         logits = feats @ weights.T  # [N, C]
         top = logits.topk(min(5, len(names)), dim=-1).indices  # [N, 5]
         y = torch.tensor(labels)
@@ -81,7 +79,9 @@ def zeroshot_eval(
             correct1[lab] += float(hit1[i])
             correct5[lab] += float(hit5[i])
             confusion[lab, top[i, 0]] += 1
-    n = totals.sum().clamp(min=1)
+    if not totals.sum():
+        raise ValueError(f"zero-shot set {folder}: none of its {len(items)} images could be decoded")
+    n = totals.sum()
     per_class = {name: float(correct1[i] / max(1.0, float(totals[i]))) for i, name in enumerate(names)}
     result: dict[str, Any] = {
         "zeroshot_top1": float(correct1.sum() / n),
@@ -110,7 +110,14 @@ def recall_at(sim: torch.Tensor, ks: tuple[int, ...] = (1, 5, 10)) -> dict[int, 
 
 @torch.inference_mode()
 def retrieval_eval(
-    encoder: Any, shards: str, limit: int = 1000, batch_size: int = 256, caption_key: str = "txt"
+    encoder: Encoder,
+    preprocess: Preprocess,
+    shards: str,
+    limit: int = 1000,
+    batch_size: int = 256,
+    caption_key: str = "txt",
+    *,
+    logit_scale: float,
 ) -> dict[str, Any]:
     image_feats, text_feats = [], []
     images: list[Any] = []
@@ -118,7 +125,7 @@ def retrieval_eval(
 
     def flush() -> None:
         if images:
-            image_feats.append(encoder.encode_images(encoder.preprocess(images)))
+            image_feats.append(encoder.encode_images(preprocess(images)))
             text_feats.append(encoder.encode_texts(captions))
             images.clear()
             captions.clear()
@@ -137,5 +144,5 @@ def retrieval_eval(
     out: dict[str, Any] = {"retrieval_pairs": int(img.shape[0])}
     out.update({f"image_to_text_R@{k}": v for k, v in i2t.items()})
     out.update({f"text_to_image_R@{k}": v for k, v in t2i.items()})
-    out.update({f"diag_{k}": v for k, v in coordination_diagnostics(img, txt, encoder.logit_scale()).items()})
+    out.update({f"diag_{k}": v for k, v in coordination_diagnostics(img, txt, logit_scale).items()})
     return out

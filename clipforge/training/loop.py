@@ -11,12 +11,14 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from clipforge.encoders.bundle import Bundle, load_bundle, save_bundle
+from clipforge.encoders.backends import TorchEncoder
+from clipforge.encoders.bundle import load_bundle, save_bundle
 from clipforge.encoders.device import resolve_device, resolve_precision
 from clipforge.encoders.model import (
+    Preprocess,
     build_model,
+    eval_preprocess,
     get_tokenizer,
-    image_transform,
     preprocess_cfg,
     resolve_model_config,
     tokenizer_cfg,
@@ -39,25 +41,29 @@ from clipforge.training.step import train_step
 log = logging.getLogger(__name__)
 
 
-def as_encoder(model: torch.nn.Module, model_cfg: dict, device: torch.device, precision: str) -> Bundle:
-    """Wrap the model being trained with the Bundle interface the evaluators use."""
-    pp = preprocess_cfg(model_cfg)
-    meta = {"model_cfg": model_cfg, "preprocess": pp, "tokenizer": tokenizer_cfg(model_cfg), "weights_sha256": ""}
-    return Bundle(
-        Path("."), meta, model, get_tokenizer(meta["tokenizer"]), device, precision, image_transform(pp, train=False)
-    )
+def as_encoder(model: torch.nn.Module, model_cfg: dict, device: torch.device, precision: str) -> TorchEncoder:
+    """The model being trained as an `Encoder` for the evaluators."""
+    return TorchEncoder(model, get_tokenizer(tokenizer_cfg(model_cfg)), device, precision)
 
 
-def run_eval(cfg: Config, encoder: Bundle) -> dict[str, Any]:
+def run_eval(cfg: Config, encoder: TorchEncoder, preprocess: Preprocess) -> dict[str, Any]:
     was_training = encoder.model.training
     encoder.model.eval()
     out: dict[str, Any] = {}
     try:
         if cfg.data.zeroshot:
-            out.update(zeroshot_eval(encoder, cfg.data.zeroshot, cfg.eval.templates, cfg.eval.batch_size))
+            out.update(zeroshot_eval(encoder, preprocess, cfg.data.zeroshot, cfg.eval.templates, cfg.eval.batch_size))
         if cfg.data.val:
             out.update(
-                retrieval_eval(encoder, cfg.data.val, cfg.eval.val_samples, cfg.eval.batch_size, cfg.data.caption_key)
+                retrieval_eval(
+                    encoder,
+                    preprocess,
+                    cfg.data.val,
+                    cfg.eval.val_samples,
+                    cfg.eval.batch_size,
+                    cfg.data.caption_key,
+                    logit_scale=encoder.logit_scale(),
+                )
             )
     finally:
         encoder.model.train(was_training)
@@ -180,7 +186,7 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True) -> dict
     )
     loader = make_loader(stream, cfg.data.workers)
     metrics = MetricsLog(run_dir / "metrics.jsonl", info.is_main)
-    encoder = as_encoder(model, model_cfg, device, precision)
+    encoder, preprocess = as_encoder(model, model_cfg, device, precision), eval_preprocess(pp)
     normalize = normalizer(pp, device)
 
     def checkpoint() -> None:
@@ -262,7 +268,7 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True) -> dict
         if cfg.train.ckpt_every and step % cfg.train.ckpt_every == 0 and step < total_steps:
             checkpoint()
         if cfg.eval.every and step % cfg.eval.every == 0 and step < total_steps and info.is_main:
-            metrics.write({"step": step, "samples_seen": samples_seen, "eval": run_eval(cfg, encoder)})
+            metrics.write({"step": step, "samples_seen": samples_seen, "eval": run_eval(cfg, encoder, preprocess)})
             t_last = time.perf_counter()  # evaluation time is not training throughput
     bar.close()
     checkpoint()
@@ -274,7 +280,7 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True) -> dict
         "samples_per_s": rate,
     }
     if info.is_main:
-        final_eval = run_eval(cfg, encoder)
+        final_eval = run_eval(cfg, encoder, preprocess)
         metrics.write({"step": step, "samples_seen": samples_seen, "eval": final_eval, "final": True})
         fingerprint = save_bundle(
             model,
