@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -19,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from clipforge.encoders.backends import Encoder, TorchEncoder
 from clipforge.encoders.device import resolve_device, resolve_precision
 from clipforge.encoders.images import decode_image, draft_size, load_image
+from clipforge.encoders.jsonfile import read_format_json
 from clipforge.encoders.model import (
     MAX_LOGIT_SCALE,
     build_model,
@@ -28,6 +30,7 @@ from clipforge.encoders.model import (
     state_dict_mismatch,
     tokenizer_cfg,
 )
+from clipforge.encoders.pixels import ImagePrep
 from clipforge.encoders.tokenizer import Tokenizer
 
 BUNDLE_FORMAT = "clipforge-bundle/1"
@@ -126,16 +129,18 @@ def read_bundle_meta(path: str | Path) -> dict[str, Any]:
     meta_path = path / META
     if not path.is_dir() or not meta_path.is_file():
         raise BundleError(f"{path} is not a clipforge bundle (no {META})")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exn:
-        raise BundleError(f"{meta_path} is not valid JSON: {exn}") from exn
-    if not isinstance(meta, dict) or meta.get("format") != BUNDLE_FORMAT:
-        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
-        raise BundleError(f"{path}: unsupported bundle format {found!r}, expected {BUNDLE_FORMAT}")
-    for key, kind in META_SHAPE.items():
-        if not isinstance(meta.get(key), kind):
-            raise BundleError(f"{meta_path}: {key!r} should be {kind.__name__}: corrupt or not written by clipforge")
+    return read_format_json(meta_path, BUNDLE_FORMAT, META_SHAPE, tuple(META_SHAPE), BundleError, "bundle")
+
+
+def verify_bundle(path: str | Path) -> dict[str, Any]:
+    """bundle.json, once the weights are there and their sha256 equals its fingerprint; else BundleError."""
+    path = Path(path)
+    meta = read_bundle_meta(path)
+    weights = path / WEIGHTS
+    if not weights.is_file():
+        raise BundleError(f"{path}: missing {WEIGHTS}")
+    if sha256_file(weights) != meta["weights_sha256"]:
+        raise BundleError(f"{path}: {WEIGHTS} does not match the recorded weights_sha256 (corrupt or edited)")
     return meta
 
 
@@ -172,6 +177,11 @@ class Bundle:
         if self._model is None:
             self._model = read_model(self.path, self.meta).to(self.device).eval()
         return self._model
+
+    @functools.cached_property
+    def image_prep(self) -> ImagePrep:
+        """Image bytes -> prepared pixels, as the service prepares them (encoders/pixels.py)."""
+        return ImagePrep(self.meta["preprocess"])
 
     def preprocess(self, images: list[Any]) -> torch.Tensor:
         """PIL images (RGB) -> normalised tensor [N, 3, H, W]."""
@@ -253,12 +263,9 @@ def load_bundle(
     if backend not in BACKEND_CHOICES:
         raise BundleError(f"backend must be one of {BACKEND_CHOICES}, got {backend!r}")
     path = Path(path)
-    meta = read_bundle_meta(path)
-    weights = path / WEIGHTS
-    if not weights.is_file():
+    meta = verify_bundle(path) if verify else read_bundle_meta(path)
+    if not (path / WEIGHTS).is_file():
         raise BundleError(f"{path}: missing {WEIGHTS}")
-    if verify and sha256_file(weights) != meta.get("weights_sha256"):
-        raise BundleError(f"{path}: {WEIGHTS} does not match the recorded weights_sha256 (corrupt or edited)")
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev, training=False)
     tok_cfg = dict(meta["tokenizer"])

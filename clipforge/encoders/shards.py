@@ -20,6 +20,7 @@ import webdataset as wds
 
 from clipforge.encoders.images import DEFAULT_MAX_PIXELS, ImageDecodeError, load_image
 from clipforge.encoders.tarstream import TarError, tar_members
+from clipforge.encoders.text import MAX_CAPTION_CHARS, clean_caption
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 _META = re.compile(r"__[^/]*__($|/)")  # webdataset's metadata members, skipped as webdataset does
@@ -61,7 +62,7 @@ def decode_sample(
         image = load_image(sample[key], max_pixels=max_pixels, draft_size=draft_size)
     except ImageDecodeError as exn:
         return "image_too_large" if exn.reason == "too_large" else "bad_image"
-    return image, " ".join(caption.split())[:max_chars]
+    return image, clean_caption(caption, max_chars) or ""
 
 
 def raw_samples(shards: list[str], stats: Counter) -> Iterator[dict[str, Any]]:
@@ -112,7 +113,7 @@ def iter_pairs(
     stats = Counter() if stats is None else stats
     n = 0
     for sample in raw_samples(expand_urls(spec), stats):
-        out = decode_sample(sample, caption_key, max_pixels, draft_size, 1000)
+        out = decode_sample(sample, caption_key, max_pixels, draft_size, MAX_CAPTION_CHARS)
         if isinstance(out, str):
             stats[out] += 1
             continue

@@ -21,8 +21,8 @@ import numpy as np
 from tqdm import tqdm
 
 from clipforge.encoders.images import IMAGE_EXTENSIONS, ImageDecodeError
-from clipforge.encoders.pixels import split_transform, to_batch
 from clipforge.encoders.shards import IMAGE_KEYS, expand_urls, raw_samples, read_caption
+from clipforge.encoders.text import clean_caption
 from clipforge.index.meta import check_extra
 from clipforge.index.types import IndexError_, Item
 
@@ -81,7 +81,7 @@ def shard_records(spec: str, caption_key: str, stats: Counter) -> Iterator[Recor
             caption = read_caption(sample, caption_key)
         except (ValueError, UnicodeDecodeError):
             caption = None
-        caption = " ".join(caption.split())[:1000] if caption and caption.strip() else None
+        caption = clean_caption(caption)
         key = str(sample["__key__"])
         source = str(sample.get("__url__", ""))
         yield Record(
@@ -96,7 +96,7 @@ def folder_records(folder: str) -> Iterator[Record]:
         if not path.is_file():
             continue
         txt, meta = path.with_suffix(".txt"), path.with_suffix(".json")
-        caption = " ".join(txt.read_text(errors="replace").split())[:1000] if txt.is_file() else None
+        caption = clean_caption(txt.read_text(errors="replace")) if txt.is_file() else None
         extra = _json_dict(meta.read_bytes()) if meta.is_file() else {}
         key = str(path.relative_to(root).with_suffix(""))
         yield Record(key, caption or None, str(root.resolve()), path=str(path.resolve()), extra=extra)
@@ -106,42 +106,34 @@ def count_folder_images(folder: str) -> int:
     return sum(1 for p in Path(folder).rglob("*") if p.suffix.lower().lstrip(".") in IMAGE_EXTENSIONS)
 
 
-def decode(bundle: Any, rec: Record, pil_steps: Any = None) -> tuple[Any, int, int] | str:
-    """(pixels, width, height) or the reason the image is skipped.
-
-    pixels: [3, H, W] float from the bundle's transform; with `pil_steps` (the transform's PIL part) a
-    [H, W, 3] uint8 array instead, which `encoders.pixels.to_batch` turns into floats for the whole batch at once."""
+def decode(bundle: Any, rec: Record) -> tuple[Any, int, int] | str:
+    """(pixels, width, height) or the reason the image is skipped; pixels as `bundle.image_prep` prepares them
+    (uint8 [H, W, 3], made float for the whole batch at once by `image_prep.batch`)."""
     try:
         data = rec.data if rec.data is not None else Path(rec.path or "").read_bytes()
     except OSError:
         return "unreadable"
     try:
-        image, (width, height) = bundle.decode_image(data)
+        pixels, (width, height) = bundle.image_prep.decode(data)
     except ImageDecodeError as exn:
         return "image_too_large" if exn.reason == "too_large" else "bad_image"
     except Exception:  # a header PIL cannot parse after all: the same as a corrupt image
         return "bad_image"
-    if pil_steps is not None:
-        image = pil_steps(image)
-        if image.mode == "RGB":
-            return np.asarray(image), width, height
-    return bundle.transform(image), width, height
+    return pixels, width, height
 
 
-def _decode_batch(
-    bundle: Any, split: tuple[Any, Any] | None, recs: list[Record]
-) -> tuple[list[tuple[Record, Any]], Any]:
+def _decode_batch(bundle: Any, recs: list[Record]) -> tuple[list[tuple[Record, Any]], Any]:
     """Per record (width, height) or the skip reason, and the pixels [n_ok, 3, H, W] of those that decoded."""
     out: list[tuple[Record, Any]] = []
     pixels: list[Any] = []
     for r in recs:
-        d = decode(bundle, r, split[0] if split else None)
+        d = decode(bundle, r)
         if isinstance(d, str):
             out.append((r, d))
         else:
             pixels.append(d[0])
             out.append((r, d[1:]))
-    return out, to_batch(pixels, split[1] if split else None)
+    return out, bundle.image_prep.batch(pixels)
 
 
 def _chunks(records: Iterator[Record], size: int) -> Iterator[list[Record]]:
@@ -180,11 +172,10 @@ def embed_records(
     bar.shards = shards
     pending: list[Future[tuple[list[tuple[Record, Any]], Any]]] = []
     batches = _chunks(records, batch_size)
-    split = split_transform(bundle.transform)
     t0 = time.perf_counter()
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="clipforge-decode") as pool:
         for recs in batches:  # keep workers + 1 batches decoding ahead of the encoder
-            pending.append(pool.submit(_decode_batch, bundle, split, recs))
+            pending.append(pool.submit(_decode_batch, bundle, recs))
             if len(pending) <= workers:
                 continue
             yield from _encode(bundle, *pending.pop(0).result(), stats, bar, next_id)

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from clipforge.encoders.jsonfile import read_format_json
 from clipforge.index.types import IndexError_
 
 FORMAT = "clipforge-index/1"
@@ -55,25 +56,16 @@ MANIFEST_SHAPE = {"version": int, "version_dir": str, "fingerprint": str, "dim":
                   "files": dict, "images": dict, "captions": dict, "bundle": dict, "provenance": dict}  # fmt: skip
 
 
+REQUIRED = ("version_dir", "dim", "fingerprint", "images", "captions")
+
+
 def read_manifest(root: Path) -> dict[str, Any]:
     path = root / MANIFEST
     if not root.is_dir():
         raise FileNotFoundError(f"no index directory at {root}")
     if not path.is_file():
         raise FileNotFoundError(f"{root} is not a clipforge index (no {MANIFEST})")
-    try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exn:
-        raise IndexError_(f"{path} is not valid JSON: {exn}") from exn
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
-        raise IndexError_(f"{path}: unsupported index format {found!r}, expected {FORMAT}")
-    for key, kind in MANIFEST_SHAPE.items():
-        if key in manifest and (not isinstance(manifest[key], kind) or isinstance(manifest[key], bool)):
-            raise IndexError_(f"{path}: {key!r} should be {kind.__name__}, not {type(manifest[key]).__name__}: corrupt")
-    for key in ("version_dir", "dim", "fingerprint", "images", "captions"):
-        if key not in manifest:
-            raise IndexError_(f"{path}: {key!r} is missing: corrupt or not written by clipforge")
+    manifest = read_format_json(path, FORMAT, MANIFEST_SHAPE, REQUIRED, IndexError_, "index")
     return manifest
 
 

@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from clipforge.encoders.images import ImageDecodeError
+from clipforge.encoders.text import clean_caption
 from clipforge.index import factory as fx
 from clipforge.index import refine as rx
 from clipforge.index import store
@@ -77,7 +78,7 @@ def _check_items(bundle: Any, items: list) -> list[tuple[bytes, str | None, dict
             image, size = bundle.decode_image(bytes(data))
         except ImageDecodeError as exn:
             raise IndexError_(f"item {n}: {exn}") from exn
-        caption = " ".join(caption.split())[:1000] or None if caption else None
+        caption = clean_caption(caption)
         out.append((bytes(data), caption, dict(extra or {}), image, size))
     return out
 

@@ -9,14 +9,9 @@ from typing import Any
 def preflight(settings: Any) -> None:
     """Refuse to start, with one clear line, on a missing or corrupt bundle or index, or an index of another
     bundle: found here, not in the app's lifespan, where uvicorn would print a traceback and exit 3."""
-    from pathlib import Path
+    from clipforge.encoders.bundle import verify_bundle
 
-    from clipforge.encoders.bundle import WEIGHTS, BundleError, read_bundle_meta, sha256_file
-
-    meta = read_bundle_meta(settings.bundle)  # BundleError (a ValueError) names what is wrong
-    weights = Path(settings.bundle) / WEIGHTS
-    if not weights.is_file() or sha256_file(weights) != meta["weights_sha256"]:
-        raise BundleError(f"{settings.bundle}: {WEIGHTS} is missing or does not match its weights_sha256 (corrupt)")
+    meta = verify_bundle(settings.bundle)  # BundleError (a ValueError) names what is wrong
     if settings.index is not None:
         from clipforge.index import Index
 

@@ -6,11 +6,11 @@ the GIL, which the event loop and the encoder thread need. `DecodePool` runs it 
 - workers come from the 'forkserver' context: a clean server process (no torch/OpenMP threads) that has
   imported this module once and forks each worker, so a replacement worker starts in milliseconds. Forking
   the server itself, with its inference threads running, would be unsafe.
-- a worker holds no model: only the bundle's preprocess settings, the same `load_image` with the same pixel
-  limit (a decompression bomb is refused there) and the PIL steps of the same transform.
-- a worker sends back uint8 [H, W, 3] pixels (4x fewer bytes than float32); `encoders.pixels.to_batch` converts and
+- a worker holds no model: only an `ImagePrep` for the bundle's preprocess settings and the same pixel
+  limit (a decompression bomb is refused there).
+- a worker sends back uint8 [H, W, 3] pixels (4x fewer bytes than float32); `ImagePrep.batch` converts and
   normalises a whole batch on the encoder thread with the ops ToTensor + Normalize use, so the pixels are
-  the same to the bit as `bundle.preprocess` gives.
+  the same to the bit as `bundle.preprocess` gives (encoders/pixels.py: the index prepares images the same way).
 - a worker that dies (a codec segfault, the OOM killer) fails nothing by itself: the pool is replaced and
   the images it held are retried one per job, so only an image that kills a worker again fails, and only
   its own request (422 image_decode_failed).
@@ -29,38 +29,19 @@ from typing import Any
 
 import numpy as np
 
-from clipforge.encoders.images import ImageDecodeError, load_image
-from clipforge.encoders.pixels import split_transform
+from clipforge.encoders import pixels
+from clipforge.encoders.images import ImageDecodeError
+from clipforge.encoders.pixels import Prepared
 from clipforge.service.errors import APIError
 
 log = logging.getLogger("clipforge.service")
 Failure = tuple[int, str, str]  # (HTTP status, error code, message): picklable, unlike the exceptions
-Prepared = Any  # uint8 [H, W, 3] pixels (np.ndarray), or a float [3, H, W] tensor when the transform can't split
 ChunkFn = Callable[[list[bytes]], list["Prepared | Failure"]]
 CRASHED: Failure = (422, "image_decode_failed", "decoding this image crashed the decoder")
 
 
-class ImagePrep:
-    """Untrusted image bytes -> prepared pixels, with the bundle's preprocess settings and a pixel limit."""
-
-    def __init__(self, preprocess: dict[str, Any], max_pixels: int) -> None:
-        from clipforge.encoders.model import image_transform
-
-        self.preprocess, self.max_pixels = preprocess, max_pixels
-        self.draft_size = int(preprocess["image_size"]) * 2  # as Bundle.load_image
-        self.transform = image_transform(preprocess, train=False)
-        split = split_transform(self.transform)
-        self.pil_steps: Any = split[0] if split else None
-        self.normalize: Any = split[1] if split else None
-
-    def __call__(self, blob: bytes) -> Prepared:
-        """Raises ImageDecodeError (or whatever a codec raises) for a bad image."""
-        image = load_image(blob, max_pixels=self.max_pixels, draft_size=self.draft_size)
-        if self.pil_steps is not None:
-            small = self.pil_steps(image)
-            if small.mode == "RGB":
-                return np.asarray(small)  # [H, W, 3] uint8
-        return self.transform(image)  # [3, H, W] float32
+class ImagePrep(pixels.ImagePrep):
+    """`encoders.pixels.ImagePrep` with the service's per-image failures."""
 
     def chunk(self, blobs: list[bytes]) -> list[Prepared | Failure]:
         out: list[Prepared | Failure] = []

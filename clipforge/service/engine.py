@@ -12,7 +12,6 @@ import numpy as np
 import torch
 
 from clipforge.encoders.bundle import Bundle
-from clipforge.encoders.pixels import to_batch
 from clipforge.encoders.prompts import ensemble, fill
 from clipforge.service.batcher import MicroBatcher
 from clipforge.service.decode import DecodePool, ImagePrep, Prepared, api_error
@@ -99,7 +98,7 @@ class Engine:
         return self.bundle.encode_texts(texts).numpy()  # [N, D]
 
     def encode_pixel_batch(self, pixels: list[Prepared]) -> np.ndarray:
-        batch = to_batch(pixels, self.image_prep.normalize)  # [N, 3, H, W] float32
+        batch = self.image_prep.batch(pixels)  # [N, 3, H, W] float32
         return self.bundle.encode_images(batch).numpy()  # [N, D]
 
     # --- public, async ---

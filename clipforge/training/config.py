@@ -10,7 +10,9 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
+from clipforge.encoders.images import DEFAULT_MAX_PIXELS
 from clipforge.encoders.prompts import DEFAULT_TEMPLATES
+from clipforge.encoders.text import MAX_CAPTION_CHARS
 
 PRESET_DIR = Path(__file__).parent / "configs"
 
@@ -36,8 +38,8 @@ class DataCfg:
     shard_shuffle: bool = True
     sample_shuffle: int = 2000  # shuffle buffer (samples); 0 disables
     workers: int = 1  # DataLoader worker processes decoding images off the training thread
-    max_pixels: int = 89_478_485  # images above this are skipped as decompression bombs
-    max_caption_chars: int = 1000
+    max_pixels: int = DEFAULT_MAX_PIXELS  # images above this are skipped as decompression bombs
+    max_caption_chars: int = MAX_CAPTION_CHARS
 
 
 @dataclass(frozen=True)

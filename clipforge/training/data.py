@@ -20,7 +20,9 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from clipforge.encoders.images import DEFAULT_MAX_PIXELS
 from clipforge.encoders.shards import decode_sample, expand_urls, raw_samples  # noqa: F401 (re-exported)
+from clipforge.encoders.text import MAX_CAPTION_CHARS
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +54,8 @@ class StreamSpec:
     rank: int = 0
     world_size: int = 1
     caption_key: str = "txt"
-    max_pixels: int = 89_478_485
-    max_caption_chars: int = 1000
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_caption_chars: int = MAX_CAPTION_CHARS
     resume: dict[int, tuple[int, int]] = field(default_factory=dict)  # worker -> (epoch, cursor)
     first_worker: int = 0  # logical worker that yields the next batch (DataLoader starts at worker slot 0)
 

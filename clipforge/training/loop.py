@@ -14,6 +14,7 @@ from tqdm import tqdm
 from clipforge.encoders.backends import TorchEncoder
 from clipforge.encoders.bundle import load_bundle, save_bundle
 from clipforge.encoders.device import resolve_device, resolve_precision
+from clipforge.encoders.images import draft_size
 from clipforge.encoders.model import (
     Preprocess,
     build_model,
@@ -182,7 +183,7 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True) -> dict
         TrainTransform(pp["image_size"], pp["interpolation"]),
         get_tokenizer(tokenizer_cfg(model_cfg)),
         cfg.train.batch_size,
-        draft_size=pp["image_size"] * 2,
+        draft_size=draft_size(pp),
     )
     loader = make_loader(stream, cfg.data.workers)
     metrics = MetricsLog(run_dir / "metrics.jsonl", info.is_main)

@@ -38,7 +38,7 @@ def test_batched_normalisation_matches_the_bundle_transform(micro_bundle):
     expected = torch.stack([bundle.transform(bundle.load_image(b)) for b in blobs])
     assert torch.equal(torch.from_numpy(batches[0].image_features), bundle.encode_images(expected))
     assert [it.width for it in batches[0].items] == [53, 20, 9, 40]
-    u8 = decode(bundle, recs[0], split[0])
+    u8 = decode(bundle, recs[0])
     assert isinstance(u8[0], np.ndarray) and u8[0].dtype == np.uint8  # the float tensor is made per batch
 
 

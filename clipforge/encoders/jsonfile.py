@@ -1,0 +1,29 @@
+"""Reading the small JSON files clipforge writes beside its data (bundle.json, an index's manifest)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+
+def read_format_json(
+    path: Path, fmt: str, shape: Mapping[str, type], required: tuple[str, ...], error: type[Exception], what: str
+) -> dict[str, Any]:
+    """The JSON object at `path`, or `error` with one line: not JSON, not `{"format": fmt, ...}`, a key of
+    `shape` holding another type (a bool is not an int), or a `required` key missing."""
+    try:
+        value = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exn:
+        raise error(f"{path} is not valid JSON: {exn}") from exn
+    if not isinstance(value, dict) or value.get("format") != fmt:
+        found = value.get("format") if isinstance(value, dict) else type(value).__name__
+        raise error(f"{path}: unsupported {what} format {found!r}, expected {fmt}")
+    for key, kind in shape.items():
+        if key in value and (not isinstance(value[key], kind) or (isinstance(value[key], bool) and kind is not bool)):
+            raise error(f"{path}: {key!r} should be {kind.__name__}, not {type(value[key]).__name__}: corrupt")
+    for key in required:
+        if key not in value:
+            raise error(f"{path}: {key!r} is missing: corrupt or not written by clipforge")
+    return value
