@@ -30,11 +30,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from clipforge.data.shards import iter_pairs  # noqa: E402
 from clipforge.encoders.bundle import load_bundle, save_bundle  # noqa: E402
 from clipforge.encoders.model import build_model, resolve_model_config  # noqa: E402
-from clipforge.encoders.shards import iter_pairs  # noqa: E402
 from clipforge.index import Index  # noqa: E402
-from clipforge.index.embed import _chunks, _decode_batch, shard_records  # noqa: E402
+from clipforge.index.embed import chunks, decode_batch, shard_records  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,8 +72,8 @@ def main(argv: list[str] | None = None) -> int:
 
         def read_and_decode() -> None:  # what index build does besides the forward, on one thread
             c0 = time.process_time()
-            for recs in _chunks(shard_records(synth["train"], "txt", Counter()), a.batch_size):
-                _decode_batch(bundle, recs)
+            for recs in chunks(shard_records(synth["train"], "txt", Counter()), a.batch_size):
+                decode_batch(bundle, recs)
             cpu["decode"].append(1000 * (time.process_time() - c0) / len(pairs))
 
         def index_build(rep: int) -> float:

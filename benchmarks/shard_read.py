@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import webdataset as wds  # noqa: E402
 
 from benchmarks.peer_openclip import ensure_data  # noqa: E402
-from clipforge.encoders.shards import expand_urls, raw_samples  # noqa: E402
+from clipforge.data.shards import expand_urls, raw_samples  # noqa: E402
 
 
 def with_tarfile(shards: list[str]) -> int:

@@ -46,7 +46,7 @@ def embed_to_parts(
     if is_folder(data):
         records, total, shards = folder_records(data), count_folder_images(data), None
     elif any(c in data for c in "{}:/.") or Path(data).suffix == ".tar":
-        from clipforge.encoders.shards import expand_urls
+        from clipforge.data.shards import expand_urls
 
         records, total, shards = shard_records(data, caption_key, stats), None, len(expand_urls(data))
     else:

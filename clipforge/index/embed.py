@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from clipforge.data.shards import IMAGE_KEYS, expand_urls, raw_samples, read_caption
 from clipforge.encoders.images import IMAGE_EXTENSIONS, ImageDecodeError
-from clipforge.encoders.shards import IMAGE_KEYS, expand_urls, raw_samples, read_caption
 from clipforge.encoders.text import clean_caption
 from clipforge.index.meta import check_extra
 from clipforge.index.types import IndexError_, Item
@@ -122,7 +122,7 @@ def decode(bundle: Any, rec: Record) -> tuple[Any, int, int] | str:
     return pixels, width, height
 
 
-def _decode_batch(bundle: Any, recs: list[Record]) -> tuple[list[tuple[Record, Any]], Any]:
+def decode_batch(bundle: Any, recs: list[Record]) -> tuple[list[tuple[Record, Any]], Any]:
     """Per record (width, height) or the skip reason, and the pixels [n_ok, 3, H, W] of those that decoded."""
     out: list[tuple[Record, Any]] = []
     pixels: list[Any] = []
@@ -136,7 +136,7 @@ def _decode_batch(bundle: Any, recs: list[Record]) -> tuple[list[tuple[Record, A
     return out, bundle.image_prep.batch(pixels)
 
 
-def _chunks(records: Iterator[Record], size: int) -> Iterator[list[Record]]:
+def chunks(records: Iterator[Record], size: int) -> Iterator[list[Record]]:
     buf: list[Record] = []
     for r in records:
         buf.append(r)
@@ -171,11 +171,11 @@ def embed_records(
     bar = tqdm(total=total, disable=not progress, unit="img", desc="embed", dynamic_ncols=True, mininterval=1.0)
     bar.shards = shards
     pending: list[Future[tuple[list[tuple[Record, Any]], Any]]] = []
-    batches = _chunks(records, batch_size)
+    batches = chunks(records, batch_size)
     t0 = time.perf_counter()
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="clipforge-decode") as pool:
         for recs in batches:  # keep workers + 1 batches decoding ahead of the encoder
-            pending.append(pool.submit(_decode_batch, bundle, recs))
+            pending.append(pool.submit(decode_batch, bundle, recs))
             if len(pending) <= workers:
                 continue
             yield from _encode(bundle, *pending.pop(0).result(), stats, bar, next_id)

@@ -30,7 +30,6 @@ import numpy as np
 
 EncodeFn = Callable[[list[Any]], np.ndarray]  # N prepared items -> [N, D] float32
 PrepareFn = Callable[[list[Any]], list[Any]]  # N raw items -> N prepared items, an Exception in place of a bad one
-KINDS = ("text", "image")
 
 
 @dataclass(eq=False)  # hashed by identity

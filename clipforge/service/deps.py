@@ -60,7 +60,7 @@ EngineDep = Annotated[Engine, Depends(get_engine)]
 IndexDep = Annotated[IndexHandle, Depends(get_index)]
 
 
-def _matches(given: str | None, *keys: object) -> bool:
+def key_matches(given: str | None, *keys: object) -> bool:
     if not given:
         return False
     # compare_digest on bytes: constant time, and no TypeError on non-ASCII header values
@@ -72,7 +72,7 @@ def _matches(given: str | None, *keys: object) -> bool:
 
 async def require_read(settings: SettingsDep, key: Annotated[str | None, Security(_api_key)] = None) -> None:
     """Reads are open unless a read key is configured; then the read key or the write key is needed."""
-    if settings.reads_protected and not _matches(key, settings.read_api_key, settings.api_key):
+    if settings.reads_protected and not key_matches(key, settings.read_api_key, settings.api_key):
         raise APIError(401, "unauthorized", f"missing or wrong {API_KEY_HEADER}", {"WWW-Authenticate": "APIKey"})
 
 
@@ -80,7 +80,7 @@ async def require_write(settings: SettingsDep, key: Annotated[str | None, Securi
     """Writes are refused (403) when no write key is configured, and need the write key otherwise."""
     if not settings.writes_enabled:
         raise APIError(403, "writes_disabled", "writes are disabled: the server has no API key configured")
-    if not _matches(key, settings.api_key):
+    if not key_matches(key, settings.api_key):
         raise APIError(401, "unauthorized", f"missing or wrong {API_KEY_HEADER}", {"WWW-Authenticate": "APIKey"})
 
 

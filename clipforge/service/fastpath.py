@@ -17,9 +17,9 @@ from typing import Any
 import pydantic_core
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from clipforge.service.deps import API_KEY_HEADER, _matches, get_engine, get_settings, maybe_engine, require_read
+from clipforge.service.checks import check_text
+from clipforge.service.deps import API_KEY_HEADER, get_engine, get_settings, key_matches, maybe_engine, require_read
 from clipforge.service.payload import decode_base64_image, loads
-from clipforge.service.routers.classify import check_text
 
 PATH = "/v1/embed"
 FIELDS = frozenset(("texts", "images"))
@@ -99,7 +99,7 @@ class EmbedFastPath:
 def _key_ok(headers: dict[bytes, bytes], settings: Any) -> bool:
     raw = headers.get(_KEY_HEADER)
     try:
-        return raw is not None and _matches(raw.decode("latin-1"), settings.read_api_key, settings.api_key)
+        return raw is not None and key_matches(raw.decode("latin-1"), settings.read_api_key, settings.api_key)
     except UnicodeDecodeError:
         return False
 

@@ -58,8 +58,8 @@ class Settings(BaseSettings):
     prepare_threads: int = Field(1, ge=1)  # image decode + preprocess threads, overlapping the encoder
     # worker processes that decode + preprocess images outside the server's GIL (which the event loop and
     # the encoder need), and outside the server: a codec that crashes takes down a worker, not the server.
-    # 0 decodes on the prepare threads in this process. Off by default: on a busy 2-core machine 1 did not
-    # measurably raise throughput (benchmarks/service_bench.py --decode-processes 0,1 measures it).
+    # 0 decodes on the prepare threads in this process. Off by default: `benchmarks/service_bench.py
+    # --decode-processes 0,1` measures what 1 gives (benchmarks/RESULTS.md, "Service").
     decode_processes: int = Field(0, ge=0, le=64)
     # intra-op threads of the encoder; 0 leaves torch's default (one per core; with several workers, the
     # cores divided among them). Set for the whole process.

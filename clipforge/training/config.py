@@ -11,6 +11,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 import yaml
 
 from clipforge.encoders.images import DEFAULT_MAX_PIXELS
+from clipforge.encoders.model import MAX_LOGIT_SCALE
 from clipforge.encoders.prompts import DEFAULT_TEMPLATES
 from clipforge.encoders.text import MAX_CAPTION_CHARS
 
@@ -45,7 +46,7 @@ class DataCfg:
 @dataclass(frozen=True)
 class LossCfg:
     kind: str = "clip"  # "clip" (symmetric InfoNCE) or "siglip" (pairwise sigmoid)
-    max_logit_scale: float = 100.0
+    max_logit_scale: float = MAX_LOGIT_SCALE  # exp(logit_scale) is clamped here; bundles report it clamped
     init_logit_bias: float = -10.0  # SigLIP only
 
 

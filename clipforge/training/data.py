@@ -20,8 +20,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from clipforge.data.shards import decode_sample, expand_urls, raw_samples  # noqa: F401 (re-exported)
 from clipforge.encoders.images import DEFAULT_MAX_PIXELS
-from clipforge.encoders.shards import decode_sample, expand_urls, raw_samples  # noqa: F401 (re-exported)
 from clipforge.encoders.text import MAX_CAPTION_CHARS
 
 log = logging.getLogger(__name__)

@@ -12,11 +12,11 @@ from typing import Any
 
 import torch
 
+from clipforge.data.shards import iter_pairs
 from clipforge.encoders.backends import Encoder
 from clipforge.encoders.images import IMAGE_EXTENSIONS, ImageDecodeError, load_image
 from clipforge.encoders.model import Preprocess
 from clipforge.encoders.prompts import DEFAULT_TEMPLATES, check_templates, class_embeddings
-from clipforge.encoders.shards import iter_pairs
 from clipforge.training.diagnostics import coordination_diagnostics
 
 

@@ -83,8 +83,8 @@ def retrieval_examples(run: Path, cfg: dict[str, Any], n_queries: int = 4, k: in
     val = cfg.get("data", {}).get("val")
     if not val or not (run / "bundle" / "bundle.json").is_file():
         return "<p>No held-out shards or bundle: no retrieval examples.</p>"
+    from clipforge.data.shards import iter_pairs
     from clipforge.encoders.bundle import load_bundle
-    from clipforge.encoders.shards import iter_pairs
 
     bundle = load_bundle(run / "bundle", device="cpu")
     pairs = list(iter_pairs(val, caption_key=cfg["data"].get("caption_key", "txt"), limit=200))

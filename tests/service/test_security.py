@@ -80,7 +80,7 @@ def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp
     assert s.bundle == tmp_path and s.max_k == 7 and s.writes_enabled and s.label_sets == {"pets": ["cat", "dog"]}
     assert s.cors_origins == ["https://a.example"] and "s3cret" not in repr(s)
     monkeypatch.setenv("CLIPFORGE_TEMPLATES", '["no slot"]')
-    with pytest.raises(ValueError, match="must contain"):
+    with pytest.raises(ValueError, match="has no '{}'"):
         Settings()
 
 

@@ -7,11 +7,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Request, Response
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
+from clipforge.service.checks import check_text, image_url
 from clipforge.service.deps import EngineDep, IndexDep, ReadAccess, SettingsDep, WriteAccess
 from clipforge.service.errors import APIError, error_responses
 from clipforge.service.payload import parse_body, request_body
-from clipforge.service.routers.classify import check_text
-from clipforge.service.routers.search import image_url
 from clipforge.service.store import get_item as lookup_item
 from clipforge.service.store import index_errors, run_query
 

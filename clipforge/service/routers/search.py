@@ -10,10 +10,10 @@ import numpy as np
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
+from clipforge.service.checks import check_text, image_url
 from clipforge.service.deps import EngineDep, IndexDep, ReadAccess, SettingsDep
 from clipforge.service.errors import APIError, error_responses
 from clipforge.service.payload import parse_body, request_body
-from clipforge.service.routers.classify import check_text
 from clipforge.service.settings import Settings
 from clipforge.service.store import get_item, run_query
 
@@ -53,10 +53,6 @@ class SearchResponse(BaseModel):
     query: Literal["text", "image", "vector", "id"]
     target: Literal["images", "captions"]
     results: list[SearchHit]
-
-
-def image_url(request: Request, item_id: int) -> str:
-    return f"{request.scope.get('root_path', '')}/v1/items/{item_id}/image"
 
 
 def public_metadata(metadata: dict[str, Any] | None) -> dict[str, Any]:

@@ -5,8 +5,8 @@ from collections import Counter
 import pytest
 import webdataset as wds
 
-from clipforge.encoders.shards import raw_samples
-from clipforge.encoders.tarstream import TarError, tar_members
+from clipforge.data.shards import raw_samples
+from clipforge.data.tarstream import TarError, tar_members
 
 LONG = "deep/" * 30 + "name-longer-than-one-hundred-bytes.jpg"  # 188 chars: needs prefix, GNU L or pax
 

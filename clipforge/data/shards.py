@@ -19,7 +19,7 @@ import braceexpand
 import webdataset as wds
 
 from clipforge.encoders.images import DEFAULT_MAX_PIXELS, ImageDecodeError, load_image
-from clipforge.encoders.tarstream import TarError, tar_members
+from clipforge.data.tarstream import TarError, tar_members
 from clipforge.encoders.text import MAX_CAPTION_CHARS, clean_caption
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")

@@ -1,13 +1,14 @@
-"""A streaming reader for the tar members of WebDataset shards, several times cheaper than `tarfile`.
+"""A streaming reader for the tar members of WebDataset shards, cheaper than `tarfile`.
 
 Python's `tarfile` builds a full `TarInfo` per member (every field parsed, several Python calls per field);
 for shards of small JPEGs that was the largest single cost in a data worker's profile, and on small machines
-a worker's CPU is CPU taken from the training step (`benchmarks/shard_read.py`: ~4.5x less CPU per sample). This reader parses only what a shard needs (name, size, type), checks each
+a worker's CPU is CPU taken from the training step (`benchmarks/shard_read.py` measures it; figures in
+benchmarks/RESULTS.md). This reader parses only what a shard needs (name, size, type), checks each
 header's checksum, and understands the members real shards contain: ustar and GNU regular files, POSIX
 pax headers ('x' per member, 'g' global) and GNU long names ('L'). Directories, links and other special
 members are skipped. A corrupt header or a truncated member raises `TarError`, which the caller counts.
 
-`tests/encoders/test_tarstream.py` checks it against `tarfile` on archives written by `tarfile` in every
+`tests/data/test_tarstream.py` checks it against `tarfile` on archives written by `tarfile` in every
 format, by webdataset's TarWriter, and on truncated and corrupted ones.
 """
 
