@@ -127,7 +127,8 @@ def cmd_bundle_info(a: argparse.Namespace) -> int:
     from clipforge.encoders.bundle import read_bundle_meta
 
     meta = read_bundle_meta(a.bundle)
-    meta.get("provenance", {}).pop("config", None)
+    if isinstance(meta.get("provenance"), dict):  # the full training config is long; `provenance: "x"` is shown
+        meta["provenance"].pop("config", None)
     _print_json(meta)
     return 0
 

@@ -26,6 +26,7 @@ from clipforge.encoders.model import (
     build_model,
     get_tokenizer,
     image_transform,
+    load_weights,
     preprocess_cfg,
     state_dict_mismatch,
     tokenizer_cfg,
@@ -220,8 +221,7 @@ def read_model(path: Path, meta: dict[str, Any]) -> torch.nn.Module:
     problem = state_dict_mismatch(model, state)
     if problem:
         raise BundleError(f"{path}: weights do not fit the architecture: {problem}")
-    model.load_state_dict(state)
-    return model
+    return load_weights(model, state, str(path))
 
 
 def _torch_encoder(path: Path, meta: dict[str, Any], tokenizer: Tokenizer, dev: torch.device, prec: str) -> Encoder:

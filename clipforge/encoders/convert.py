@@ -14,7 +14,14 @@ import torch
 from safetensors.torch import save_file
 
 from clipforge.encoders.bundle import Bundle, load_bundle, save_bundle, swap_in
-from clipforge.encoders.model import build_model, preprocess_cfg, resolve_model_config
+from clipforge.encoders.model import (
+    WeightsMismatch,
+    build_model,
+    key_summary,
+    load_weights,
+    preprocess_cfg,
+    resolve_model_config,
+)
 
 ONNX_DIR = "onnx"
 ONNX_FILES = {"image_encoder.onnx", "text_encoder.onnx", "onnx.json"}
@@ -34,14 +41,14 @@ def import_open_clip(arch: str, weights: str | Path, out: str | Path, *, quick_g
     try:
         state = load_state_dict(str(weights), weights_only=True)
     except Exception as exn:
+        reason = " ".join(str(exn).split())[:200]
         raise ValueError(
-            f"cannot read {weights} as a state dict (safetensors or weights-only torch file): {exn}"
+            f"cannot read {weights} as a state dict (safetensors or weights-only torch file): {reason}"
         ) from exn
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{weights} is not a state dict of tensors")
     model = build_model(cfg, init_logit_bias=0.0 if "logit_bias" in state else None)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if k != "attn_mask"]
-    if missing or unexpected:
-        raise ValueError(f"{weights} does not fit {arch}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    load_weights(model, state, f"{weights} ({arch})")
     return save_bundle(model, out, arch=name, model_cfg=cfg, loss="siglip" if "logit_bias" in state else "clip",
                        provenance={"imported_from": str(weights), "format": "open_clip"})  # fmt: skip
 
@@ -95,21 +102,57 @@ def hf_clip_to_open_clip(src: dict[str, torch.Tensor], layers_v: int, layers_t: 
     return out
 
 
+def read_hf_config(directory: Path) -> dict[str, Any]:
+    """config.json of a transformers CLIP directory, or one line saying what is wrong with it."""
+    path = directory / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{directory}: no config.json (not a transformers model directory)")
+    try:
+        hf_cfg = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exn:
+        raise ValueError(f"{path} is not valid JSON: {exn}") from exn
+    if not isinstance(hf_cfg, dict):
+        raise ValueError(f"{path}: expected a JSON object, found a {type(hf_cfg).__name__}")
+    if hf_cfg.get("model_type") != "clip":
+        raise ValueError(f"{directory}: model_type {hf_cfg.get('model_type')!r} is not supported (only 'clip')")
+    for part in ("vision_config", "text_config"):
+        if not isinstance(hf_cfg.get(part, {}), dict):
+            raise ValueError(f"{path}: {part!r} should be an object")
+    return hf_cfg
+
+
+# buffers some transformers versions save and others rebuild: neither missing nor extra is a problem
+HF_OPTIONAL = re.compile(r".*position_ids$")
+
+
+def load_hf_clip(model_cls: Any, directory: Path) -> Any:
+    """transformers' CLIPModel from `directory`, refusing what from_pretrained lets through with a log line:
+    weights missing (initialised at random), unexpected or of another shape; unreadable weight files too."""
+    try:
+        hf, info = model_cls.from_pretrained(str(directory), local_files_only=True, output_loading_info=True)
+    except Exception as exn:  # a truncated file: safetensors' own error types, OSError, ValueError
+        reason = " ".join(str(exn).split())[:200]
+        raise ValueError(f"{directory}: cannot load the transformers weights: {reason}") from exn
+    missing = [k for k in info.get("missing_keys", []) if not HF_OPTIONAL.match(k)]
+    unexpected = [k for k in info.get("unexpected_keys", []) if not HF_OPTIONAL.match(k)]
+    shapes = [str(m[0]) if isinstance(m, tuple | list) else str(m) for m in info.get("mismatched_keys", [])]
+    groups = (("missing", missing), ("unexpected", unexpected), ("mis-shaped", shapes))
+    problem = "; ".join(key_summary(label, sorted(keys)) for label, keys in groups if keys)
+    if problem:
+        raise WeightsMismatch(f"{directory}: the weights do not fit its config.json: {problem}")
+    return hf.eval()
+
+
 def import_hf_clip(directory: str | Path, out: str | Path) -> str:
     """A Hugging Face CLIP model directory (config.json + weights + tokenizer files) -> bundle."""
     from transformers import CLIPModel
 
     directory, out = Path(directory), Path(out)
-    hf_cfg = json.loads((directory / "config.json").read_text())
-    if hf_cfg.get("model_type") != "clip":
-        raise ValueError(f"{directory}: model_type {hf_cfg.get('model_type')!r} is not supported (only 'clip')")
-    hf = CLIPModel.from_pretrained(str(directory), local_files_only=True).eval()
+    read_hf_config(directory)  # one line for what transformers would answer with a traceback
+    hf = load_hf_clip(CLIPModel, directory)
     cfg = hf_clip_config(hf.config.to_dict())
     state = hf_clip_to_open_clip(hf.state_dict(), cfg["vision_cfg"]["layers"], cfg["text_cfg"]["layers"])
-    model = build_model(cfg)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if [k for k in missing if k != "attn_mask"] or unexpected:
-        raise ValueError(f"conversion left missing={missing} unexpected={unexpected}")
+    model = load_weights(build_model(cfg), state, f"{directory} (converted)")
     pre = (
         json.loads((directory / "preprocessor_config.json").read_text())
         if (directory / "preprocessor_config.json").is_file()

@@ -105,20 +105,35 @@ def get_tokenizer(tok_cfg: dict[str, Any]) -> Tokenizer:
     return Tokenizer(tok_cfg["name"], tok_cfg["context_length"])
 
 
+class WeightsMismatch(ValueError):
+    """Weights that do not fit an architecture: keys missing, unexpected or of another shape."""
+
+
+def key_summary(label: str, keys: list[str], show: int = 3) -> str:
+    """'2 missing (a, b)' / '40 unexpected (a, b, c, and 37 more)': a key list in one short phrase."""
+    more = f", and {len(keys) - show} more" if len(keys) > show else ""
+    return f"{len(keys)} {label} ({', '.join(keys[:show])}{more})"
+
+
 def state_dict_mismatch(model: torch.nn.Module, state: dict[str, Any], show: int = 3) -> str:
     """'' when `state` loads into `model` exactly; else one line naming the first few missing, unexpected and
     mis-shaped keys with their counts (instead of PyTorch's message listing every key)."""
     own = model.state_dict()
-    missing = [k for k in own if k not in state]
+    missing = [k for k in own if k not in state and not k.endswith("attn_mask")]  # a buffer open_clip rebuilds
     unexpected = [k for k in state if k not in own]
     shapes = [
         f"{k} {tuple(state[k].shape)} != {tuple(own[k].shape)}"
         for k in own
         if k in state and tuple(getattr(state[k], "shape", ())) != tuple(own[k].shape)
     ]
-    parts = []
-    for label, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", shapes)):
-        if keys:
-            more = f", and {len(keys) - show} more" if len(keys) > show else ""
-            parts.append(f"{len(keys)} {label} ({', '.join(keys[:show])}{more})")
-    return "; ".join(parts)
+    groups = (("missing", missing), ("unexpected", unexpected), ("mis-shaped", shapes))
+    return "; ".join(key_summary(label, keys, show) for label, keys in groups if keys)
+
+
+def load_weights(model: torch.nn.Module, state: dict[str, Any], where: str) -> torch.nn.Module:
+    """Load `state` into `model`, or raise WeightsMismatch with `state_dict_mismatch`'s one line."""
+    problem = state_dict_mismatch(model, state)
+    if problem:
+        raise WeightsMismatch(f"{where} does not fit the architecture: {problem}")
+    model.load_state_dict(state, strict=False)  # strict=False: only the rebuilt attn_mask may be absent
+    return model

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from clipforge.encoders.bundle import save_bundle
-from clipforge.encoders.model import build_model
+from clipforge.encoders.model import build_model, load_weights
 from clipforge.training.checkpoint import latest_valid_checkpoint, load_checkpoint
 
 
@@ -22,7 +22,7 @@ def export_bundle(source: str | Path, out: str | Path) -> str:
         raise FileNotFoundError(f"{source} is neither a run directory nor a checkpoint file")
     siglip = ckpt.get("loss") == "siglip"
     model = build_model(ckpt["model_cfg"], init_logit_bias=0.0 if siglip else None)
-    model.load_state_dict(ckpt["model"])
+    load_weights(model, ckpt["model"], f"the checkpoint's model ({ckpt['arch']})")
     cfg = ckpt.get("config", {})
     return save_bundle(
         model,

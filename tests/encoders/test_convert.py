@@ -196,3 +196,71 @@ def test_saving_a_bundle_never_replaces_other_files_or_keeps_nan_weights(tmp_pat
     with pytest.raises(BundleError, match="NaN"):
         save_bundle(b.model, tmp_path / "nan", arch=meta["arch"], model_cfg=meta["model_cfg"])
     assert not (tmp_path / "nan").exists()
+
+
+def _one_line_error(capsys, argv):
+    from clipforge.cli import main
+
+    capsys.readouterr()
+    rc = main(argv)
+    err = capsys.readouterr().err  # transformers may draw a progress bar first
+    lines = err.replace("\r", "\n").splitlines()
+    assert rc == 1 and "Traceback" not in err and len(lines[-1]) < 600, err
+    assert lines[-1].startswith("clipforge: error: ") and sum("clipforge" in ln for ln in lines) == 1, err
+    return lines[-1]
+
+
+def test_hf_weights_missing_half_their_keys_are_refused_by_name_and_count(tmp_path, capsys):
+    """transformers initialises missing weights at random and only logs it: the import served a random model."""
+    from safetensors.torch import load_file, save_file
+
+    tiny_hf_clip(tmp_path / "hf")
+    weights = tmp_path / "hf" / "model.safetensors"
+    state = load_file(str(weights))
+    kept = dict(sorted(state.items())[: len(state) // 2])
+    save_file(kept, str(weights), metadata={"format": "pt"})
+    err = _one_line_error(capsys, ["bundle", "import", "--hf", str(tmp_path / "hf"), str(tmp_path / "b")])
+    assert f"{len(state) - len(kept)} missing (" in err and "and " in err, err
+    assert not (tmp_path / "b").exists()
+
+
+def test_bad_bundle_import_inputs_are_one_line(tmp_path, micro_bundle, capsys):
+    tiny_hf_clip(tmp_path / "hf")
+    weights = tmp_path / "hf" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # truncated
+    err = _one_line_error(capsys, ["bundle", "import", "--hf", str(tmp_path / "hf"), str(tmp_path / "b")])
+    assert "cannot load the transformers weights" in err
+    (tmp_path / "hf" / "config.json").write_text("[1, 2]")
+    assert "expected a JSON object, found a list" in _one_line_error(
+        capsys, ["bundle", "import", "--hf", str(tmp_path / "hf"), str(tmp_path / "b")]
+    )
+    cut = tmp_path / "cut.safetensors"
+    data = (micro_bundle / "model.safetensors").read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    err = _one_line_error(
+        capsys, ["bundle", "import", "--arch", "cf-micro-vit", "--weights", str(cut), str(tmp_path / "b2")]
+    )
+    assert "cannot read" in err
+
+
+def test_weights_of_another_architecture_name_the_keys_with_counts(tmp_path, micro_bundle, capsys):
+    """PyTorch's load_state_dict message lists every key (38 lines for these); one line with counts instead."""
+    err = _one_line_error(
+        capsys,
+        ["bundle", "import", "--arch", "cf-tiny-vit", "--weights", str(micro_bundle / "model.safetensors"),
+         str(tmp_path / "b")],
+    )  # fmt: skip
+    assert "does not fit the architecture" in err and "mis-shaped (" in err and " != " in err, err
+    assert "missing (" in err or "unexpected (" in err, err
+
+
+def test_bundle_info_shows_a_provenance_that_is_not_an_object(tmp_path, micro_bundle, capsys):
+    import shutil
+
+    from clipforge.cli import main
+
+    shutil.copytree(micro_bundle, tmp_path / "b")
+    meta = json.loads((tmp_path / "b" / "bundle.json").read_text())
+    (tmp_path / "b" / "bundle.json").write_text(json.dumps({**meta, "provenance": "x"}))
+    assert main(["bundle", "info", str(tmp_path / "b")]) == 0
+    assert json.loads(capsys.readouterr().out)["provenance"] == "x"
