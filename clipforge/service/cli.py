@@ -23,6 +23,21 @@ def preflight(settings: Any) -> None:
                              f"not {settings.bundle} ({meta['weights_sha256'][:12]})")  # fmt: skip
 
 
+def settings_or_one_line(settings_cls: Any, overrides: dict[str, Any]) -> Any:
+    """Settings from flags + environment, or ValueError naming the first bad one as the user gave it (a flag,
+    or a CLIPFORGE_* variable) instead of pydantic's multi-line report."""
+    from pydantic import ValidationError
+
+    try:
+        return settings_cls(**overrides)
+    except ValidationError as exn:
+        first = exn.errors()[0]
+        name = str(first["loc"][0]) if first["loc"] else "settings"
+        where = f"--{name.replace('_', '-')}" if name in overrides else f"CLIPFORGE_{name.upper()}"
+        more = f" (and {exn.error_count() - 1} more)" if exn.error_count() > 1 else ""
+        raise ValueError(f"{where}: {first['msg']}, got {first.get('input')!r}{more}") from None
+
+
 def cmd_serve(a: argparse.Namespace) -> int:
     import os
     import tempfile
@@ -36,7 +51,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
     flags = {"bundle": a.bundle, "index": a.index, "host": a.host, "port": a.port, "device": a.device,
              "workers": a.workers}  # fmt: skip
     overrides: dict[str, Any] = {k: v for k, v in flags.items() if v is not None}
-    settings = Settings(**overrides)
+    settings = settings_or_one_line(Settings, overrides)
     if settings.bundle is None:
         raise ValueError("no bundle: give --bundle DIR or set CLIPFORGE_BUNDLE")
     preflight(settings)

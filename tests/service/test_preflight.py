@@ -76,3 +76,16 @@ def test_the_main_jobs_serve_step_has_every_serve_flag(tmp_path: Path) -> None:
     assert (a.workers, a.log_level, a.access_log) == (None, "warning", False)
     with pytest.raises(ValueError, match="not a clipforge bundle"):
         a.func(a)
+
+
+def test_a_bad_flag_value_is_one_line_naming_the_flag(micro_bundle: Path, capsys, monkeypatch) -> None:
+    """pydantic's report was four lines, naming the field, not the flag."""
+    from clipforge.cli import main
+
+    assert main(["serve", "--bundle", str(micro_bundle), "--port", "70000"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("clipforge: error: --port: ") and "70000" in err, err
+    monkeypatch.setenv("CLIPFORGE_MAX_K", "-3")
+    assert main(["serve", "--bundle", str(micro_bundle)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "CLIPFORGE_MAX_K: " in err, err
