@@ -1,4 +1,4 @@
-"""Reading shards: webdataset's tarfile-based member iterator vs encoders.tarstream, CPU time per sample.
+"""Reading shards: webdataset's tarfile-based member iterator vs data.tarstream, CPU time per sample.
 
 Both read the same synthetic shards (small JPEG + caption per sample) into the same sample dicts, alternately;
 prints CPU microseconds per sample and the ratio.

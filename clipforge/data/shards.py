@@ -1,8 +1,8 @@
 """Reading WebDataset shards: shared by training (the training stream) and index (embedding shards).
 
 Opening URLs (local paths, `pipe:`), brace expansion and grouping members into samples come from the
-webdataset library; tar headers are parsed by `encoders.tarstream`, a lean reader ~4.5x cheaper than
-`tarfile` per sample (`benchmarks/shard_read.py`). This module adds the decoding policy: which member is the
+webdataset library; tar headers are parsed by `data.tarstream`, a lean reader cheaper than `tarfile` per
+sample (`benchmarks/shard_read.py`; figures in benchmarks/RESULTS.md). This module adds the decoding policy: which member is the
 image and which the caption, and why a sample is skipped.
 """
 
@@ -85,7 +85,7 @@ def _shard_files(opened: Iterator[dict[str, Any]], failed: Any) -> Iterator[dict
     """webdataset's file records ({fname, data, __url__}, then {} at each shard's end) via our tar reader.
 
     Same contract as webdataset's tar_file_expander (metadata members named __*__ skipped, a broken shard
-    reported to `failed` and left for the next one), with `encoders.tarstream` in place of `tarfile`."""
+    reported to `failed` and left for the next one), with `data.tarstream` in place of `tarfile`."""
     for source in opened:
         url = source["url"]
         try:

@@ -32,6 +32,7 @@ from clipforge.encoders.model import (
     tokenizer_cfg,
 )
 from clipforge.encoders.pixels import ImagePrep
+from clipforge.encoders.text import one_line
 from clipforge.encoders.tokenizer import Tokenizer
 
 BUNDLE_FORMAT = "clipforge-bundle/1"
@@ -241,7 +242,7 @@ def _onnx_encoder(path: Path, meta: dict[str, Any], tokenizer: Tokenizer, dev: t
     except ImportError as exn:
         raise BundleError("the onnx backend needs onnxruntime: pip install 'clipforge[onnx]'") from exn
     except Exception as exn:  # onnxruntime's own errors for a corrupt or truncated graph
-        reason = " ".join(str(exn).split())[:200]
+        reason = one_line(exn)
         raise BundleError(f"{path}: cannot load the ONNX graphs in {onnx_dir}: {reason}") from exn
 
 

@@ -22,6 +22,7 @@ from clipforge.encoders.model import (
     preprocess_cfg,
     resolve_model_config,
 )
+from clipforge.encoders.text import one_line
 
 ONNX_DIR = "onnx"
 ONNX_FILES = {"image_encoder.onnx", "text_encoder.onnx", "onnx.json"}
@@ -41,7 +42,7 @@ def import_open_clip(arch: str, weights: str | Path, out: str | Path, *, quick_g
     try:
         state = load_state_dict(str(weights), weights_only=True)
     except Exception as exn:
-        reason = " ".join(str(exn).split())[:200]
+        reason = one_line(exn)
         raise ValueError(
             f"cannot read {weights} as a state dict (safetensors or weights-only torch file): {reason}"
         ) from exn
@@ -131,7 +132,7 @@ def load_hf_clip(model_cls: Any, directory: Path) -> Any:
     try:
         hf, info = model_cls.from_pretrained(str(directory), local_files_only=True, output_loading_info=True)
     except Exception as exn:  # a truncated file: safetensors' own error types, OSError, ValueError
-        reason = " ".join(str(exn).split())[:200]
+        reason = one_line(exn)
         raise ValueError(f"{directory}: cannot load the transformers weights: {reason}") from exn
     missing = [k for k in info.get("missing_keys", []) if not HF_OPTIONAL.match(k)]
     unexpected = [k for k in info.get("unexpected_keys", []) if not HF_OPTIONAL.match(k)]

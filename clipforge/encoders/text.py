@@ -10,3 +10,8 @@ def clean_caption(text: str | None, max_chars: int = MAX_CAPTION_CHARS) -> str |
     if text is None:
         return None
     return " ".join(text.split())[:max_chars] or None
+
+
+def one_line(message: object, limit: int = 200) -> str:
+    """A (library's, multi-line) error message as one short line for a CLI error or a log record."""
+    return " ".join(str(message).split())[:limit]
