@@ -17,18 +17,18 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from clipforge.encoders.backends import Encoder, TorchEncoder
+from clipforge.encoders.backends import Encoder, OnnxEncoder, TorchEncoder
 from clipforge.encoders.device import resolve_device, resolve_precision
 from clipforge.encoders.images import decode_image, draft_size, load_image
 from clipforge.encoders.jsonfile import read_format_json
 from clipforge.encoders.model import (
     MAX_LOGIT_SCALE,
+    WeightsMismatch,
     build_model,
     get_tokenizer,
     image_transform,
     load_weights,
     preprocess_cfg,
-    state_dict_mismatch,
     tokenizer_cfg,
 )
 from clipforge.encoders.pixels import ImagePrep
@@ -218,11 +218,11 @@ def read_model(path: Path, meta: dict[str, Any]) -> torch.nn.Module:
     try:
         state = load_file(str(path / WEIGHTS))
     except Exception as exn:  # safetensors raises its own error types for truncated files
-        raise BundleError(f"{path}: cannot read {WEIGHTS}: {exn}") from exn
-    problem = state_dict_mismatch(model, state)
-    if problem:
-        raise BundleError(f"{path}: weights do not fit the architecture: {problem}")
-    return load_weights(model, state, str(path))
+        raise BundleError(f"{path}: cannot read {WEIGHTS}: {one_line(exn)}") from exn
+    try:
+        return load_weights(model, state, str(path / WEIGHTS))
+    except WeightsMismatch as exn:
+        raise BundleError(str(exn)) from exn
 
 
 def _torch_encoder(path: Path, meta: dict[str, Any], tokenizer: Tokenizer, dev: torch.device, prec: str) -> Encoder:
@@ -233,10 +233,6 @@ def _onnx_encoder(path: Path, meta: dict[str, Any], tokenizer: Tokenizer, dev: t
     onnx_dir = path / ONNX_DIR
     if not (onnx_dir / "onnx.json").is_file():
         raise BundleError(f"{path}: no ONNX graphs; run `clipforge bundle export {path} --onnx` first")
-    try:
-        from clipforge.encoders.backends import OnnxEncoder
-    except ImportError as exn:
-        raise BundleError("the onnx backend needs onnxruntime: pip install 'clipforge[onnx]'") from exn
     try:
         return OnnxEncoder(onnx_dir, tokenizer, meta["weights_sha256"])
     except ImportError as exn:
