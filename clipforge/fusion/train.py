@@ -31,8 +31,13 @@ def label_names(cfg: FuseConfig, train: PairSet) -> list[str]:
     if cfg.head.task == "binary":
         return ["no", "yes"]
     if cfg.head.task == "multilabel":
-        return sorted({str(x) for v in train.labels for x in (v if isinstance(v, list) else [v])})
+        return sorted({x for v in train.labels for x in label_list(v)})
     return sorted({str(v) for v in train.labels})
+
+
+def label_list(v: Any) -> list[str]:
+    """A multilabel value: a JSON list, or (CSV) one string with names separated by '|'."""
+    return [str(x) for x in v] if isinstance(v, list) else [x for x in str(v).split("|") if x]
 
 
 def encode_targets(values: list[Any], task: str, labels: list[str]) -> np.ndarray:
@@ -56,10 +61,10 @@ def encode_targets(values: list[Any], task: str, labels: list[str]) -> np.ndarra
         return np.array([pos[str(v)] for v in values], np.int64)
     m = np.zeros((len(values), len(labels)), np.float32)
     for i, v in enumerate(values):
-        for x in v if isinstance(v, list) else [v]:
-            if str(x) not in pos:
+        for x in label_list(v):
+            if x not in pos:
                 raise ValueError(f"label {x!r} not among the head's labels {labels[:10]}")
-            m[i, pos[str(x)]] = 1
+            m[i, pos[x]] = 1
     return m
 
 
