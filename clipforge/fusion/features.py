@@ -144,7 +144,7 @@ def _embed(
 def _write(path: Path, p: PairSet) -> None:
     """Atomically (temp file + rename): a killed run leaves no torn cache entry behind."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    arrays = {
+    arrays: dict[str, Any] = {
         "image_features": p.image_features,
         "text_features": p.text_features,
         "image_idx": p.image_idx,

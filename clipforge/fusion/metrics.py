@@ -48,13 +48,15 @@ def reliability(confidence: np.ndarray, correct: np.ndarray, bins: int = 10) -> 
     """Reliability diagram data and the expected calibration error (ECE, top-label, equal-width bins)."""
     edges = np.linspace(0, 1, bins + 1)
     which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
-    conf, acc, count = [], [], []
+    conf: list[float | None] = []
+    acc: list[float | None] = []
+    count: list[int] = []
     for b in range(bins):
         m = which == b
         count.append(int(m.sum()))
         conf.append(float(confidence[m].mean()) if m.any() else None)
         acc.append(float(correct[m].mean()) if m.any() else None)
-    ece = sum(c / len(confidence) * abs(a - f) for c, a, f in zip(count, acc, conf, strict=True) if c)
+    ece = sum(c / len(confidence) * abs((a or 0.0) - (f or 0.0)) for c, a, f in zip(count, acc, conf, strict=True) if c)
     return {"confidence": conf, "accuracy": acc, "count": count, "ece": float(ece)}
 
 

@@ -31,8 +31,8 @@ def quickstart_fusion(bundle: str | Path, data: str | Path, out: str | Path, kin
     for k in dict.fromkeys(("late", "additive", kind)):
         run = train_head(with_kind(cfg, k, out / k), sets=sets, progress=False)
         acc[k] = run["metrics"]
-    best = acc[kind]
-    print(f"  held-out accuracy on {len(sets[1]):,} yes/no questions (chance 0.500): " + ", ".join(
+    best, val = acc[kind], sets[1]
+    print(f"  held-out accuracy on {len(val) if val else 0:,} yes/no questions (chance 0.500): " + ", ".join(
         f"{k} {m['accuracy']:.3f}" for k, m in acc.items()))  # fmt: skip
     print("  on held-out colour+shape combinations: " + ", ".join(
         f"{k} {m.get('heldout/accuracy', float('nan')):.3f}" for k, m in acc.items()))  # fmt: skip

@@ -163,7 +163,7 @@ def _fit(
                 total += float(loss.detach()) * len(b)
         train_seconds += time.perf_counter() - t0
         rec: dict[str, Any] = {"epoch": epoch + 1, "loss": total / n, "pairs_per_s": n * (epoch + 1) / train_seconds}
-        if val is not None:
+        if val is not None and y_val is not None:
             ev = evaluate_groups(predict(module, val, task), y_val, task, labels, val.groups)
             rec["val"] = {k: v for k, v in ev.items() if isinstance(v, float | int)}
         history.append(rec)
@@ -232,5 +232,6 @@ def train_head(
 
 
 def with_kind(cfg: FuseConfig, kind: str, out_dir: str | Path, width: int | None = None) -> FuseConfig:
-    head = replace(cfg.head, kind=kind, **({"width": width, "width_text": 0} if width is not None else {}))
+    widths: dict[str, Any] = {"width": width, "width_text": 0} if width is not None else {}
+    head = replace(cfg.head, kind=kind, **widths)
     return replace(cfg, head=head, out_dir=str(out_dir), name=kind)

@@ -172,7 +172,7 @@ def _question_rows(color: str, shape: str, rng: random.Random, allowed: list[tup
         "shape_only": [(c, s) for c, s in allowed if c != color and s == shape],
         "neither": [(c, s) for c, s in allowed if c != color and s != shape],
     }
-    rows = [{"q_color": color, "q_shape": shape, "label": "yes", "negative": None, "wording": w}
+    rows: list[dict] = [{"q_color": color, "q_shape": shape, "label": "yes", "negative": None, "wording": w}
             for w in rng.sample(range(len(QUESTIONS)), 3)]  # fmt: skip
     for negative, combos in misses.items():
         c, s = rng.choice(combos)
