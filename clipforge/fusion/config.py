@@ -79,6 +79,10 @@ def check(cfg: FuseConfig) -> FuseConfig:
         section, key = dotted.split(".")
         if tree[section][key] < low:
             raise ConfigError(f"{dotted} must be at least {low}, got {tree[section][key]}")
+    from clipforge.fusion.kinds import KINDS
+
+    if cfg.head.kind not in KINDS:
+        raise ConfigError(f"head.kind must be one of {', '.join(KINDS)}, got {cfg.head.kind!r}")
     if cfg.head.task not in TASKS:
         raise ConfigError(f"head.task must be one of {TASKS}, got {cfg.head.task!r}")
     if cfg.head.task == "binary" and cfg.head.labels and len(cfg.head.labels) != 2:
