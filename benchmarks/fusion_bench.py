@@ -79,6 +79,24 @@ def main() -> None:
         r = fit(build_fusion("multiplicative", train.dim, 1, width=16), train, None, c, ["no", "yes"], progress=False)
         print(f"  multiplicative, torch threads={threads}: {r['pairs_per_s']:,.0f} pairs/s")
     torch.set_num_threads(torch.get_num_threads())
+    print("\naccuracy by kind of question (test set): where the errors are")
+    import json
+
+    import numpy as np
+
+    from clipforge.fusion.head import load_head
+
+    _, test = load_sets(cfg, progress=False)
+    table = [json.loads(line) for line in (q / "test.jsonl").read_text().splitlines() if line.strip()]
+    assert len(table) == len(test), "an image did not decode: rows and pairs no longer line up"
+    kind_of = np.array([r["negative"] or "yes (match)" for r in table])
+    truth = np.array([r["label"] == "yes" for r in table])
+    zi, zt = test.pairs()
+    names = ["yes (match)", "colour_only", "shape_only", "neither"]
+    print("  " + " " * 15 + "".join(f"{n:>13}" for n in names))
+    for k in ("late", "additive", "concat", best["kind"]):
+        pred = load_head(out / k / "head").predict(zi, zt)[:, 1] >= 0.5
+        print(f"  {k:<15}" + "".join(f"{100 * (pred == truth)[kind_of == n].mean():12.1f}%" for n in names))
     print("\nµs per prediction (median; Head.predict incl. input checks and probabilities):")
     for k, r in rows.items():
         print(f"  {k:<15} N=1: numpy {r['us_numpy_1']:6.1f}  torch {r['us_torch_1']:6.1f}   "
