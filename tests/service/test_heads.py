@@ -278,3 +278,33 @@ def test_heads_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert Settings().heads == [Path("with,comma"), Path("c")]
     monkeypatch.setenv("CLIPFORGE_HEADS", "")
     assert Settings().heads == []
+
+
+def test_ids_over_a_real_index(micro_bundle: Path, bundle: Any, heads: dict[str, Path], tmp_path: Path) -> None:
+    """`ids` read the stored vectors of a real FAISS + SQLite index (Index.image_vectors)."""
+    import json
+
+    from clipforge.index import Index
+    from clipforge.service.app import create_app
+    from clipforge.service.settings import Settings
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, (data, caption, meta) in enumerate(shape_items()):
+        (folder / f"img{i}.png").write_bytes(data)
+        (folder / f"img{i}.txt").write_text(caption)
+        (folder / f"img{i}.json").write_text(json.dumps(meta))
+    Index.build(bundle, str(folder), tmp_path / "idx", progress=False).close()
+    settings = Settings(bundle=micro_bundle, index=tmp_path / "idx", heads=[heads[BINARY]], max_wait_ms=1.0)
+    with TestClient(create_app(settings)) as c:
+        hits = c.post("/v1/search", json={"text": "x", "k": 8}).json()["results"]
+        by_caption = {h["caption"]: h["id"] for h in hits}
+        ids = [by_caption["a red circle"], by_caption["a blue square"]]
+        texts = ["is there a red circle?", "is there a red circle?"]
+        r = c.post(f"/v1/heads/{BINARY}/predict", json={"ids": ids, "texts": texts})
+        assert r.status_code == 200, r.text
+        images = [png_bytes(COLORS["red"]), png_bytes(COLORS["blue"], shape="square")]
+        stored = np.concatenate([encode_reference(bundle, b)[None] for b in images])
+        np.testing.assert_allclose(probs(r.json()), offline(bundle, heads[BINARY], stored, texts), atol=1e-5)
+        r = c.post(f"/v1/heads/{BINARY}/predict", json={"ids": [ids[0], 12345], "texts": texts})
+        assert r.status_code == 404 and "12345" in r.json()["error"]["message"]
