@@ -308,3 +308,44 @@ def test_ids_over_a_real_index(micro_bundle: Path, bundle: Any, heads: dict[str,
         np.testing.assert_allclose(probs(r.json()), offline(bundle, heads[BINARY], stored, texts), atol=1e-5)
         r = c.post(f"/v1/heads/{BINARY}/predict", json={"ids": [ids[0], 12345], "texts": texts})
         assert r.status_code == 404 and "12345" in r.json()["error"]["message"]
+
+
+@pytest.mark.slow
+def test_predict_fuzzed_against_its_schema(micro_bundle: Path, bundle: Any, heads: dict[str, Path]) -> None:
+    """Schemathesis, valid and invalid bodies for the predict route of a served head (the name fixed, or
+    every request would be a 404): no 5xx, documented statuses and bodies."""
+    schemathesis = pytest.importorskip("schemathesis")
+    from hypothesis import HealthCheck, Phase, given, settings
+    from schemathesis.checks import not_a_server_error
+    from schemathesis.generation import GenerationMode
+    from schemathesis.specs.openapi.checks import response_schema_conformance, status_code_conformance
+
+    from clipforge.service.app import create_app
+    from clipforge.service.deps import maybe_index
+    from clipforge.service.settings import Settings
+    from clipforge.service.store import IndexHandle
+
+    app = create_app(Settings(bundle=micro_bundle, heads=[heads[BINARY]], max_wait_ms=1.0, **DEFAULTS))
+    handle = IndexHandle(FakeIndex(bundle, shape_items()))
+    app.dependency_overrides[maybe_index] = lambda: handle
+    schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+    operation = next(r.ok() for r in schema.get_all_operations() if r.ok().path == "/v1/heads/{name}/predict")
+    statuses: list[int] = []
+    try:
+        for mode in ("positive", "negative"):
+
+            @given(case=operation.as_strategy(generation_mode=GenerationMode(mode)))
+            @settings(max_examples=40, deadline=None, derandomize=True, database=None,
+                      phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))  # fmt: skip
+            def run(case: Any) -> None:
+                case.path_parameters = {"name": BINARY}
+                response = case.call_and_validate(
+                    checks=[not_a_server_error, status_code_conformance, response_schema_conformance]
+                )
+                statuses.append(response.status_code)
+
+            run()
+    finally:
+        schemathesis.python.asgi.shutdown_lifespans()
+        handle.close()
+    assert all(s < 500 for s in statuses) and any(400 <= s < 500 for s in statuses), statuses
