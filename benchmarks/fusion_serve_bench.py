@@ -124,7 +124,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads, offline and in the server (0: torch's default). 1 by default: on a shared "
                          "machine, an encoder's OpenMP threads stall each other whenever one is descheduled")  # fmt: skip
+    ap.add_argument("--backend", default="torch", choices=["torch", "onnx", "auto"],
+                    help="encoder backend, offline and in the server (CLIPFORGE_BACKEND). torch by default: "
+                         "--threads does not reach ONNX Runtime, whose spinning threads compete with the event loop")  # fmt: skip
     a = ap.parse_args()
+    os.environ["CLIPFORGE_BACKEND"] = a.backend
 
     import torch
 
@@ -137,11 +141,11 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="fusion-serve-bench-") as tmp:
         bundle_dir = Path(a.bundle) if a.bundle else make_bundle(a.arch, Path(tmp) / "bundle")
-        bundle = load_bundle(bundle_dir, device="cpu")
+        bundle = load_bundle(bundle_dir, device="cpu", backend=a.backend)
         head_dir = Path(a.head) if a.head else make_head(bundle, Path(tmp) / "head")
         head = load_head(head_dir, fingerprint=bundle.fingerprint)
         sizes = [int(s) for s in a.pairs.split(",")]
-        print(f"bundle {bundle.meta.get('arch')} (dim {bundle.embed_dim}), head {head.name} ({head.kind}, "
+        print(f"bundle {bundle.meta.get('arch')} (dim {bundle.embed_dim}, {a.backend}), head {head.name} ({head.kind}, "
               f"{head.task}); {server_stack()}; torch threads {torch.get_num_threads()}; {os.cpu_count()} cores")  # fmt: skip
         offline = Offline(bundle_dir, bundle, head)
         os.environ["CLIPFORGE_HEADS"] = str(head_dir)  # start_server passes this process's environment on
