@@ -349,3 +349,12 @@ def test_predict_fuzzed_against_its_schema(micro_bundle: Path, bundle: Any, head
         schemathesis.python.asgi.shutdown_lifespans()
         handle.close()
     assert all(s < 500 for s in statuses) and any(400 <= s < 500 for s in statuses), statuses
+
+
+def test_heads_are_reads_behind_the_read_key(make_client: Any, heads: dict[str, Path]) -> None:
+    _, c = make_client(heads=[heads[BINARY]], read_api_key="reader")
+    files = [("images", ("a.png", IMAGES[0], "image/png"))]
+    for method, path, kw in [("GET", "/v1/heads", {}), ("GET", f"/v1/heads/{BINARY}", {}),
+                             ("POST", f"/v1/heads/{BINARY}/predict", {"files": files, "data": {"texts": ["x"]}})]:  # fmt: skip
+        assert c.request(method, path, **kw).status_code == 401
+        assert c.request(method, path, headers={"X-API-Key": "reader"}, **kw).status_code == 200
