@@ -52,7 +52,8 @@ class FitCfg:
     lr: float = 3e-3
     weight_decay: float = 1e-4
     seed: int = 0
-    threads: int = 0  # torch intra-op threads; 0 = default
+    threads: int = 1  # torch intra-op threads while fitting (0 = torch's default). Heads are tiny: on a busy
+    # 2-core machine 2 threads ran 50x slower than 1 (benchmarks/fusion_bench.py)
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ def quickstart_fusion(bundle: str | Path, data: str | Path, out: str | Path, kin
         write_questions(questions)
     cfg = load_fuse_config("synth-questions", [
         f"out_dir={out}", f"data.bundle={bundle}", f"data.train={questions / 'train.jsonl'}",
-        f"data.val={questions / 'test.jsonl'}", f"data.cache_dir={out / 'cache'}", "fit.epochs=12",
+        f"data.val={questions / 'test.jsonl'}", f"data.cache_dir={out / 'cache'}",
     ])  # fmt: skip
     sets = load_sets(cfg, progress=True)
     acc = {}

@@ -18,6 +18,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from clipforge.fusion.kinds import INTERACTION_KINDS  # noqa: E402
+
 
 def _figure(fig: Any, title: str, data: Any) -> str:
     buf = io.BytesIO()
@@ -32,12 +34,8 @@ def curves(history: dict[str, list[dict[str, Any]]], key: str, title: str, from_
     fig, ax = plt.subplots(figsize=(5.2, 3.2))
     data = {}
     for kind, recs in history.items():
-        xs = [r["epoch"] for r in recs if (r.get("val", {}) if from_val else r).get(key) is not None]
-        ys = [
-            float((r.get("val", {}) if from_val else r)[key])
-            for r in recs
-            if xs and (r.get("val", {}) if from_val else r).get(key) is not None
-        ]
+        points = [(r["epoch"], (r.get("val", {}) if from_val else r).get(key)) for r in recs]
+        xs, ys = [x for x, y in points if y is not None], [float(y) for x, y in points if y is not None]
         if xs:
             ax.plot(xs, ys, label=kind, linewidth=1.5)
             data[kind] = {"epoch": xs, "value": ys}
@@ -72,11 +70,13 @@ def confusion_plot(kind: str, labels: list[str], matrix: list[list[int]]) -> str
     n = len(labels)
     fig, ax = plt.subplots(figsize=(2.2 + 0.5 * n, 1.8 + 0.5 * n))
     ax.imshow(matrix, cmap="Blues")
+    flat = [v for row in matrix for v in row]
+    mid = (min(flat) + max(flat)) / 2  # the colour scale spans min..max: white text only on the dark half
     for i in range(n):
         for j in range(n):
             if n <= 12:
                 ax.text(j, i, str(matrix[i][j]), ha="center", va="center", fontsize=9,
-                        color="white" if matrix[i][j] > max(map(max, matrix)) / 2 else "black")  # fmt: skip
+                        color="white" if matrix[i][j] > mid else "black")  # fmt: skip
     ax.set_xticks(range(n), labels, rotation=90 if n > 4 else 0)
     ax.set_yticks(range(n), labels)
     ax.set_xlabel("predicted")
@@ -128,13 +128,15 @@ def table_html(result: dict[str, Any]) -> str:
 def write_compare_report(result: dict[str, Any], path: str | Path) -> Path:
     rows = result["rows"]
     best = max(rows, key=lambda r: r["accuracy"])["kind"]
+    fused = [r for r in rows if r["kind"] in INTERACTION_KINDS and r["kind"] != "concat"]
+    best_fused = max(fused, key=lambda r: r["accuracy"])["kind"] if fused else best
     figs = [curves(result["history"], "accuracy", "held-out accuracy per epoch", True),
             curves(result["history"], "loss", "training loss per epoch", False)]  # fmt: skip
     for g in result["groups"]:
         figs.append(curves(result["history"], f"{g}/accuracy", f"{g} accuracy per epoch", True))
-    shown = {k: v for k, v in result["reliability"].items() if k in (best, "additive", "late", "concat")}
+    shown = {k: v for k, v in result["reliability"].items() if k in (best, best_fused, "additive", "late", "concat")}
     figs.append(reliability_plot(shown))
-    for kind in dict.fromkeys([best, "additive"]):
+    for kind in dict.fromkeys([best, best_fused, "additive"]):
         if result["confusion"].get(kind):
             figs.append(confusion_plot(kind, result["labels"], result["confusion"][kind]))
     cfg = result["config"]
@@ -147,7 +149,7 @@ def write_compare_report(result: dict[str, Any], path: str | Path) -> Path:
 <style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1300px}} figure{{display:inline-block;margin:.5em}}
 table{{border-collapse:collapse}} td,th{{border:1px solid #ddd;padding:3px 7px;font-size:13px;text-align:right}}
 th{{background:#f3f3f3}} td:first-child{{text-align:left;font-weight:600}} tr.best td{{background:#eef6ee}}
-td.good{{color:#126b12}} td.bad{{color:#a11}} pre{{background:#f6f6f6;padding:1em;overflow:auto;font-size:12px}}
+td.good{{color:#126b12;white-space:nowrap}} td.bad{{white-space:nowrap}} td.bad{{color:#a11}} pre{{background:#f6f6f6;padding:1em;overflow:auto;font-size:12px}}
 p.note{{color:#555;font-size:14px;max-width:70em}}</style></head><body>
 <h1>Fusion heads compared</h1>
 <p>{result["train_pairs"]:,} training pairs, {result["val_pairs"]:,} held-out pairs ({groups}); task

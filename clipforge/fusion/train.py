@@ -113,31 +113,49 @@ def fit(
     progress: bool = True,
 ) -> dict[str, Any]:
     """AdamW on the cached features; evaluates `val` after each epoch (logged, not used to pick weights)."""
-    task, f = cfg.head.task, cfg.fit
+    f = cfg.fit
     torch.manual_seed(f.seed)
+    threads = torch.get_num_threads()
     if f.threads:
-        torch.set_num_threads(f.threads)
+        torch.set_num_threads(f.threads)  # restored below: the process (quickstart: the server) keeps its own
+    try:
+        return _fit(module, train, val, cfg, labels, log, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fit(
+    module: Fusion, train: PairSet, val: PairSet | None, cfg: FuseConfig, labels: list[str], log: Any, progress: bool
+) -> dict[str, Any]:
+    task, f = cfg.head.task, cfg.fit
     zi, zt = torch.from_numpy(train.image_features), torch.from_numpy(train.text_features)
     ii, ti = torch.from_numpy(train.image_idx), torch.from_numpy(train.text_idx)
     y = torch.from_numpy(encode_targets(train.labels, task, labels))
     y_val = encode_targets(val.labels, task, labels) if val is not None else None
-    opt = torch.optim.AdamW(module.parameters(), lr=f.lr, weight_decay=f.weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=f.epochs * -(-len(ii) // f.batch_size))
+    n = len(ii)
+    if module.convex:
+        opt: torch.optim.Optimizer = torch.optim.LBFGS(module.parameters(), max_iter=10, line_search_fn="strong_wolfe")
+    else:
+        opt = torch.optim.AdamW(module.parameters(), lr=f.lr, weight_decay=f.weight_decay)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=f.epochs * -(-n // f.batch_size))
     gen = torch.Generator().manual_seed(f.seed)
-    history, train_seconds, n = [], 0.0, len(ii)
+    history, train_seconds = [], 0.0
     bar = tqdm(range(f.epochs), desc=f"fuse {module.kind}", unit="epoch", disable=not progress, dynamic_ncols=True)
     for epoch in bar:
         module.train()
         t0 = time.perf_counter()
-        perm, total = torch.randperm(n, generator=gen), 0.0
-        for s in range(0, n, f.batch_size):
-            b = perm[s : s + f.batch_size]
-            loss = loss_fn(module(zi[ii[b]], zt[ti[b]]), y[b], task)  # [B, D] x2 gathered from the cache
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += float(loss.detach()) * len(b)
+        if module.convex:
+            total = float(opt.step(lambda: _full_batch_loss(module, opt, zi, zt, ii, ti, y, task))) * n
+        else:
+            perm, total = torch.randperm(n, generator=gen), 0.0
+            for s in range(0, n, f.batch_size):
+                b = perm[s : s + f.batch_size]
+                loss = loss_fn(module(zi[ii[b]], zt[ti[b]]), y[b], task)  # [B, D] x2 gathered from the cache
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                total += float(loss.detach()) * len(b)
         train_seconds += time.perf_counter() - t0
         rec: dict[str, Any] = {"epoch": epoch + 1, "loss": total / n, "pairs_per_s": n * (epoch + 1) / train_seconds}
         if val is not None:
@@ -150,6 +168,19 @@ def fit(
         bar.set_postfix(loss=f"{rec['loss']:.3f}", acc=f"{rec.get('val', {}).get('accuracy', float('nan')):.3f}")
     bar.close()
     return {"history": history, "train_seconds": train_seconds, "pairs_per_s": n * f.epochs / max(train_seconds, 1e-9)}
+
+
+def _full_batch_loss(
+    module: Fusion, opt: Any, zi: Any, zt: Any, ii: Any, ti: Any, y: Any, task: str, chunk: int = 65536
+) -> float:
+    """L-BFGS closure: the mean loss over all pairs, gradients accumulated chunk by chunk (bounded memory)."""
+    opt.zero_grad(set_to_none=True)
+    total = 0.0
+    for s in range(0, len(ii), chunk):
+        loss = loss_fn(module(zi[ii[s : s + chunk]], zt[ti[s : s + chunk]]), y[s : s + chunk], task)
+        (loss * len(ii[s : s + chunk]) / len(ii)).backward()
+        total += float(loss.detach()) * len(ii[s : s + chunk])
+    return total / len(ii)
 
 
 def load_sets(cfg: FuseConfig, progress: bool = True) -> tuple[PairSet, PairSet | None]:

@@ -49,6 +49,7 @@ class Fusion(nn.Module):
     keys are the names `fuse` reads. width 0 = no projection (h = z, p = D)."""
 
     kind: ClassVar[str] = ""
+    convex: ClassVar[bool] = False  # the loss is convex in the parameters: `fit` solves it with L-BFGS
 
     def __init__(self, dim: int, out: int, width: int = 16, width_text: int = 0, rank: int = 4, hidden: int = 64):
         super().__init__()

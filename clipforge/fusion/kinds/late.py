@@ -10,6 +10,7 @@ from clipforge.fusion.kinds.base import Fusion
 
 class Late(Fusion):
     kind = "late"
+    convex = True  # a 2-parameter logistic: fitted to its optimum by full-batch L-BFGS, not SGD epochs
 
     def __init__(self, dim: int, out: int, **kw: Any):
         kw["width"] = kw["width_text"] = 0  # no projection: the cosine of the frozen embeddings is the feature
