@@ -253,6 +253,20 @@ class Index:
         exclude = set(kw.pop("exclude", None) or ()) | {int(id)}
         return self.search_vectors(vector[None, :], k, exclude=exclude, **kw)[0]
 
+    def image_vectors(self, ids: list[int]) -> np.ndarray:
+        """[len(ids), D] float32 stored image vectors of items, as the index keeps them (exact for `Flat`;
+        the float16 re-rank copies or the decoded codes otherwise: near, not exactly, unit length).
+        Unknown ids raise IndexError_; nothing is encoded."""
+        st = self._current()
+        wanted = [int(i) for i in ids]
+        missing = sorted(set(wanted) - st.meta.existing(wanted))
+        if missing:
+            raise IndexError_(f"unknown id {missing[0]}" if len(missing) == 1 else f"unknown ids {missing[:10]}")
+        try:
+            return np.asarray(sx.stored_vectors(st, wanted), dtype=np.float32)
+        except RuntimeError as exn:
+            raise IndexError_("an item has no stored image vector") from exn
+
     def get(self, id: int) -> Item:
         if isinstance(id, bool) or not isinstance(id, int | np.integer):
             raise IndexError_(f"ids are integers, got {id!r}")

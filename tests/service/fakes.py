@@ -104,6 +104,12 @@ class FakeIndex:
             raise FakeNotFound(id)
         return self.search_vectors(self._rows[id]["images"][None, :].astype(np.float32), k, **kw)[0]
 
+    def image_vectors(self, ids: list[int]) -> np.ndarray:
+        missing = [i for i in ids if i not in self._rows]
+        if missing:
+            raise FakeNotFound(missing[0])
+        return np.stack([self._rows[i]["images"] for i in ids]).astype(np.float32)
+
     def search_text(self, bundle: Any, text: str, k: int = 10, **kw: Any) -> list[Hit]:
         return self.search_vectors(bundle.encode_texts([text]).numpy(), k, **kw)[0]
 

@@ -7,7 +7,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from clipforge.service.deps import EngineDep, MetricsDep, ReadAccess, SettingsDep
 from clipforge.service.errors import APIError, error_responses
-from clipforge.service.payload import parse_body, request_body
+from clipforge.service.payload import check_text, parse_body, request_body
 from clipforge.service.settings import Settings
 
 router = APIRouter(prefix="/v1", tags=["classify"], dependencies=[ReadAccess])
@@ -38,14 +38,6 @@ class ClassifyResponse(BaseModel):
     activation: str = Field(description="softmax (InfoNCE bundle) or sigmoid (SigLIP bundle)")
     templates: list[str]
     cached: bool = Field(description="the label set's text embeddings came from the cache")
-
-
-def check_text(text: str, settings: Settings, where: str) -> str:
-    if len(text) > settings.max_text_chars:
-        raise APIError(422, "text_too_long", f"{where}: over {settings.max_text_chars} characters")
-    if not text.strip():
-        raise APIError(422, "empty_text", f"{where}: empty text")
-    return text
 
 
 def resolve_labels(req: ClassifyRequest, settings: Settings) -> list[str]:
