@@ -2,65 +2,24 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import shutil
 import threading
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import faiss
 import numpy as np
 
-from clipforge.index import factory as fx
-from clipforge.index import refine as rx
+from clipforge.encoders.images import ImageDecodeError
 from clipforge.index import search as sx
 from clipforge.index import store
+from clipforge.index import update as ux
 from clipforge.index.build import build_from_parts, embed_to_parts
-from clipforge.index.meta import MetaReader
 from clipforge.index.sources import MemberReader, read_item_bytes
+from clipforge.index.state import State, load_state
 from clipforge.index.types import Hit, IndexError_, IndexMismatchError, Item
-
-
-@dataclass
-class State:
-    """One loaded, immutable version: what a search works on from start to end."""
-
-    manifest: dict[str, Any]
-    images: faiss.Index
-    captions: faiss.Index
-    meta: MetaReader
-    stamp: tuple[int, int]
-    vectors: dict[str, rx.Vectors | None] = field(default_factory=dict)  # float16 re-rank copies, if any
-
-
-def read_faiss(path: Path, mmap: bool = False) -> faiss.Index:
-    """Load an index file; with `mmap` an IVF's inverted lists stay in the file and are paged in by the OS
-    as searches touch them (read-only: updates work on their own in-RAM copy)."""
-    flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
-    try:
-        return faiss.read_index(str(path), flags)
-    except RuntimeError as exn:
-        raise IndexError_(f"{path} cannot be read ({str(exn).splitlines()[0][:120]}): truncated or corrupt") from exn
-
-
-def load_state(root: Path, mmap: bool = False) -> State:
-    stamp = store.pointer_stamp(root)
-    manifest = store.read_manifest(root)
-    vdir = store.verify_files(root, manifest)
-    images, captions = read_faiss(vdir / "images.faiss", mmap), read_faiss(vdir / "captions.faiss", mmap)
-    for index, name in ((images, "images"), (captions, "captions")):
-        if index.d != manifest["dim"]:
-            raise IndexError_(f"{vdir / name}.faiss has dimension {index.d}, the manifest says {manifest['dim']}")
-        fx.apply_search_params(index, manifest[name].get("search_params", {}))
-    dim = int(manifest["dim"])
-    vectors = {name: rx.Vectors.open(vdir, manifest[name], dim) for name in ("images", "captions")}
-    return State(manifest, images, captions, MetaReader(vdir / "meta.sqlite"), stamp, vectors)
-
-
-def now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 def check_bundle(bundle: Any, fingerprint: str, dim: int, root: Path) -> None:
@@ -278,28 +237,60 @@ class Index:
     def read_image_bytes(self, id: int) -> tuple[bytes, str]:
         return read_item_bytes(self.path, self.get(id), self._members)
 
-    # ---- updates ---------------------------------------------------------------------------------------
+    # ---- updates ----------------------------------------------------------------------------------------
     def add(self, bundle: Any, items: list[tuple[bytes, str | None, dict]]) -> list[int]:
-        """Embed and add (image bytes, caption, extra) items as one atomic new version; returns their ids."""
-        from clipforge.index.update import add_items
-
+        """Embed (image bytes, caption, extra) items with `bundle` and add them as one atomic new version;
+        returns their ids. Every image decodes before anything is written."""
         self._check(bundle)
-        return add_items(self, bundle, items)
+        checked = ux.check_items(items)
+        images = []
+        for n, (data, _, _) in enumerate(checked):
+            try:
+                images.append(bundle.decode_image(data)[0])
+            except ImageDecodeError as exn:
+                raise IndexError_(f"item {n}: {exn}") from exn
+        image_features = bundle.encode_images(bundle.preprocess(images)).numpy()  # [n, D]
+        captions = [caption for _, caption, _ in checked if caption]
+        caption_features = (bundle.encode_texts(captions).numpy() if captions
+                            else np.zeros((0, image_features.shape[1]), np.float32))  # [m, D]  # fmt: skip
+        return self.add_vectors(checked, image_features, caption_features, fingerprint=bundle.fingerprint)
+
+    def add_vectors(self, items: list[tuple[bytes, str | None, dict]], image_features: np.ndarray,
+                    caption_features: np.ndarray, *, fingerprint: str | None = None) -> list[int]:  # fmt: skip
+        """Add items already encoded, as one atomic new version; returns their ids. `image_features` [n, D]:
+        one row per item; `caption_features` [m, D]: one row per item whose caption is not empty after
+        `update.clean_caption`, in order. `fingerprint`: the bundle that encoded them, checked against the
+        live version (another process may have replaced the index since it was opened)."""
+        checked = ux.check_items(items)
+
+        def update(st: State) -> dict[str, Any]:
+            if fingerprint is not None and fingerprint != st.manifest["fingerprint"]:
+                raise IndexMismatchError(f"the vectors come from bundle {fingerprint[:12]}, index {self.path} "
+                                         f"holds {str(st.manifest['fingerprint'])[:12]}")  # fmt: skip
+            return ux.add_vectors(self.path, st, checked, image_features, caption_features, mmap=self.mmap)
+
+        manifest = self._write(update)
+        first, added = int(manifest["next_id"]) - len(checked), len(checked)
+        return list(range(first, first + added))
 
     def remove(self, ids: list[int]) -> int:
         """Remove items by id as one atomic new version; unknown ids are an error and nothing changes."""
-        from clipforge.index.update import remove_items
-
-        return remove_items(self, ids)
+        wanted = ux.check_ids(ids)
+        self._write(lambda st: ux.remove_ids(self.path, st, wanted, mmap=self.mmap))
+        return len(wanted)
 
     def _check(self, bundle: Any) -> None:
         m = self._current().manifest
         check_bundle(bundle, m["fingerprint"], int(m["dim"]), self.path)
 
-    def _swap(self) -> None:
-        """Load the version just published (called by updates, with the writer lock held)."""
-        with self._reload:
-            self._state = load_state(self.path, self.mmap)
+    def _write(self, update: Callable[[State], dict[str, Any]]) -> dict[str, Any]:
+        """Run `update` on the live version with the writer lock held, then load the version it published."""
+        with store.writer_lock(self.path):
+            manifest = update(self._current())
+            with self._reload:
+                self._state = load_state(self.path, self.mmap)
+            store.sweep(self.path)
+        return manifest
 
 
 def new_manifest(bundle: Any, sections: dict[str, Any], seconds: float) -> dict[str, Any]:
@@ -323,8 +314,8 @@ def new_manifest(bundle: Any, sections: dict[str, Any], seconds: float) -> dict[
             "fingerprint": bundle.fingerprint,
         },  # fmt: skip
         "provenance": {
-            "created": now(),
-            "updated": now(),
+            "created": store.now(),
+            "updated": store.now(),
             "code_version": code_version(),
             "faiss_version": faiss.__version__,
             "build_seconds": round(seconds, 3),

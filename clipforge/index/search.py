@@ -9,6 +9,7 @@ import numpy as np
 
 from clipforge.index import factory as fx
 from clipforge.index import refine as rx
+from clipforge.index.state import State
 from clipforge.index.types import Hit, IndexError_
 
 MAX_K = 1000  # results per page
@@ -55,7 +56,7 @@ def check_paging(k: Any, offset: Any, threshold: Any, collapse: Any, target: str
         raise IndexError_(f"target must be one of {TARGETS}, got {target!r}")
 
 
-def stored_vectors(state: Any, ids: list[int]) -> np.ndarray:
+def stored_vectors(state: State, ids: list[int]) -> np.ndarray:
     """Image vectors by id: the float16 re-rank copies where the index keeps them (exact, no id map to
     build), else decoded from the FAISS codes. Unknown ids raise RuntimeError on the FAISS path."""
     vectors = state.vectors.get("images")
@@ -64,7 +65,7 @@ def stored_vectors(state: Any, ids: list[int]) -> np.ndarray:
     return fx.reconstruct(state.images, ids)
 
 
-def _collapse(ids: list[int], state: Any, sim: float) -> list[int]:
+def _collapse(ids: list[int], state: State, sim: float) -> list[int]:
     """Greedy near-duplicate removal in rank order: drop a hit whose image is >= `sim` to a kept one."""
     vecs = stored_vectors(state, ids)
     vecs /= np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
@@ -76,7 +77,7 @@ def _collapse(ids: list[int], state: Any, sim: float) -> list[int]:
 
 
 def search(
-    state: Any,
+    state: State,
     queries: np.ndarray,
     k: int,
     *,
@@ -129,7 +130,7 @@ def _exhausted(scores: np.ndarray, ids: np.ndarray, threshold: float | None) -> 
     return bool((ids < 0).any() or (threshold is not None and len(scores) and scores[-1] < threshold))
 
 
-def _rank(state: Any, scores: np.ndarray, ids: np.ndarray, threshold: float | None, collapse: float | None,
+def _rank(state: State, scores: np.ndarray, ids: np.ndarray, threshold: float | None, collapse: float | None,
           exclude: set[int] | None) -> list[tuple[int, float]]:  # fmt: skip
     pairs = [(int(i), float(s)) for i, s in zip(ids, scores, strict=True) if i >= 0]
     if threshold is not None:

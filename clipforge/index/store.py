@@ -14,6 +14,7 @@ leftover directory is swept by the next writer); readers never see a half-writte
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import fcntl
 import json
 import os
@@ -27,6 +28,11 @@ from clipforge.index.types import IndexError_
 FORMAT = "clipforge-index/1"
 MANIFEST = "manifest.json"
 KEEP_VERSIONS = 3  # the live one plus two older ones, for readers that opened them a moment ago
+
+
+def now() -> str:
+    """A manifest's timestamps: UTC, to the second."""
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 def version_name(n: int) -> str:

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clipforge.index import Index, IndexError_, store
+from clipforge.index import Index, IndexError_, IndexMismatchError, store
 
 
 def png_bytes(colour: tuple[int, int, int]) -> bytes:
@@ -53,6 +53,40 @@ def test_bad_updates_change_nothing(index_copy, trained_bundle):
     with pytest.raises(IndexError_, match="nothing to add"):
         idx.add(trained_bundle, [])
     assert idx.manifest["version"] == before and len(idx) == 600 and idx.get(3).id == 3
+
+
+def test_add_vectors_stores_what_it_is_given_and_add_is_its_wrapper(index_copy, trained_bundle):
+    """`add` = decode + encode with the bundle + `add_vectors`; vectors made elsewhere (the service's batcher)
+    go straight to `add_vectors`, which checks their shape, values and model before anything is written."""
+    idx = Index.open(index_copy, bundle=trained_bundle)
+    red, blue = png_bytes((220, 40, 40)), png_bytes((40, 80, 220))
+    image_features = trained_bundle.encode_images(trained_bundle.preprocess(
+        [trained_bundle.load_image(b) for b in (red, blue)])).numpy()  # fmt: skip
+    caption_features = trained_bundle.encode_texts(["a red one"]).numpy()
+    items = [(red, " a  red one ", {"via": "vectors"}), (blue, None, {})]
+    for bad, match in (
+        ((image_features[:1], caption_features), r"image features have shape \[1, 32\], expected \[2, 32\]"),
+        ((image_features, np.zeros((0, 32))), r"caption features have shape \[0, 32\], expected \[1, 32\]"),
+        ((image_features * np.nan, caption_features), "NaN"),
+    ):
+        with pytest.raises(IndexError_, match=match):
+            idx.add_vectors(items, *bad)
+    with pytest.raises(IndexMismatchError, match="vectors come from bundle"):
+        idx.add_vectors(items, image_features, caption_features, fingerprint="0" * 64)
+    with pytest.raises(IndexError_, match="item 1: not a readable image"):
+        idx.add_vectors([items[0], (b"junk", None, {})], image_features, caption_features)
+    assert idx.manifest["version"] == 1 and not (index_copy / "images").exists()  # nothing was written
+
+    ids = idx.add_vectors(items, image_features, caption_features, fingerprint=trained_bundle.fingerprint)
+    assert (
+        ids == [600, 601]
+        and idx.get(600).caption == "a red one"
+        and (idx.get(601).width, idx.get(601).height) == (40, 30)
+    )
+    np.testing.assert_allclose(idx._current().images.reconstruct(601), image_features[1], atol=1e-6)
+    assert idx.add(trained_bundle, [(blue, "a blue one", {})]) == [602]
+    # the same image through `add` (a batch of one here, of two above: the encoder's numerics differ slightly)
+    assert float(idx._current().images.reconstruct(602) @ image_features[1]) > 0.999
 
 
 @pytest.mark.parametrize("crash_at", ["pointer", "faiss_write"])
