@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
 from typing import Any
 
+from clipforge.cliutil import print_json as _print_json
+
 QUICKSTART_DATA = "data/synth"
-
-
-def _print_json(obj: Any) -> None:
-    print(json.dumps(obj, indent=2, default=str))
 
 
 def cmd_data_synth(a: argparse.Namespace) -> int:
@@ -264,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_bundle_export)
 
     from clipforge.fusion.cli import register as register_fuse
-    from clipforge.index.cli import register as register_index
+    from clipforge.index.commands import register as register_index
     from clipforge.service.cli import register as register_serve
 
     register_index(sub)

@@ -1,4 +1,4 @@
-"""`Index`: open, search and update an index directory (see store.py for the on-disk layout)."""
+"""`Index`: open, search and update an index directory (see versions.py for the on-disk layout)."""
 
 from __future__ import annotations
 
@@ -14,17 +14,17 @@ import numpy as np
 
 from clipforge.encoders.images import ImageDecodeError
 from clipforge.index import search as sx
-from clipforge.index import store
 from clipforge.index import update as ux
+from clipforge.index import versions
 from clipforge.index.build import build_from_parts, embed_to_parts
 from clipforge.index.sources import MemberReader, read_item_bytes
 from clipforge.index.state import State, load_state
-from clipforge.index.types import Hit, IndexError_, IndexMismatchError, Item
+from clipforge.index.types import Hit, IndexInputError, IndexMismatchError, Item
 
 
 def check_bundle(bundle: Any, fingerprint: str, dim: int, root: Path) -> None:
     if bundle is None:
-        raise IndexError_("a model bundle is needed for this operation")
+        raise IndexInputError("a model bundle is needed for this operation")
     if bundle.fingerprint != fingerprint:
         raise IndexMismatchError(
             f"bundle {getattr(bundle, 'path', '?')} (fingerprint {bundle.fingerprint[:12]}) is not the one index "
@@ -66,27 +66,27 @@ class Index:
         `refine`: a compressed index keeps float16 copies of the vectors on disk to re-rank its candidates
         exactly (index/refine.py); off, it is only the codes in RAM."""
         if bundle is None:
-            raise IndexError_("index build needs a model bundle")
+            raise IndexInputError("index build needs a model bundle")
         if not str(data).strip():
-            raise IndexError_("no data given")
+            raise IndexInputError("no data given")
         root = Path(out)
         if root.exists() and (not root.is_dir() or any(root.iterdir())):
-            raise IndexError_(f"{root} already exists and is not empty; use `index add` or another directory")
+            raise IndexInputError(f"{root} already exists and is not empty; use `index add` or another directory")
         if memory_budget_mb is not None and memory_budget_mb <= 0:
-            raise IndexError_(f"memory budget must be positive, got {memory_budget_mb}")
+            raise IndexInputError(f"memory budget must be positive, got {memory_budget_mb}")
         t0 = time.perf_counter()
         root.mkdir(parents=True, exist_ok=True)
         try:
-            with store.writer_lock(root), store.new_version(root, 1) as vdir:
+            with versions.writer_lock(root), versions.new_version(root, 1) as vdir:
                 work = vdir / "_parts"
                 embed_to_parts(bundle, str(data), work, batch_size=batch_size, caption_key=caption_key,
                                progress=progress)  # fmt: skip
                 sections = build_from_parts([work], vdir, factory=factory, memory_budget_mb=memory_budget_mb,
                                             refine=refine)  # fmt: skip
                 shutil.rmtree(work)
-            store.publish(root, new_manifest(bundle, sections, time.perf_counter() - t0))
+            versions.publish(root, new_manifest(bundle, sections, time.perf_counter() - t0))
         except BaseException:
-            if not (root / store.MANIFEST).exists():
+            if not (root / versions.MANIFEST).exists():
                 shutil.rmtree(root, ignore_errors=True)  # nothing half-built is left behind
             raise
         return cls.open(root)
@@ -105,18 +105,18 @@ class Index:
         """A new index from parts directories written by `index.build.embed_to_parts` (one per process)."""
         root = Path(out)
         if root.exists() and (not root.is_dir() or any(root.iterdir())):
-            raise IndexError_(f"{root} already exists and is not empty")
+            raise IndexInputError(f"{root} already exists and is not empty")
         t0 = time.perf_counter()
         root.mkdir(parents=True, exist_ok=True)
         try:
-            with store.writer_lock(root), store.new_version(root, 1) as vdir:
+            with versions.writer_lock(root), versions.new_version(root, 1) as vdir:
                 sections = build_from_parts(parts, vdir, factory=factory, memory_budget_mb=memory_budget_mb,
                                             refine=refine)  # fmt: skip
             if sections["fingerprint"] != bundle.fingerprint:
                 raise IndexMismatchError("the parts were embedded with another bundle than the one given")
-            store.publish(root, new_manifest(bundle, sections, time.perf_counter() - t0))
+            versions.publish(root, new_manifest(bundle, sections, time.perf_counter() - t0))
         except BaseException:
-            if not (root / store.MANIFEST).exists():
+            if not (root / versions.MANIFEST).exists():
                 shutil.rmtree(root, ignore_errors=True)
             raise
         return cls.open(root)
@@ -126,7 +126,7 @@ class Index:
         """`mmap`: memory-map the inverted lists instead of reading them into RAM, for indexes larger
         than memory (or many processes sharing one copy through the page cache)."""
         root = Path(path)
-        manifest = store.read_manifest(root)
+        manifest = versions.read_manifest(root)
         if bundle is not None:
             check_bundle(bundle, manifest["fingerprint"], int(manifest["dim"]), root)
         return cls(root, load_state(root, mmap), mmap)
@@ -137,7 +137,7 @@ class Index:
     def _current(self) -> State:
         state = self._state
         try:
-            stamp = store.pointer_stamp(self.path)
+            stamp = versions.pointer_stamp(self.path)
         except FileNotFoundError:
             return state  # directory moved away under us: keep serving what is loaded
         if stamp != state.stamp:
@@ -191,7 +191,7 @@ class Index:
 
     def search_text(self, bundle: Any, text: str, k: int = 10, **kw: Any) -> list[Hit]:
         if not isinstance(text, str) or not text.strip():
-            raise IndexError_("query text is empty")
+            raise IndexInputError("query text is empty")
         self._check(bundle)
         return self.search_vectors(bundle.encode_texts([text]).numpy(), k, **kw)[0]
 
@@ -208,30 +208,30 @@ class Index:
         try:
             vector = sx.stored_vectors(st, [int(id)])[0]
         except RuntimeError as exn:
-            raise IndexError_(f"item {id} has no stored image vector") from exn
+            raise IndexInputError(f"item {id} has no stored image vector") from exn
         exclude = set(kw.pop("exclude", None) or ()) | {int(id)}
         return self.search_vectors(vector[None, :], k, exclude=exclude, **kw)[0]
 
     def image_vectors(self, ids: list[int]) -> np.ndarray:
         """[len(ids), D] float32 stored image vectors of items, as the index keeps them (exact for `Flat`;
         the float16 re-rank copies or the decoded codes otherwise: near, not exactly, unit length).
-        Unknown ids raise IndexError_; nothing is encoded."""
+        Unknown ids raise IndexInputError; nothing is encoded."""
         st = self._current()
         wanted = [int(i) for i in ids]
         missing = sorted(set(wanted) - st.meta.existing(wanted))
         if missing:
-            raise IndexError_(f"unknown id {missing[0]}" if len(missing) == 1 else f"unknown ids {missing[:10]}")
+            raise IndexInputError(f"unknown id {missing[0]}" if len(missing) == 1 else f"unknown ids {missing[:10]}")
         try:
             return np.asarray(sx.stored_vectors(st, wanted), dtype=np.float32)
         except RuntimeError as exn:
-            raise IndexError_("an item has no stored image vector") from exn
+            raise IndexInputError("an item has no stored image vector") from exn
 
     def get(self, id: int) -> Item:
         if isinstance(id, bool) or not isinstance(id, int | np.integer):
-            raise IndexError_(f"ids are integers, got {id!r}")
+            raise IndexInputError(f"ids are integers, got {id!r}")
         item = self._current().meta.get_many([int(id)]).get(int(id))
         if item is None:
-            raise IndexError_(f"unknown id {id}")
+            raise IndexInputError(f"unknown id {id}")
         return item
 
     def read_image_bytes(self, id: int) -> tuple[bytes, str]:
@@ -248,7 +248,7 @@ class Index:
             try:
                 images.append(bundle.decode_image(data)[0])
             except ImageDecodeError as exn:
-                raise IndexError_(f"item {n}: {exn}") from exn
+                raise IndexInputError(f"item {n}: {exn}") from exn
         image_features = bundle.encode_images(bundle.preprocess(images)).numpy()  # [n, D]
         captions = [caption for _, caption, _ in checked if caption]
         caption_features = (bundle.encode_texts(captions).numpy() if captions
@@ -285,11 +285,11 @@ class Index:
 
     def _write(self, update: Callable[[State], dict[str, Any]]) -> dict[str, Any]:
         """Run `update` on the live version with the writer lock held, then load the version it published."""
-        with store.writer_lock(self.path):
+        with versions.writer_lock(self.path):
             manifest = update(self._current())
             with self._reload:
                 self._state = load_state(self.path, self.mmap)
-            store.sweep(self.path)
+            versions.sweep(self.path)
         return manifest
 
 
@@ -297,9 +297,9 @@ def new_manifest(bundle: Any, sections: dict[str, Any], seconds: float) -> dict[
     from clipforge.encoders.bundle import code_version
 
     return {
-        "format": store.FORMAT,
+        "format": versions.FORMAT,
         "version": 1,
-        "version_dir": store.version_name(1),
+        "version_dir": versions.version_name(1),
         "fingerprint": sections["fingerprint"],
         "dim": sections["dim"],
         "metric": "inner_product",
@@ -314,8 +314,8 @@ def new_manifest(bundle: Any, sections: dict[str, Any], seconds: float) -> dict[
             "fingerprint": bundle.fingerprint,
         },  # fmt: skip
         "provenance": {
-            "created": store.now(),
-            "updated": store.now(),
+            "created": versions.now(),
+            "updated": versions.now(),
             "code_version": code_version(),
             "faiss_version": faiss.__version__,
             "build_seconds": round(seconds, 3),

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from clipforge.index.types import IndexError_
+from clipforge.index.types import IndexInputError
 
 CHUNK_ROWS = 65_536
 
@@ -81,5 +81,5 @@ class Parts:
 def read_parts_info(d: Path) -> dict[str, Any]:
     path = d / "parts.json"
     if not path.is_file():
-        raise IndexError_(f"{d} is not a finished embedding directory (no parts.json)")
+        raise IndexInputError(f"{d} is not a finished embedding directory (no parts.json)")
     return json.loads(path.read_text())

@@ -12,11 +12,10 @@ from typing import Any
 
 import faiss
 
-from clipforge.index import factory as fx
 from clipforge.index import refine as rx
-from clipforge.index import store
+from clipforge.index import tuning, versions
 from clipforge.index.meta import MetaReader
-from clipforge.index.types import IndexError_
+from clipforge.index.types import IndexInputError
 
 
 @dataclass
@@ -38,19 +37,21 @@ def read_faiss(path: Path, mmap: bool = False) -> faiss.Index:
     try:
         return faiss.read_index(str(path), flags)
     except RuntimeError as exn:
-        raise IndexError_(f"{path} cannot be read ({str(exn).splitlines()[0][:120]}): truncated or corrupt") from exn
+        raise IndexInputError(
+            f"{path} cannot be read ({str(exn).splitlines()[0][:120]}): truncated or corrupt"
+        ) from exn
 
 
 def load_state(root: Path, mmap: bool = False) -> State:
     """The live version of the index at `root`, every file checked against the manifest."""
-    stamp = store.pointer_stamp(root)
-    manifest = store.read_manifest(root)
-    vdir = store.verify_files(root, manifest)
+    stamp = versions.pointer_stamp(root)
+    manifest = versions.read_manifest(root)
+    vdir = versions.verify_files(root, manifest)
     images, captions = read_faiss(vdir / "images.faiss", mmap), read_faiss(vdir / "captions.faiss", mmap)
     for index, name in ((images, "images"), (captions, "captions")):
         if index.d != manifest["dim"]:
-            raise IndexError_(f"{vdir / name}.faiss has dimension {index.d}, the manifest says {manifest['dim']}")
-        fx.apply_search_params(index, manifest[name].get("search_params", {}))
+            raise IndexInputError(f"{vdir / name}.faiss has dimension {index.d}, the manifest says {manifest['dim']}")
+        tuning.apply_search_params(index, manifest[name].get("search_params", {}))
     dim = int(manifest["dim"])
     vectors = {name: rx.Vectors.open(vdir, manifest[name], dim) for name in ("images", "captions")}
     return State(manifest, images, captions, MetaReader(vdir / "meta.sqlite"), stamp, vectors)

@@ -21,13 +21,12 @@ import faiss
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from clipforge.index import factory as fx
+from clipforge.index import faiss_index, versions
 from clipforge.index import refine as rx
-from clipforge.index import store
 from clipforge.index.meta import MetaWriter, check_extra, encodable, row_for
 from clipforge.index.sources import PIL_EXT
 from clipforge.index.state import State, writable_copies
-from clipforge.index.types import IndexError_, Item
+from clipforge.index.types import IndexInputError, Item
 
 MAX_ADD = 10_000  # items per add call: larger batches belong in `index build`
 NewItem = tuple[bytes, str | None, dict[str, Any]]  # (image bytes, caption, extra metadata)
@@ -41,23 +40,23 @@ def clean_caption(caption: str | None) -> str | None:
 def check_items(items: Any) -> list[NewItem]:
     """(image bytes, caption, extra) entries, captions cleaned; a one-line error naming the first bad one."""
     if not isinstance(items, list | tuple) or not items:
-        raise IndexError_("nothing to add: give a non-empty list of (image bytes, caption, extra)")
+        raise IndexInputError("nothing to add: give a non-empty list of (image bytes, caption, extra)")
     if len(items) > MAX_ADD:
-        raise IndexError_(f"{len(items)} items in one add is over the limit of {MAX_ADD}; use index build")
+        raise IndexInputError(f"{len(items)} items in one add is over the limit of {MAX_ADD}; use index build")
     out: list[NewItem] = []
     for n, entry in enumerate(items):
         if not isinstance(entry, list | tuple) or len(entry) != 3:
-            raise IndexError_(f"item {n}: expected (image bytes, caption, extra)")
+            raise IndexInputError(f"item {n}: expected (image bytes, caption, extra)")
         data, caption, extra = entry
         if not isinstance(data, bytes | bytearray):
-            raise IndexError_(f"item {n}: image must be bytes, got {type(data).__name__}")
+            raise IndexInputError(f"item {n}: image must be bytes, got {type(data).__name__}")
         if caption is not None and not isinstance(caption, str):
-            raise IndexError_(f"item {n}: caption must be a string or None")
+            raise IndexInputError(f"item {n}: caption must be a string or None")
         if extra is not None and not isinstance(extra, dict):
-            raise IndexError_(f"item {n}: extra must be a dict or None")
+            raise IndexInputError(f"item {n}: extra must be a dict or None")
         check_extra(extra or {}, f"item {n}: metadata")
         if caption is not None and not encodable(caption):
-            raise IndexError_(f"item {n}: caption is not valid Unicode (a lone surrogate)")
+            raise IndexInputError(f"item {n}: caption is not valid Unicode (a lone surrogate)")
         out.append((bytes(data), clean_caption(caption), dict(extra or {})))
     return out
 
@@ -73,7 +72,7 @@ def image_header(data: bytes, n: int) -> tuple[str, int, int]:
                 width, height = height, width
             return PIL_EXT.get(im.format or "", "bin"), width, height
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exn:
-        raise IndexError_(f"item {n}: not a readable image ({type(exn).__name__})") from exn
+        raise IndexInputError(f"item {n}: not a readable image ({type(exn).__name__})") from exn
 
 
 def store_image(root: Path, data: bytes, ext: str) -> str:
@@ -83,7 +82,7 @@ def store_image(root: Path, data: bytes, ext: str) -> str:
     path = root / rel
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
-        store.atomic_write(path, data)
+        versions.atomic_write(path, data)
     return str(rel)
 
 
@@ -92,11 +91,11 @@ def check_features(features: Any, rows: int, dim: int, what: str) -> np.ndarray:
     try:
         out = np.ascontiguousarray(features, dtype=np.float32)
     except (TypeError, ValueError) as exn:
-        raise IndexError_(f"{what} must be numeric: {exn}") from exn
+        raise IndexInputError(f"{what} must be numeric: {exn}") from exn
     if out.ndim != 2 or out.shape != (rows, dim):
-        raise IndexError_(f"{what} have shape {list(out.shape)}, expected [{rows}, {dim}]")
+        raise IndexInputError(f"{what} have shape {list(out.shape)}, expected [{rows}, {dim}]")
     if not np.isfinite(out).all():
-        raise IndexError_(f"{what} contain NaN or infinity")
+        raise IndexInputError(f"{what} contain NaN or infinity")
     return out
 
 
@@ -119,8 +118,8 @@ def add_vectors(root: Path, st: State, items: list[NewItem], image_features: Any
     ids = np.array([it.id for it in new], np.int64)
     caption_ids = ids[captioned]
     images, captions = writable_copies(root, st, mmap)
-    fx.add_chunks(images, [(ids, image_features)])
-    fx.add_chunks(captions, [(caption_ids, text_features)])
+    faiss_index.add_chunks(images, [(ids, image_features)])
+    faiss_index.add_chunks(captions, [(caption_ids, text_features)])
     counts = {**manifest["counts"], "items": manifest["counts"]["items"] + len(new),
               "images": int(images.ntotal), "captions": int(captions.ntotal)}  # fmt: skip
     added = {"images": (ids, image_features), "captions": (caption_ids, text_features)}
@@ -130,9 +129,9 @@ def add_vectors(root: Path, st: State, items: list[NewItem], image_features: Any
 
 def check_ids(ids: Any) -> list[int]:
     if not isinstance(ids, list | tuple) or not ids:
-        raise IndexError_("nothing to remove: give a non-empty list of ids")
+        raise IndexInputError("nothing to remove: give a non-empty list of ids")
     if any(isinstance(i, bool) or not isinstance(i, int | np.integer) for i in ids):
-        raise IndexError_("ids are integers")
+        raise IndexInputError("ids are integers")
     return sorted({int(i) for i in ids})
 
 
@@ -143,7 +142,7 @@ def remove_ids(root: Path, st: State, wanted: list[int], *, mmap: bool) -> dict[
     unknown = [i for i in wanted if i not in found]
     if unknown:
         more = f" (and {len(unknown) - 5} more)" if len(unknown) > 5 else ""
-        raise IndexError_(f"unknown id(s) {unknown[:5]}{more}; nothing was removed")
+        raise IndexInputError(f"unknown id(s) {unknown[:5]}{more}; nothing was removed")
     manifest = st.manifest
     images, captions = writable_copies(root, st, mmap)
     sections = {name: dict(manifest[name]) for name in ("images", "captions")}
@@ -152,7 +151,7 @@ def remove_ids(root: Path, st: State, wanted: list[int], *, mmap: bool) -> dict[
         ("images", images, np.array(wanted, np.int64)),
         ("captions", captions, with_caption),
     ):
-        if len(drop) and not fx.remove(index_, drop):
+        if len(drop) and not faiss_index.remove(index_, drop):
             sections[name]["tombstones"] = int(sections[name].get("tombstones", 0)) + len(drop)  # e.g. HNSW
     counts = {**manifest["counts"], "items": manifest["counts"]["items"] - len(wanted),
               "images": manifest["counts"]["images"] - len(wanted),
@@ -169,7 +168,7 @@ def _commit(root: Path, st: State, images: faiss.Index, captions: faiss.Index, e
     manifest = st.manifest
     number = int(manifest["version"]) + 1
     sections = {name: dict(manifest[name]) for name in ("images", "captions")} | (sections or {})
-    with store.new_version(root, number) as vdir:
+    with versions.new_version(root, number) as vdir:
         for name, section in sections.items():
             if section.get("refine"):
                 rx.carry(root / manifest["version_dir"], vdir, section["refine"])
@@ -181,12 +180,12 @@ def _commit(root: Path, st: State, images: faiss.Index, captions: faiss.Index, e
         writer = MetaWriter(vdir / "meta.sqlite")
         edit(writer)
         writer.close()
-        fx.write(images, str(vdir / "images.faiss"))
-        fx.write(captions, str(vdir / "captions.faiss"))
-    new = {**manifest, **sections, "version": number, "version_dir": store.version_name(number),
+        faiss_index.write(images, str(vdir / "images.faiss"))
+        faiss_index.write(captions, str(vdir / "captions.faiss"))
+    new = {**manifest, **sections, "version": number, "version_dir": versions.version_name(number),
            "counts": counts, "next_id": next_id}  # fmt: skip
     for name, idx in (("images", images), ("captions", captions)):
         new[name] = {**new[name], "count": int(idx.ntotal)}
-    new["provenance"] = {**manifest["provenance"], "updated": store.now(), "last_change": change}
-    store.publish(root, new)
+    new["provenance"] = {**manifest["provenance"], "updated": versions.now(), "last_change": change}
+    versions.publish(root, new)
     return new

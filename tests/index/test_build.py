@@ -6,9 +6,9 @@ import pytest
 from PIL import Image
 
 from clipforge.encoders.bundle import load_bundle
-from clipforge.index import Index, IndexError_, IndexMismatchError
+from clipforge.index import Index, IndexInputError, IndexMismatchError
 from clipforge.index.build import embed_to_parts
-from clipforge.index.factory import choose_factory
+from clipforge.index.choice import choose_factory
 
 
 def test_manifest_binds_the_bundle_and_records_the_build(built_index, trained_bundle):
@@ -53,7 +53,7 @@ def test_choose_factory_follows_count_and_budget():
     assert choose_factory(20_000, 512, memory_budget_mb=1) == "IVF128,PQ32x6"  # Flat would not fit 1 MB
     assert choose_factory(100_000, 512, memory_budget_mb=100 * 100_000 / 2**20) == "IVF1024,PQ64"
     assert choose_factory(1_000_000, 512, memory_budget_mb=100 * 1_000_000 / 2**20) == "IVF4096_HNSW32,PQ64"
-    with pytest.raises(IndexError_):
+    with pytest.raises(IndexInputError):
         choose_factory(1_000_000, 512, memory_budget_mb=1)
 
 
@@ -61,7 +61,7 @@ def test_budgeted_index_fits_its_budget(tmp_path):
     """The index choose_factory picks for a budget serialises (codes, ids, id map, centroids, codebook) within it."""
     import faiss
 
-    from clipforge.index import factory as fx
+    from clipforge.index import faiss_index
 
     n, dim, budget_mb = 60_000, 64, 40 * 60_000 / 2**20  # 40 B/vector: too little for the default PQ32
     rng = np.random.default_rng(0)
@@ -70,19 +70,19 @@ def test_budgeted_index_fits_its_budget(tmp_path):
     )
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     factory = choose_factory(n, dim, budget_mb)
-    index = fx.make_index(factory, dim)
-    fx.train(index, x[rng.choice(n, fx.training_size(index), replace=False)], factory)
-    fx.add_chunks(index, [(np.arange(n), x)])
+    index = faiss_index.make_index(factory, dim)
+    faiss_index.train(index, x[rng.choice(n, faiss_index.training_size(index), replace=False)], factory)
+    faiss_index.add_chunks(index, [(np.arange(n), x)])
     path = tmp_path / "i.faiss"
-    fx.write(index, str(path))
+    faiss_index.write(index, str(path))
     assert path.stat().st_size <= budget_mb * 2**20, factory
     index = faiss.read_index(str(path))
-    before = fx.reconstruct(index, [7, 8])  # the id map is rebuilt on first use
+    before = faiss_index.reconstruct(index, [7, 8])  # the id map is rebuilt on first use
     assert before.shape == (2, dim) and np.dot(before[0], x[7]) > 0.9
-    assert fx.remove(index, np.array([7])) and index.ntotal == n - 1
-    np.testing.assert_array_equal(fx.reconstruct(index, [8]), before[1:])
+    assert faiss_index.remove(index, np.array([7])) and index.ntotal == n - 1
+    np.testing.assert_array_equal(faiss_index.reconstruct(index, [8]), before[1:])
     with pytest.raises(RuntimeError):
-        fx.reconstruct(index, [7])
+        faiss_index.reconstruct(index, [7])
 
 
 def write_folder(root: Path) -> None:
@@ -109,14 +109,14 @@ def test_folder_build_skips_and_counts_corrupt_images(trained_bundle, tmp_path):
 
 def test_empty_or_missing_data_is_a_clear_error(trained_bundle, tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(IndexError_, match="no usable images"):
+    with pytest.raises(IndexInputError, match="no usable images"):
         Index.build(trained_bundle, str(tmp_path / "empty"), tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()  # nothing half-built left behind
     with pytest.raises(FileNotFoundError, match="shard not found"):
         Index.build(trained_bundle, str(tmp_path / "nope-{0..1}.tar"), tmp_path / "out", progress=False)
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "file").write_text("x")
-    with pytest.raises(IndexError_, match="not empty"):
+    with pytest.raises(IndexInputError, match="not empty"):
         Index.build(trained_bundle, str(tmp_path / "empty"), tmp_path / "taken", progress=False)
     with pytest.raises(FileNotFoundError, match="not a clipforge index"):
         Index.open(tmp_path / "taken")
@@ -127,15 +127,15 @@ def test_truncated_or_missing_files_are_clear_errors(index_copy):
     faiss_file = vdir / "images.faiss"
     data = faiss_file.read_bytes()
     faiss_file.write_bytes(data[: len(data) // 2])
-    with pytest.raises(IndexError_, match="truncated"):
+    with pytest.raises(IndexInputError, match="truncated"):
         Index.open(index_copy)
     faiss_file.write_bytes(data)
     assert len(Index.open(index_copy)) == 600
     (vdir / "meta.sqlite").unlink()
-    with pytest.raises(IndexError_, match="missing"):
+    with pytest.raises(IndexInputError, match="missing"):
         Index.open(index_copy)
     (index_copy / "manifest.json").write_text("{truncated")
-    with pytest.raises(IndexError_, match="not valid JSON"):
+    with pytest.raises(IndexInputError, match="not valid JSON"):
         Index.open(index_copy)
 
 

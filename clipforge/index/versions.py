@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from clipforge.index.types import IndexError_
+from clipforge.index.types import IndexInputError
 
 FORMAT = "clipforge-index/1"
 MANIFEST = "manifest.json"
@@ -70,16 +70,18 @@ def read_manifest(root: Path) -> dict[str, Any]:
     try:
         manifest = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exn:
-        raise IndexError_(f"{path} is not valid JSON: {exn}") from exn
+        raise IndexInputError(f"{path} is not valid JSON: {exn}") from exn
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
-        raise IndexError_(f"{path}: unsupported index format {found!r}, expected {FORMAT}")
+        raise IndexInputError(f"{path}: unsupported index format {found!r}, expected {FORMAT}")
     for key, kind in MANIFEST_SHAPE.items():
         if key in manifest and (not isinstance(manifest[key], kind) or isinstance(manifest[key], bool)):
-            raise IndexError_(f"{path}: {key!r} should be {kind.__name__}, not {type(manifest[key]).__name__}: corrupt")
+            raise IndexInputError(
+                f"{path}: {key!r} should be {kind.__name__}, not {type(manifest[key]).__name__}: corrupt"
+            )
     for key in ("version_dir", "dim", "fingerprint", "images", "captions"):
         if key not in manifest:
-            raise IndexError_(f"{path}: {key!r} is missing: corrupt or not written by clipforge")
+            raise IndexInputError(f"{path}: {key!r} is missing: corrupt or not written by clipforge")
     return manifest
 
 
@@ -99,10 +101,10 @@ def verify_files(root: Path, manifest: dict[str, Any]) -> Path:
     for name, size in manifest.get("files", {}).items():
         path = vdir / name
         if not path.is_file():
-            raise IndexError_(f"{path} is missing: the index is incomplete")
+            raise IndexInputError(f"{path} is missing: the index is incomplete")
         actual = path.stat().st_size
         if actual != size:
-            raise IndexError_(f"{path} has {actual} bytes, the manifest recorded {size}: truncated or corrupt")
+            raise IndexInputError(f"{path} has {actual} bytes, the manifest recorded {size}: truncated or corrupt")
     return vdir
 
 
@@ -160,7 +162,7 @@ def sweep(root: Path) -> None:
             shutil.rmtree(p, ignore_errors=True)
     try:
         live = read_manifest(root)["version_dir"]
-    except (FileNotFoundError, IndexError_):
+    except (FileNotFoundError, IndexInputError):
         return
     versions = sorted(p.name for p in root.glob("v[0-9][0-9][0-9][0-9]") if p.is_dir())
     keep = set(versions[-KEEP_VERSIONS:]) | {live}
