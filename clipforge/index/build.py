@@ -22,8 +22,8 @@ from clipforge.index import choice, faiss_index, tuning
 from clipforge.index import refine as rx
 from clipforge.index.embed import count_folder_images, embed_records, folder_records, is_folder, shard_records
 from clipforge.index.meta import MetaWriter, row_for
-from clipforge.index.parts import Parts, PartWriter, read_parts_info
-from clipforge.index.types import IndexInputError
+from clipforge.index.parts import Parts, PartWriter, check_parts
+from clipforge.index.types import IndexInputError, IndexMismatchError
 
 RECALL_QUERIES = 200
 NAMES = ("images", "captions")
@@ -40,6 +40,8 @@ def embed_to_parts(
 ) -> dict[str, Any]:
     """Embed `data` (shard spec or image folder) into a parts directory; returns its parts.json."""
     work = Path(workdir)
+    if work.exists() and (not work.is_dir() or any(work.iterdir())):
+        raise IndexInputError(f"{work} is not empty: embed into a new directory (parts would mix with what is there)")
     work.mkdir(parents=True, exist_ok=True)
     stats: Counter = Counter()
     if is_folder(data):
@@ -158,13 +160,16 @@ def build_from_parts(
     factory: str | None = None,
     memory_budget_mb: float | None = None,
     refine: bool = True,
+    fingerprint: str | None = None,
 ) -> dict[str, Any]:
     """Write images.faiss, captions.faiss and meta.sqlite into `vdir` (and, for compressed indexes with
-    `refine`, the float16 re-rank segments); returns manifest sections."""
+    `refine`, the float16 re-rank segments); returns manifest sections. `fingerprint`: the bundle the
+    parts must have been embedded with (checked before anything is built)."""
+    infos = check_parts(dirs)
     paths = [Path(d) for d in dirs]
-    infos = [read_parts_info(d) for d in paths]
-    if len({i["fingerprint"] for i in infos}) > 1 or len({i["dim"] for i in infos}) > 1:
-        raise IndexInputError("the parts directories were embedded with different bundles")
+    if fingerprint is not None and infos[0]["fingerprint"] != fingerprint:
+        raise IndexMismatchError(f"the parts were embedded with bundle {infos[0]['fingerprint'][:12]}, "
+                                 f"not the one given ({fingerprint[:12]})")  # fmt: skip
     dim = int(infos[0]["dim"])
     offsets = list(np.cumsum([0] + [i["items"] for i in infos[:-1]]).astype(int).tolist())
     total = sum(i["items"] for i in infos)

@@ -103,6 +103,8 @@ class Index:
         refine: bool = True,
     ) -> Index:
         """A new index from parts directories written by `index.build.embed_to_parts` (one per process)."""
+        if bundle is None:
+            raise IndexInputError("index merge needs the model bundle the parts were embedded with")
         root = Path(out)
         if root.exists() and (not root.is_dir() or any(root.iterdir())):
             raise IndexInputError(f"{root} already exists and is not empty")
@@ -111,9 +113,7 @@ class Index:
         try:
             with versions.writer_lock(root), versions.new_version(root, 1) as vdir:
                 sections = build_from_parts(parts, vdir, factory=factory, memory_budget_mb=memory_budget_mb,
-                                            refine=refine)  # fmt: skip
-            if sections["fingerprint"] != bundle.fingerprint:
-                raise IndexMismatchError("the parts were embedded with another bundle than the one given")
+                                            refine=refine, fingerprint=bundle.fingerprint)  # fmt: skip
             versions.publish(root, new_manifest(bundle, sections, time.perf_counter() - t0))
         except BaseException:
             if not (root / versions.MANIFEST).exists():
