@@ -138,6 +138,9 @@ def build_one(
         params, refine_section["k_factor"], recall = rx.tune(index, vectors, queries, truth.ids)
     else:
         params, recall = tuning.tune(index, queries, truth.ids)
+    if not 0.0 <= recall <= 1.0:  # NaN or the tuner's -1 (no setting answered): never publish such an index
+        raise IndexInputError(f"the {factory!r} index answers no query (measured recall@10 {recall}): "
+                              "choose another factory")  # fmt: skip
     section = {
         "factory": factory,
         "count": int(index.ntotal),
@@ -171,6 +174,8 @@ def build_from_parts(
         raise IndexMismatchError(f"the parts were embedded with bundle {infos[0]['fingerprint'][:12]}, "
                                  f"not the one given ({fingerprint[:12]})")  # fmt: skip
     dim = int(infos[0]["dim"])
+    if factory is not None:
+        faiss_index.check_factory(factory, dim)  # before the metadata merge and any training
     offsets = list(np.cumsum([0] + [i["items"] for i in infos[:-1]]).astype(int).tolist())
     total = sum(i["items"] for i in infos)
     skipped: Counter = Counter()

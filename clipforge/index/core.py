@@ -13,9 +13,9 @@ import faiss
 import numpy as np
 
 from clipforge.encoders.images import ImageDecodeError
+from clipforge.index import faiss_index, versions
 from clipforge.index import search as sx
 from clipforge.index import update as ux
-from clipforge.index import versions
 from clipforge.index.build import build_from_parts, embed_to_parts
 from clipforge.index.sources import MemberReader, read_item_bytes
 from clipforge.index.state import State, load_state
@@ -74,6 +74,8 @@ class Index:
             raise IndexInputError(f"{root} already exists and is not empty; use `index add` or another directory")
         if memory_budget_mb is not None and memory_budget_mb <= 0:
             raise IndexInputError(f"memory budget must be positive, got {memory_budget_mb}")
+        if factory is not None:
+            faiss_index.check_factory(factory, int(bundle.embed_dim))  # before hours of embedding
         t0 = time.perf_counter()
         root.mkdir(parents=True, exist_ok=True)
         try:

@@ -16,14 +16,36 @@ import numpy as np
 from clipforge.index.types import IndexInputError
 
 
+def faiss_reason(exn: Exception) -> str:
+    """FAISS's own words from its exception, without the C++ signature and source location before them."""
+    text = str(exn).splitlines()[0] if str(exn) else type(exn).__name__
+    return re.sub(r"^Error in .*? at \S+:\d+: (Error: )?", "", text)[:200]
+
+
+def check_factory(factory: Any, dim: int) -> faiss.Index:
+    """The empty index `factory` makes, or a one-line error. Before FAISS sees the string: parameters that
+    parse but build an index that cannot answer (IVF0: no lists, recall -1) or that abort the process
+    (HNSW0/HNSW1, PQ4x0) are refused."""
+    if not isinstance(factory, str) or not factory.strip():
+        raise IndexInputError(f"the factory must be a FAISS factory string such as 'IVF1024,PQ64', got {factory!r}")
+    if "IDMap" in factory:
+        raise IndexInputError(f"factory {factory!r}: leave out IDMap, ids are added by clipforge")
+    if any(int(n) == 0 for n in re.findall(r"\d+", factory)):
+        raise IndexInputError(f"factory {factory!r}: every size in it (lists, links, sub-quantizers, bits, "
+                              "dimensions) must be at least 1")  # fmt: skip
+    if any(int(m) < 2 for m in re.findall(r"HNSW(\d+)", factory)):
+        raise IndexInputError(f"factory {factory!r}: an HNSW graph needs at least 2 links per node (e.g. HNSW32)")
+    try:
+        return faiss.index_factory(dim, factory.strip(), faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as exn:
+        raise IndexInputError(
+            f"invalid FAISS factory string {factory!r} for {dim} dimensions: {faiss_reason(exn)}"
+        ) from exn
+
+
 def make_index(factory: str, dim: int) -> faiss.Index:
     """An empty index that takes explicit int64 ids (IVF natively, anything else inside IndexIDMap2)."""
-    if re.search(r"IDMap", factory):
-        raise IndexInputError(f"factory {factory!r}: leave out IDMap, ids are added by clipforge")
-    try:
-        index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
-    except RuntimeError as exn:
-        raise IndexInputError(f"invalid FAISS factory string {factory!r}: {str(exn).splitlines()[0]}") from exn
+    index = check_factory(factory, dim)
     ivf = ivf_of(index)
     if ivf is None:
         return faiss.IndexIDMap2(index)
@@ -62,9 +84,7 @@ def train(index: faiss.Index, sample: np.ndarray, factory: str) -> None:
     try:
         index.train(np.ascontiguousarray(sample, dtype=np.float32))
     except RuntimeError as exn:
-        raise IndexInputError(
-            f"cannot train {factory!r} on {sample.shape[0]} vectors: {str(exn).splitlines()[0]}"
-        ) from exn
+        raise IndexInputError(f"cannot train {factory!r} on {sample.shape[0]} vectors: {faiss_reason(exn)}") from exn
 
 
 def add_chunks(index: faiss.Index, chunks: Iterable[tuple[np.ndarray, np.ndarray]]) -> None:

@@ -160,3 +160,47 @@ def _first_image(shard: Path) -> Image.Image:
     with tarfile.open(shard) as tf:
         member = next(m for m in tf if m.name.endswith(".jpg"))
         return Image.open(tf.extractfile(member)).convert("RGB")
+
+
+@pytest.mark.parametrize(
+    "factory, match",
+    [
+        ("IVF0,Flat", "must be at least 1"),  # parsed by FAISS, but no lists: it answered nothing (recall -1)
+        ("HNSW1", "at least 2 links"),  # aborts the process inside FAISS
+        ("IVF8,PQ4x0", "must be at least 1"),  # likewise
+        ("Nonsense", "could not parse index string Nonsense"),
+        ("IVF8,PQ7", "multiple of the number of subquantizers"),
+        ("IDMap2,Flat", "leave out IDMap"),
+        ("", "a FAISS factory string"),
+    ],
+)
+def test_a_bad_factory_is_refused_before_embedding(trained_bundle, synth_data, tmp_path, monkeypatch, factory, match):
+    embedded: list[int] = []
+    monkeypatch.setattr("clipforge.index.core.embed_to_parts", lambda *a, **k: embedded.append(1))
+    with pytest.raises(IndexInputError, match=match) as info:
+        Index.build(trained_bundle, synth_data["val"], tmp_path / "o", factory=factory, progress=False)
+    assert "\n" not in str(info.value) and "faiss::" not in str(info.value)  # one line, FAISS's words only
+    assert not embedded and not (tmp_path / "o").exists()
+
+
+def test_cli_build_with_an_unsearchable_factory_fails_with_one_line(trained_bundle, synth_data, tmp_path, capsys):
+    from clipforge.cli import main
+
+    argv = ["index", "build", "--bundle", str(trained_bundle.path), "--data", synth_data["val"], "--out",
+            str(tmp_path / "o"), "--factory", "IVF0,Flat", "--quiet"]  # fmt: skip
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "IVF0,Flat" in err and not (tmp_path / "o").exists()
+
+
+def test_an_index_whose_recall_is_not_a_number_is_never_published(trained_bundle, synth_data, tmp_path, monkeypatch):
+    """Whatever makes the tuner come back without a recall (NaN, or -1 when no setting answered), the index
+    is not published: a searchable-looking index that finds nothing is worse than an error."""
+    from clipforge.index import tuning
+
+    for bad in (float("nan"), -1.0):
+        monkeypatch.setattr(tuning, "tune", lambda *a, bad=bad, **k: ({}, bad))
+        with pytest.raises(IndexInputError, match="answers no query") as info:
+            Index.build(trained_bundle, synth_data["train"], tmp_path / "o", factory="IVF8,Flat", progress=False,
+                        refine=False)  # fmt: skip
+        assert "\n" not in str(info.value) and not (tmp_path / "o").exists()
