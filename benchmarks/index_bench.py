@@ -207,6 +207,7 @@ def run(n: int, budget_per_vector: float, autofaiss: bool) -> list[dict]:
     print(f"# n={n}: data generated in {gen:.1f}s; clipforge tuning recall {tune_recall:.3f}", flush=True)
 
     # The default `index build`: the same codes in RAM, float16 copies on disk, nprobe and depth re-tuned.
+    (ROOT / "benchmarks" / ".cache").mkdir(parents=True, exist_ok=True)  # absent with --no-autofaiss
     with tempfile.TemporaryDirectory(prefix="refine-", dir=ROOT / "benchmarks" / ".cache") as tmp:
         t0 = time.perf_counter()
         path = Path(tmp) / "images.vectors-0000.npy"

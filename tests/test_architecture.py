@@ -80,3 +80,10 @@ def test_no_private_name_imported_from_another_package():
             if private and target_package != package:
                 bad.append(f"{m} imports {target}.{name}")
     assert not bad, "; ".join(bad)
+
+
+def test_the_index_imports_neither_the_service_nor_training():
+    """Dependencies point one way: the index uses the encoders; the service uses the index, never back."""
+    bad = [f"{m} imports {t}" for m, ts in graph().items() if m.startswith("clipforge.index") for t in sorted(ts)
+           if t.startswith(("clipforge.service", "clipforge.training"))]  # fmt: skip
+    assert not bad, "; ".join(bad)

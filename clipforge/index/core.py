@@ -9,7 +9,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import faiss
 import numpy as np
 
 from clipforge.encoders.images import ImageDecodeError
@@ -86,7 +85,7 @@ class Index:
                 sections = build_from_parts([work], vdir, factory=factory, memory_budget_mb=memory_budget_mb,
                                             refine=refine)  # fmt: skip
                 shutil.rmtree(work)
-            versions.publish(root, new_manifest(bundle, sections, time.perf_counter() - t0))
+            versions.publish(root, versions.first_manifest(bundle, sections, time.perf_counter() - t0))
         except BaseException:
             if not (root / versions.MANIFEST).exists():
                 shutil.rmtree(root, ignore_errors=True)  # nothing half-built is left behind
@@ -116,7 +115,7 @@ class Index:
             with versions.writer_lock(root), versions.new_version(root, 1) as vdir:
                 sections = build_from_parts(parts, vdir, factory=factory, memory_budget_mb=memory_budget_mb,
                                             refine=refine, fingerprint=bundle.fingerprint)  # fmt: skip
-            versions.publish(root, new_manifest(bundle, sections, time.perf_counter() - t0))
+            versions.publish(root, versions.first_manifest(bundle, sections, time.perf_counter() - t0))
         except BaseException:
             if not (root / versions.MANIFEST).exists():
                 shutil.rmtree(root, ignore_errors=True)
@@ -293,34 +292,3 @@ class Index:
                 self._state = load_state(self.path, self.mmap)
             versions.sweep(self.path)
         return manifest
-
-
-def new_manifest(bundle: Any, sections: dict[str, Any], seconds: float) -> dict[str, Any]:
-    from clipforge.encoders.bundle import code_version
-
-    return {
-        "format": versions.FORMAT,
-        "version": 1,
-        "version_dir": versions.version_name(1),
-        "fingerprint": sections["fingerprint"],
-        "dim": sections["dim"],
-        "metric": "inner_product",
-        "normalized": True,
-        "counts": sections["counts"],
-        "next_id": sections["next_id"],
-        "images": sections["images"],
-        "captions": sections["captions"],
-        "bundle": {
-            "path": str(getattr(bundle, "path", "")),
-            "arch": bundle.meta.get("arch"),
-            "fingerprint": bundle.fingerprint,
-        },  # fmt: skip
-        "provenance": {
-            "created": versions.now(),
-            "updated": versions.now(),
-            "code_version": code_version(),
-            "faiss_version": faiss.__version__,
-            "build_seconds": round(seconds, 3),
-            "embedding": sections["embedding"],
-        },
-    }

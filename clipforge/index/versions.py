@@ -23,6 +23,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import faiss
+
 from clipforge.index.types import IndexInputError
 
 FORMAT = "clipforge-index/1"
@@ -83,6 +85,38 @@ def read_manifest(root: Path) -> dict[str, Any]:
         if key not in manifest:
             raise IndexInputError(f"{path}: {key!r} is missing: corrupt or not written by clipforge")
     return manifest
+
+
+def first_manifest(bundle: Any, sections: dict[str, Any], seconds: float) -> dict[str, Any]:
+    """Version 1's manifest: the build's `sections` (from `build.build_from_parts`), bound to `bundle`."""
+    from clipforge.encoders.bundle import code_version
+
+    return {
+        "format": FORMAT,
+        "version": 1,
+        "version_dir": version_name(1),
+        "fingerprint": sections["fingerprint"],
+        "dim": sections["dim"],
+        "metric": "inner_product",
+        "normalized": True,
+        "counts": sections["counts"],
+        "next_id": sections["next_id"],
+        "images": sections["images"],
+        "captions": sections["captions"],
+        "bundle": {
+            "path": str(getattr(bundle, "path", "")),
+            "arch": bundle.meta.get("arch"),
+            "fingerprint": bundle.fingerprint,
+        },  # fmt: skip
+        "provenance": {
+            "created": now(),
+            "updated": now(),
+            "code_version": code_version(),
+            "faiss_version": faiss.__version__,
+            "build_seconds": round(seconds, 3),
+            "embedding": sections["embedding"],
+        },
+    }
 
 
 def pointer_stamp(root: Path) -> tuple[int, int]:
