@@ -6,7 +6,7 @@
 
 For each size: build time, bytes per vector (serialised index / n), recall@10 against exact search
 (|approx top-10 ∩ exact top-10| / 10, mean over held-out queries), and QPS at batch 1 and batch 64 on
-2 threads, for exact search and for the index `index.factory.choose_factory` picks (trained on a sample,
+2 threads, for exact search and for the index `clipforge.index.choice.choose_factory` picks (trained on a sample,
 filled in chunks, nprobe tuned to recall 0.95 on separate tuning queries, exactly as `index build` does),
 once with its codes alone and once as `index build` now serves it by default: the same codes in RAM plus
 float16 copies of the vectors on disk (memory-mapped) that re-rank k * k_factor candidates exactly, nprobe
@@ -42,7 +42,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from clipforge.index import factory as fx  # noqa: E402
+from clipforge.index import (
+    choice,  # noqa: E402
+    faiss_index,  # noqa: E402
+    tuning,  # noqa: E402
+)
 from clipforge.index import refine as rx  # noqa: E402
 
 DIM = 512
@@ -172,7 +176,7 @@ def measure(n: int, name: str, index: Any, build_s: float, test_q: np.ndarray, t
     found = index.search(test_q, 10)[1]
     disk = nbytes(index) + (index.path.stat().st_size if isinstance(index, Refined) else 0)
     return {"n": n, "index": name, "build_s": build_s, "bytes_per_vector": nbytes(index) / n, "disk_per_vector": disk / n,
-            "recall@10": fx.recall_at_k(found, truth), "1-recall@10": one_recall(found, truth),
+            "recall@10": tuning.recall_at_k(found, truth), "1-recall@10": one_recall(found, truth),
             "qps_b1": qps(index, test_q, 1), "qps_b64": qps(index, test_q, 64)}  # fmt: skip
 
 
@@ -191,18 +195,19 @@ def run(n: int, budget_per_vector: float, autofaiss: bool) -> list[dict]:
     truth_tune = flat.search(tune_q, 10)[1]
     rows = [measure(n, "Flat (exact)", flat, flat_build, test_q, truth_test)]
 
-    factory = fx.choose_factory(n, DIM, budget_mb)
+    factory = choice.choose_factory(n, DIM, budget_mb)
     t0 = time.perf_counter()
-    index = fx.make_index(factory, DIM)
-    sample = xb[np.random.default_rng(0).choice(n, size=min(n, fx.training_size(index)), replace=False)]
-    fx.train(index, sample, factory)
-    fx.add_chunks(index, ((np.arange(s, min(s + 65_536, n)), xb[s : s + 65_536]) for s in range(0, n, 65_536)))
-    params, tune_recall = fx.tune(index, tune_q, truth_tune)
+    index = faiss_index.make_index(factory, DIM)
+    sample = xb[np.random.default_rng(0).choice(n, size=min(n, faiss_index.training_size(index)), replace=False)]
+    faiss_index.train(index, sample, factory)
+    faiss_index.add_chunks(index, ((np.arange(s, min(s + 65_536, n)), xb[s : s + 65_536]) for s in range(0, n, 65_536)))
+    params, tune_recall = tuning.tune(index, tune_q, truth_tune)
     build = time.perf_counter() - t0
     rows.append(measure(n, f"clipforge {factory} {params}", index, build, test_q, truth_test))
     print(f"# n={n}: data generated in {gen:.1f}s; clipforge tuning recall {tune_recall:.3f}", flush=True)
 
     # The default `index build`: the same codes in RAM, float16 copies on disk, nprobe and depth re-tuned.
+    (ROOT / "benchmarks" / ".cache").mkdir(parents=True, exist_ok=True)  # absent with --no-autofaiss
     with tempfile.TemporaryDirectory(prefix="refine-", dir=ROOT / "benchmarks" / ".cache") as tmp:
         t0 = time.perf_counter()
         path = Path(tmp) / "images.vectors-0000.npy"
@@ -223,7 +228,7 @@ def run(n: int, budget_per_vector: float, autofaiss: bool) -> list[dict]:
         rows.append(measure(n, f"autofaiss {infos['index_key']} {infos['index_param']}", af, af_build, test_q,
                             truth_test))  # fmt: skip
         # The same index with clipforge's tuning (nprobe up to the recall target): recall at equal memory/speed.
-        af_params, _ = fx.tune(af, tune_q, truth_tune)
+        af_params, _ = tuning.tune(af, tune_q, truth_tune)
         rows.append(measure(n, f"autofaiss {infos['index_key']} retuned {af_params}", af, af_build, test_q,
                             truth_test))  # fmt: skip
     return rows

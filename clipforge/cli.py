@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
 from typing import Any
 
+from clipforge.cliutil import print_json as _print_json
+
 QUICKSTART_DATA = "data/synth"
-
-
-def _print_json(obj: Any) -> None:
-    print(json.dumps(obj, indent=2, default=str))
 
 
 def cmd_data_synth(a: argparse.Namespace) -> int:
@@ -170,6 +167,10 @@ def cmd_quickstart(a: argparse.Namespace) -> int:
     shutil.rmtree(index_dir, ignore_errors=True)
     idx = Index.build(load_bundle(summary["bundle"]), f"{data}/val/shard-000000.tar", index_dir)
     print(f"  {len(idx)} items; recall@10 vs exact search: {idx.info().get('images', {}).get('recall@10', 'n/a')}")
+    from clipforge.fusion.quickstart import quickstart_fusion
+
+    print(f"[4/5] fusion head: yes/no questions that need colour AND shape -> {run / 'fusion'}", flush=True)
+    head_dir = quickstart_fusion(summary["bundle"], data, run / "fusion")
     url = f"http://{a.host}:{a.port}"
     print(f"[5/5] serving on {url}  (web page: {url}/ , API docs: {url}/docs)")
     print(f'  curl -s {url}/v1/search -H \'Content-Type: application/json\' -d \'{{"text": "a red circle", "k": 3}}\'')
@@ -178,15 +179,18 @@ def cmd_quickstart(a: argparse.Namespace) -> int:
     )
     if a.no_serve:
         return 0
-    serve = quickstart_serve_args(summary["bundle"], index_dir, a.host, a.port)
+    serve = quickstart_serve_args(summary["bundle"], index_dir, a.host, a.port, head=head_dir)
     return int(serve.func(serve))
 
 
-def quickstart_serve_args(bundle: str | Path, index: str | Path, host: str, port: int) -> argparse.Namespace:
+def quickstart_serve_args(
+    bundle: str | Path, index: str | Path, host: str, port: int, head: str | Path | None = None
+) -> argparse.Namespace:
     """`clipforge serve` as the command line would give it (every flag's default included, so that a flag
     added to `serve` later cannot break the main job's last step)."""
     return build_parser().parse_args(["serve", "--bundle", str(bundle), "--index", str(index), "--host", host,
-                                      "--port", str(port), "--log-level", "warning", "--no-access-log"])  # fmt: skip
+                                      "--port", str(port), "--log-level", "warning", "--no-access-log",
+                                      *(["--head", str(head)] if head else [])])  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -265,11 +269,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--onnx-dir", help="where to write the ONNX graphs")
     s.set_defaults(func=cmd_bundle_export)
 
-    from clipforge.index.cli import register as register_index
+    from clipforge.fusion.cli import register as register_fuse
+    from clipforge.index.commands import register as register_index
     from clipforge.service.cli import register as register_serve
 
     register_index(sub)
     register_serve(sub)
+    register_fuse(sub)
 
     s = sub.add_parser("quickstart", help="the main job: synth data, train, evaluate, export, index, serve")
     s.add_argument("--data", default=QUICKSTART_DATA)

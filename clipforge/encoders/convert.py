@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import save_file
 
 from clipforge.encoders.bundle import Bundle, load_bundle, save_bundle, swap_in
+from clipforge.encoders.jsonfile import read_json_object
 from clipforge.encoders.model import (
     WeightsMismatch,
     build_model,
@@ -108,12 +109,7 @@ def read_hf_config(directory: Path) -> dict[str, Any]:
     path = directory / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"{directory}: no config.json (not a transformers model directory)")
-    try:
-        hf_cfg = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exn:
-        raise ValueError(f"{path} is not valid JSON: {exn}") from exn
-    if not isinstance(hf_cfg, dict):
-        raise ValueError(f"{path}: expected a JSON object, found a {type(hf_cfg).__name__}")
+    hf_cfg = read_json_object(path, ValueError)
     if hf_cfg.get("model_type") != "clip":
         raise ValueError(f"{directory}: model_type {hf_cfg.get('model_type')!r} is not supported (only 'clip')")
     for part in ("vision_config", "text_config"):

@@ -8,15 +8,28 @@ from pathlib import Path
 from typing import Any
 
 
+def read_json(path: Path, error: type[Exception]) -> Any:
+    """The JSON value at `path`, or `error` with one line."""
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exn:
+        raise error(f"{path} is not valid JSON: {exn}") from exn
+
+
+def read_json_object(path: Path, error: type[Exception]) -> dict[str, Any]:
+    """The JSON object at `path`, or `error` with one line: not JSON, or JSON but not an object."""
+    value = read_json(path, error)
+    if not isinstance(value, dict):
+        raise error(f"{path}: expected a JSON object, found a {type(value).__name__}")
+    return value
+
+
 def read_format_json(
     path: Path, fmt: str, shape: Mapping[str, type], required: tuple[str, ...], error: type[Exception], what: str
 ) -> dict[str, Any]:
     """The JSON object at `path`, or `error` with one line: not JSON, not `{"format": fmt, ...}`, a key of
     `shape` holding another type (a bool is not an int), or a `required` key missing."""
-    try:
-        value = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exn:
-        raise error(f"{path} is not valid JSON: {exn}") from exn
+    value = read_json(path, error)
     if not isinstance(value, dict) or value.get("format") != fmt:
         found = value.get("format") if isinstance(value, dict) else type(value).__name__
         raise error(f"{path}: unsupported {what} format {found!r}, expected {fmt}")

@@ -6,6 +6,6 @@ hits = Index.open("runs/index", bundle=bundle).search_text(bundle, "a red circle
 """
 
 from clipforge.index.core import Index
-from clipforge.index.types import Hit, IndexError_, IndexMismatchError, Item
+from clipforge.index.types import Hit, IndexInputError, IndexMismatchError, Item
 
-__all__ = ["Hit", "Index", "IndexError_", "IndexMismatchError", "Item"]
+__all__ = ["Hit", "Index", "IndexInputError", "IndexMismatchError", "Item"]

@@ -8,7 +8,6 @@ measure recall is accumulated chunk by chunk too. See index/README.md for splitt
 from __future__ import annotations
 
 import json
-import shutil
 import sqlite3
 import time
 from collections import Counter
@@ -19,12 +18,12 @@ from typing import Any
 import faiss
 import numpy as np
 
-from clipforge.index import factory as fx
+from clipforge.index import choice, faiss_index, tuning
 from clipforge.index import refine as rx
 from clipforge.index.embed import count_folder_images, embed_records, folder_records, is_folder, shard_records
 from clipforge.index.meta import MetaWriter, row_for
-from clipforge.index.parts import Parts, PartWriter, read_parts_info
-from clipforge.index.types import IndexError_
+from clipforge.index.parts import Parts, PartWriter, check_parts
+from clipforge.index.types import IndexInputError, IndexMismatchError
 
 RECALL_QUERIES = 200
 NAMES = ("images", "captions")
@@ -41,6 +40,8 @@ def embed_to_parts(
 ) -> dict[str, Any]:
     """Embed `data` (shard spec or image folder) into a parts directory; returns its parts.json."""
     work = Path(workdir)
+    if work.exists() and (not work.is_dir() or any(work.iterdir())):
+        raise IndexInputError(f"{work} is not empty: embed into a new directory (parts would mix with what is there)")
     work.mkdir(parents=True, exist_ok=True)
     stats: Counter = Counter()
     if is_folder(data):
@@ -105,25 +106,25 @@ def build_one(
     [0, rows), and tune nprobe and the re-rank depth together (index/refine.py)."""
     rng = np.random.default_rng(seed)
     n = len(parts)
-    index = fx.make_index(factory, dim)
+    index = faiss_index.make_index(factory, dim)
     t0 = time.perf_counter()
-    need = fx.training_size(index)
+    need = faiss_index.training_size(index)
     if need:
         _, sample = parts.gather(rng.choice(n, size=min(n, need), replace=False))
-        fx.train(index, sample, factory)
+        faiss_index.train(index, sample, factory)
     exact_search = factory.strip() in ("Flat", "IDMap2,Flat")
     _, queries = parts.gather(rng.choice(n, size=min(n, RECALL_QUERIES), replace=False))
-    truth = fx.ExactTopK(queries if not exact_search else queries[:0], k=10)
+    truth = tuning.ExactTopK(queries if not exact_search else queries[:0], k=10)
 
     def chunks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for ids, vecs in parts.chunks():
-            fx.add_chunks(index, [(ids, vecs)])
+            faiss_index.add_chunks(index, [(ids, vecs)])
             truth.update(ids, vecs)
             yield ids, vecs
 
     refine_section: dict[str, Any] | None = None
     vectors = None
-    if refine_to is not None and fx.ivf_of(index) is not None:
+    if refine_to is not None and faiss_index.ivf_of(index) is not None:
         seg = rx.write_segment(refine_to, 0, rows, dim, chunks())
         refine_section = {"dtype": "float16", "k_factor": 1, "segments": [seg]}
         vectors = rx.Vectors.open(refine_to.parent, {"refine": refine_section}, dim)
@@ -136,7 +137,10 @@ def build_one(
     elif refine_section is not None and vectors is not None:
         params, refine_section["k_factor"], recall = rx.tune(index, vectors, queries, truth.ids)
     else:
-        params, recall = fx.tune(index, queries, truth.ids)
+        params, recall = tuning.tune(index, queries, truth.ids)
+    if not 0.0 <= recall <= 1.0:  # NaN or the tuner's -1 (no setting answered): never publish such an index
+        raise IndexInputError(f"the {factory!r} index answers no query (measured recall@10 {recall}): "
+                              "choose another factory")  # fmt: skip
     section = {
         "factory": factory,
         "count": int(index.ntotal),
@@ -159,14 +163,19 @@ def build_from_parts(
     factory: str | None = None,
     memory_budget_mb: float | None = None,
     refine: bool = True,
+    fingerprint: str | None = None,
 ) -> dict[str, Any]:
     """Write images.faiss, captions.faiss and meta.sqlite into `vdir` (and, for compressed indexes with
-    `refine`, the float16 re-rank segments); returns manifest sections."""
+    `refine`, the float16 re-rank segments); returns manifest sections. `fingerprint`: the bundle the
+    parts must have been embedded with (checked before anything is built)."""
+    infos = check_parts(dirs)
     paths = [Path(d) for d in dirs]
-    infos = [read_parts_info(d) for d in paths]
-    if len({i["fingerprint"] for i in infos}) > 1 or len({i["dim"] for i in infos}) > 1:
-        raise IndexError_("the parts directories were embedded with different bundles")
+    if fingerprint is not None and infos[0]["fingerprint"] != fingerprint:
+        raise IndexMismatchError(f"the parts were embedded with bundle {infos[0]['fingerprint'][:12]}, "
+                                 f"not the one given ({fingerprint[:12]})")  # fmt: skip
     dim = int(infos[0]["dim"])
+    if factory is not None:
+        faiss_index.check_factory(factory, dim)  # before the metadata merge and any training
     offsets = list(np.cumsum([0] + [i["items"] for i in infos[:-1]]).astype(int).tolist())
     total = sum(i["items"] for i in infos)
     skipped: Counter = Counter()
@@ -174,7 +183,7 @@ def build_from_parts(
         skipped.update(i["skipped"])
     if total == 0:
         data = ", ".join(i["data"] for i in infos)
-        raise IndexError_(f"no usable images in {data} (skipped: {dict(skipped) or 'nothing found'})")
+        raise IndexInputError(f"no usable images in {data} (skipped: {dict(skipped) or 'nothing found'})")
     merge_meta(paths, offsets, vdir / "meta.sqlite")
     sections: dict[str, Any] = {}
     counts = {name: sum(i["items" if name == "images" else "captions"] for i in infos) for name in NAMES}
@@ -182,13 +191,13 @@ def build_from_parts(
         parts = Parts(paths, name, offsets)
         n = len(parts)
         share = None if memory_budget_mb is None else memory_budget_mb * n / max(sum(counts.values()), 1)
-        chosen = factory or (fx.choose_factory(n, dim, share) if n else "Flat")
+        chosen = factory or (choice.choose_factory(n, dim, share) if n else "Flat")
         if n and factory and n < 2 * _min_train(chosen, dim):
             chosen = "Flat"  # e.g. few captions: an IVF cannot be trained on them, exact search is right anyway
         refine_to = vdir / rx.segment_name(name, 0) if refine else None
         index, sections[name] = (build_one(parts, chosen, dim, refine_to=refine_to, rows=total) if n
-                                 else (fx.make_index("Flat", dim), _empty()))  # fmt: skip
-        fx.write(index, str(vdir / f"{name}.faiss"))
+                                 else (faiss_index.make_index("Flat", dim), _empty()))  # fmt: skip
+        faiss_index.write(index, str(vdir / f"{name}.faiss"))
     return {
         "dim": dim,
         "fingerprint": infos[0]["fingerprint"],
@@ -204,14 +213,10 @@ def build_from_parts(
 
 
 def _min_train(factory: str, dim: int) -> int:
-    ivf = fx.ivf_of(fx.make_index(factory, dim))
+    ivf = faiss_index.ivf_of(faiss_index.make_index(factory, dim))
     return 0 if ivf is None else int(ivf.nlist)
 
 
 def _empty() -> dict[str, Any]:
     return {"factory": "Flat", "count": 0, "search_params": {}, "recall@10": 1.0, "recall_queries": 0,
             "train_vectors": 0, "build_seconds": 0.0, "tombstones": 0}  # fmt: skip
-
-
-def remove_parts(work: Path) -> None:
-    shutil.rmtree(work, ignore_errors=True)

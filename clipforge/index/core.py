@@ -1,71 +1,29 @@
-"""`Index`: open, search and update an index directory (see store.py for the on-disk layout)."""
+"""`Index`: open, search and update an index directory (see versions.py for the on-disk layout)."""
 
 from __future__ import annotations
 
-import datetime as dt
 import shutil
 import threading
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import faiss
 import numpy as np
 
-from clipforge.index import factory as fx
-from clipforge.index import refine as rx
+from clipforge.encoders.images import ImageDecodeError
+from clipforge.index import faiss_index, versions
 from clipforge.index import search as sx
-from clipforge.index import store
+from clipforge.index import update as ux
 from clipforge.index.build import build_from_parts, embed_to_parts
-from clipforge.index.meta import MetaReader
 from clipforge.index.sources import MemberReader, read_item_bytes
-from clipforge.index.types import Hit, IndexError_, IndexMismatchError, Item
-
-
-@dataclass
-class State:
-    """One loaded, immutable version: what a search works on from start to end."""
-
-    manifest: dict[str, Any]
-    images: faiss.Index
-    captions: faiss.Index
-    meta: MetaReader
-    stamp: tuple[int, int]
-    vectors: dict[str, rx.Vectors | None] = field(default_factory=dict)  # float16 re-rank copies, if any
-
-
-def read_faiss(path: Path, mmap: bool = False) -> faiss.Index:
-    """Load an index file; with `mmap` an IVF's inverted lists stay in the file and are paged in by the OS
-    as searches touch them (read-only: updates work on their own in-RAM copy)."""
-    flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
-    try:
-        return faiss.read_index(str(path), flags)
-    except RuntimeError as exn:
-        raise IndexError_(f"{path} cannot be read ({str(exn).splitlines()[0][:120]}): truncated or corrupt") from exn
-
-
-def load_state(root: Path, mmap: bool = False) -> State:
-    stamp = store.pointer_stamp(root)
-    manifest = store.read_manifest(root)
-    vdir = store.verify_files(root, manifest)
-    images, captions = read_faiss(vdir / "images.faiss", mmap), read_faiss(vdir / "captions.faiss", mmap)
-    for index, name in ((images, "images"), (captions, "captions")):
-        if index.d != manifest["dim"]:
-            raise IndexError_(f"{vdir / name}.faiss has dimension {index.d}, the manifest says {manifest['dim']}")
-        fx.apply_search_params(index, manifest[name].get("search_params", {}))
-    dim = int(manifest["dim"])
-    vectors = {name: rx.Vectors.open(vdir, manifest[name], dim) for name in ("images", "captions")}
-    return State(manifest, images, captions, MetaReader(vdir / "meta.sqlite"), stamp, vectors)
-
-
-def now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+from clipforge.index.state import State, load_state
+from clipforge.index.types import Hit, IndexInputError, IndexMismatchError, Item
 
 
 def check_bundle(bundle: Any, fingerprint: str, dim: int, root: Path) -> None:
     if bundle is None:
-        raise IndexError_("a model bundle is needed for this operation")
+        raise IndexInputError("a model bundle is needed for this operation")
     if bundle.fingerprint != fingerprint:
         raise IndexMismatchError(
             f"bundle {getattr(bundle, 'path', '?')} (fingerprint {bundle.fingerprint[:12]}) is not the one index "
@@ -107,27 +65,29 @@ class Index:
         `refine`: a compressed index keeps float16 copies of the vectors on disk to re-rank its candidates
         exactly (index/refine.py); off, it is only the codes in RAM."""
         if bundle is None:
-            raise IndexError_("index build needs a model bundle")
+            raise IndexInputError("index build needs a model bundle")
         if not str(data).strip():
-            raise IndexError_("no data given")
+            raise IndexInputError("no data given")
         root = Path(out)
         if root.exists() and (not root.is_dir() or any(root.iterdir())):
-            raise IndexError_(f"{root} already exists and is not empty; use `index add` or another directory")
+            raise IndexInputError(f"{root} already exists and is not empty; use `index add` or another directory")
         if memory_budget_mb is not None and memory_budget_mb <= 0:
-            raise IndexError_(f"memory budget must be positive, got {memory_budget_mb}")
+            raise IndexInputError(f"memory budget must be positive, got {memory_budget_mb}")
+        if factory is not None:
+            faiss_index.check_factory(factory, int(bundle.embed_dim))  # before hours of embedding
         t0 = time.perf_counter()
         root.mkdir(parents=True, exist_ok=True)
         try:
-            with store.writer_lock(root), store.new_version(root, 1) as vdir:
+            with versions.writer_lock(root), versions.new_version(root, 1) as vdir:
                 work = vdir / "_parts"
                 embed_to_parts(bundle, str(data), work, batch_size=batch_size, caption_key=caption_key,
                                progress=progress)  # fmt: skip
                 sections = build_from_parts([work], vdir, factory=factory, memory_budget_mb=memory_budget_mb,
                                             refine=refine)  # fmt: skip
                 shutil.rmtree(work)
-            store.publish(root, new_manifest(bundle, sections, time.perf_counter() - t0))
+            versions.publish(root, versions.first_manifest(bundle, sections, time.perf_counter() - t0))
         except BaseException:
-            if not (root / store.MANIFEST).exists():
+            if not (root / versions.MANIFEST).exists():
                 shutil.rmtree(root, ignore_errors=True)  # nothing half-built is left behind
             raise
         return cls.open(root)
@@ -144,20 +104,20 @@ class Index:
         refine: bool = True,
     ) -> Index:
         """A new index from parts directories written by `index.build.embed_to_parts` (one per process)."""
+        if bundle is None:
+            raise IndexInputError("index merge needs the model bundle the parts were embedded with")
         root = Path(out)
         if root.exists() and (not root.is_dir() or any(root.iterdir())):
-            raise IndexError_(f"{root} already exists and is not empty")
+            raise IndexInputError(f"{root} already exists and is not empty")
         t0 = time.perf_counter()
         root.mkdir(parents=True, exist_ok=True)
         try:
-            with store.writer_lock(root), store.new_version(root, 1) as vdir:
+            with versions.writer_lock(root), versions.new_version(root, 1) as vdir:
                 sections = build_from_parts(parts, vdir, factory=factory, memory_budget_mb=memory_budget_mb,
-                                            refine=refine)  # fmt: skip
-            if sections["fingerprint"] != bundle.fingerprint:
-                raise IndexMismatchError("the parts were embedded with another bundle than the one given")
-            store.publish(root, new_manifest(bundle, sections, time.perf_counter() - t0))
+                                            refine=refine, fingerprint=bundle.fingerprint)  # fmt: skip
+            versions.publish(root, versions.first_manifest(bundle, sections, time.perf_counter() - t0))
         except BaseException:
-            if not (root / store.MANIFEST).exists():
+            if not (root / versions.MANIFEST).exists():
                 shutil.rmtree(root, ignore_errors=True)
             raise
         return cls.open(root)
@@ -167,7 +127,7 @@ class Index:
         """`mmap`: memory-map the inverted lists instead of reading them into RAM, for indexes larger
         than memory (or many processes sharing one copy through the page cache)."""
         root = Path(path)
-        manifest = store.read_manifest(root)
+        manifest = versions.read_manifest(root)
         if bundle is not None:
             check_bundle(bundle, manifest["fingerprint"], int(manifest["dim"]), root)
         return cls(root, load_state(root, mmap), mmap)
@@ -178,7 +138,7 @@ class Index:
     def _current(self) -> State:
         state = self._state
         try:
-            stamp = store.pointer_stamp(self.path)
+            stamp = versions.pointer_stamp(self.path)
         except FileNotFoundError:
             return state  # directory moved away under us: keep serving what is loaded
         if stamp != state.stamp:
@@ -232,7 +192,7 @@ class Index:
 
     def search_text(self, bundle: Any, text: str, k: int = 10, **kw: Any) -> list[Hit]:
         if not isinstance(text, str) or not text.strip():
-            raise IndexError_("query text is empty")
+            raise IndexInputError("query text is empty")
         self._check(bundle)
         return self.search_vectors(bundle.encode_texts([text]).numpy(), k, **kw)[0]
 
@@ -249,71 +209,86 @@ class Index:
         try:
             vector = sx.stored_vectors(st, [int(id)])[0]
         except RuntimeError as exn:
-            raise IndexError_(f"item {id} has no stored image vector") from exn
+            raise IndexInputError(f"item {id} has no stored image vector") from exn
         exclude = set(kw.pop("exclude", None) or ()) | {int(id)}
         return self.search_vectors(vector[None, :], k, exclude=exclude, **kw)[0]
 
+    def image_vectors(self, ids: list[int]) -> np.ndarray:
+        """[len(ids), D] float32 stored image vectors of items, as the index keeps them (exact for `Flat`;
+        the float16 re-rank copies or the decoded codes otherwise: near, not exactly, unit length).
+        Unknown ids raise IndexInputError; nothing is encoded."""
+        st = self._current()
+        wanted = [int(i) for i in ids]
+        missing = sorted(set(wanted) - st.meta.existing(wanted))
+        if missing:
+            raise IndexInputError(f"unknown id {missing[0]}" if len(missing) == 1 else f"unknown ids {missing[:10]}")
+        try:
+            return np.asarray(sx.stored_vectors(st, wanted), dtype=np.float32)
+        except RuntimeError as exn:
+            raise IndexInputError("an item has no stored image vector") from exn
+
     def get(self, id: int) -> Item:
         if isinstance(id, bool) or not isinstance(id, int | np.integer):
-            raise IndexError_(f"ids are integers, got {id!r}")
+            raise IndexInputError(f"ids are integers, got {id!r}")
         item = self._current().meta.get_many([int(id)]).get(int(id))
         if item is None:
-            raise IndexError_(f"unknown id {id}")
+            raise IndexInputError(f"unknown id {id}")
         return item
 
     def read_image_bytes(self, id: int) -> tuple[bytes, str]:
         return read_item_bytes(self.path, self.get(id), self._members)
 
-    # ---- updates ---------------------------------------------------------------------------------------
+    # ---- updates ----------------------------------------------------------------------------------------
     def add(self, bundle: Any, items: list[tuple[bytes, str | None, dict]]) -> list[int]:
-        """Embed and add (image bytes, caption, extra) items as one atomic new version; returns their ids."""
-        from clipforge.index.update import add_items
-
+        """Embed (image bytes, caption, extra) items with `bundle` and add them as one atomic new version;
+        returns their ids. Every image decodes before anything is written."""
         self._check(bundle)
-        return add_items(self, bundle, items)
+        checked = ux.check_items(items)
+        images = []
+        for n, (data, _, _) in enumerate(checked):
+            try:
+                images.append(bundle.decode_image(data)[0])
+            except ImageDecodeError as exn:
+                raise IndexInputError(f"item {n}: {exn}") from exn
+        image_features = bundle.encode_images(bundle.preprocess(images)).numpy()  # [n, D]
+        captions = [caption for _, caption, _ in checked if caption]
+        caption_features = (bundle.encode_texts(captions).numpy() if captions
+                            else np.zeros((0, image_features.shape[1]), np.float32))  # [m, D]  # fmt: skip
+        return self.add_vectors(checked, image_features, caption_features, fingerprint=bundle.fingerprint)
+
+    def add_vectors(self, items: list[tuple[bytes, str | None, dict]], image_features: np.ndarray,
+                    caption_features: np.ndarray, *, fingerprint: str | None = None) -> list[int]:  # fmt: skip
+        """Add items already encoded, as one atomic new version; returns their ids. `image_features` [n, D]:
+        one row per item; `caption_features` [m, D]: one row per item whose caption is not empty after
+        `update.clean_caption`, in order. `fingerprint`: the bundle that encoded them, checked against the
+        live version (another process may have replaced the index since it was opened)."""
+        checked = ux.check_items(items)
+
+        def update(st: State) -> dict[str, Any]:
+            if fingerprint is not None and fingerprint != st.manifest["fingerprint"]:
+                raise IndexMismatchError(f"the vectors come from bundle {fingerprint[:12]}, index {self.path} "
+                                         f"holds {str(st.manifest['fingerprint'])[:12]}")  # fmt: skip
+            return ux.add_vectors(self.path, st, checked, image_features, caption_features, mmap=self.mmap)
+
+        manifest = self._write(update)
+        first, added = int(manifest["next_id"]) - len(checked), len(checked)
+        return list(range(first, first + added))
 
     def remove(self, ids: list[int]) -> int:
         """Remove items by id as one atomic new version; unknown ids are an error and nothing changes."""
-        from clipforge.index.update import remove_items
-
-        return remove_items(self, ids)
+        wanted = ux.check_ids(ids)
+        self._write(lambda st: ux.remove_ids(self.path, st, wanted, mmap=self.mmap))
+        return len(wanted)
 
     def _check(self, bundle: Any) -> None:
         m = self._current().manifest
         check_bundle(bundle, m["fingerprint"], int(m["dim"]), self.path)
 
-    def _swap(self) -> None:
-        """Load the version just published (called by updates, with the writer lock held)."""
-        with self._reload:
-            self._state = load_state(self.path, self.mmap)
-
-
-def new_manifest(bundle: Any, sections: dict[str, Any], seconds: float) -> dict[str, Any]:
-    from clipforge.encoders.bundle import code_version
-
-    return {
-        "format": store.FORMAT,
-        "version": 1,
-        "version_dir": store.version_name(1),
-        "fingerprint": sections["fingerprint"],
-        "dim": sections["dim"],
-        "metric": "inner_product",
-        "normalized": True,
-        "counts": sections["counts"],
-        "next_id": sections["next_id"],
-        "images": sections["images"],
-        "captions": sections["captions"],
-        "bundle": {
-            "path": str(getattr(bundle, "path", "")),
-            "arch": bundle.meta.get("arch"),
-            "fingerprint": bundle.fingerprint,
-        },  # fmt: skip
-        "provenance": {
-            "created": now(),
-            "updated": now(),
-            "code_version": code_version(),
-            "faiss_version": faiss.__version__,
-            "build_seconds": round(seconds, 3),
-            "embedding": sections["embedding"],
-        },
-    }
+    def _write(self, update: Callable[[State], dict[str, Any]]) -> dict[str, Any]:
+        """Run `update` on the live version with the writer lock held, then load the version it published."""
+        with versions.writer_lock(self.path):
+            manifest = update(self._current())
+            with self._reload:
+                self._state = load_state(self.path, self.mmap)
+            versions.sweep(self.path)
+        return manifest

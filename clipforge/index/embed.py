@@ -24,7 +24,7 @@ from clipforge.data.shards import IMAGE_KEYS, expand_urls, raw_samples, read_cap
 from clipforge.encoders.images import IMAGE_EXTENSIONS, ImageDecodeError
 from clipforge.encoders.text import clean_caption
 from clipforge.index.meta import check_extra
-from clipforge.index.types import IndexError_, Item
+from clipforge.index.types import IndexInputError, Item
 
 
 @dataclass
@@ -60,7 +60,7 @@ def _json_dict(raw: bytes | None) -> dict[str, Any]:
     try:
         value = json.loads(raw)
         check_extra(value)
-    except (ValueError, UnicodeDecodeError, RecursionError, IndexError_):
+    except (ValueError, UnicodeDecodeError, RecursionError, IndexInputError):
         return {}
     return value if isinstance(value, dict) else {}
 
@@ -164,7 +164,7 @@ def embed_records(
     `shards`: how many shards the records come from; the bar's total (for its ETA) is then estimated
     from the size of the first shard."""
     if batch_size <= 0:
-        raise IndexError_(f"batch_size must be positive, got {batch_size}")
+        raise IndexInputError(f"batch_size must be positive, got {batch_size}")
     stats = Counter() if stats is None else stats
     workers = workers or max(1, min(4, (os.cpu_count() or 2) - 1))
     next_id = start_id

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from clipforge.index.types import IndexError_, Item
+from clipforge.index.types import IndexInputError, Item
 
 COLUMNS = ("key", "caption", "source", "member", "path", "width", "height")
 SCHEMA = """
@@ -58,15 +58,15 @@ def check_extra(value: Any, where: str = "metadata") -> None:
     """Refuse metadata that could be stored but not written back out as JSON or searched with
     json_extract: non-finite numbers, integers beyond 64 bits, strings (keys too) that are not UTF-8."""
     if isinstance(value, float) and not math.isfinite(value):
-        raise IndexError_(f"{where}: numbers must be finite, got {value}")
+        raise IndexInputError(f"{where}: numbers must be finite, got {value}")
     if isinstance(value, int) and not isinstance(value, bool) and not INT64[0] <= value <= INT64[1]:
-        raise IndexError_(f"{where}: integers must fit in 64 bits")
+        raise IndexInputError(f"{where}: integers must fit in 64 bits")
     if isinstance(value, str) and not encodable(value):
-        raise IndexError_(f"{where}: text is not valid Unicode (a lone surrogate)")
+        raise IndexInputError(f"{where}: text is not valid Unicode (a lone surrogate)")
     if isinstance(value, dict):
         for k, v in value.items():
             if not isinstance(k, str) or not encodable(k):
-                raise IndexError_(f"{where}: keys must be valid Unicode strings")
+                raise IndexInputError(f"{where}: keys must be valid Unicode strings")
             check_extra(v, f"{where}.{k}")
     elif isinstance(value, list | tuple):
         for i, v in enumerate(value):
@@ -112,14 +112,14 @@ class MetaReader:
 
     def __init__(self, path: Path) -> None:
         if not path.is_file():
-            raise IndexError_(f"{path} is missing: the index is incomplete")
+            raise IndexInputError(f"{path} is missing: the index is incomplete")
         uri = f"file:{path.resolve()}?immutable=1"
         self.conn = sqlite3.connect(uri, uri=True, check_same_thread=False)
         self.lock = threading.Lock()
         try:
             self.count()
         except sqlite3.DatabaseError as exn:
-            raise IndexError_(f"{path} is not a readable metadata table ({exn}): truncated or corrupt") from exn
+            raise IndexInputError(f"{path} is not a readable metadata table ({exn}): truncated or corrupt") from exn
 
     def _query(self, sql: str, args: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
         with self.lock:
@@ -127,9 +127,6 @@ class MetaReader:
 
     def count(self) -> int:
         return int(self._query("SELECT COUNT(*) FROM items")[0][0])
-
-    def count_captions(self) -> int:
-        return int(self._query("SELECT COUNT(*) FROM items WHERE caption IS NOT NULL")[0][0])
 
     def get_many(self, ids: list[int]) -> dict[int, Item]:
         out: dict[int, Item] = {}
@@ -144,25 +141,21 @@ class MetaReader:
     def existing(self, ids: list[int]) -> set[int]:
         return set(self.get_many(ids))
 
-    def max_id(self) -> int:
-        value = self._query("SELECT MAX(id) FROM items")[0][0]
-        return -1 if value is None else int(value)
-
     def filter_ids(self, filters: dict[str, Any]) -> list[int]:
         """Ids whose fields equal the filter values (a list means any of them); extra fields via JSON."""
         clauses: list[str] = []
         args: list[Any] = []
         if len(filters) > MAX_FILTER_FIELDS:
-            raise IndexError_(f"{len(filters)} filter fields is over the limit of {MAX_FILTER_FIELDS}")
+            raise IndexInputError(f"{len(filters)} filter fields is over the limit of {MAX_FILTER_FIELDS}")
         for name, value in filters.items():
             if not isinstance(name, str) or not name.replace("_", "").replace("-", "").isalnum():
-                raise IndexError_(f"invalid filter field {name!r}")
+                raise IndexInputError(f"invalid filter field {name!r}")
             column = name if name in COLUMNS or name == "id" else f"json_extract(extra, '$.\"{name}\"')"
             values = value if isinstance(value, list | tuple | set) else [value]
             if not values:
-                raise IndexError_(f"filter {name!r} has an empty list of values")
+                raise IndexInputError(f"filter {name!r} has an empty list of values")
             if any(isinstance(v, dict | list) for v in values):
-                raise IndexError_(f"filter {name!r}: values must be strings, numbers or booleans")
+                raise IndexInputError(f"filter {name!r}: values must be strings, numbers or booleans")
             check_extra(list(values), f"filter {name!r}")
             clauses.append(f"{column} IN ({','.join('?' * len(values))})")
             args.extend(values)

@@ -23,8 +23,8 @@ from typing import Any
 import faiss
 import numpy as np
 
-from clipforge.index import factory as fx
-from clipforge.index.types import IndexError_
+from clipforge.index import faiss_index, tuning
+from clipforge.index.types import IndexInputError
 
 DTYPE = np.float16
 FACTORS = (1, 2, 4, 8, 16)  # candidates per result the tuner tries, cheapest first
@@ -57,9 +57,9 @@ class Vectors:
             try:
                 arr = np.load(path, mmap_mode="r")
             except (OSError, ValueError) as exn:
-                raise IndexError_(f"{path} cannot be read ({exn}): truncated or corrupt") from exn
+                raise IndexInputError(f"{path} cannot be read ({exn}): truncated or corrupt") from exn
             if arr.dtype != DTYPE or arr.ndim != 2 or arr.shape != (int(seg["rows"]), dim):
-                raise IndexError_(f"{path} holds {arr.dtype} {list(arr.shape)}, the manifest says "
+                raise IndexInputError(f"{path} holds {arr.dtype} {list(arr.shape)}, the manifest says "
                                   f"float16 [{seg['rows']}, {dim}]")  # fmt: skip
             starts.append(int(seg["first_id"]))
             arrays.append(arr)
@@ -101,27 +101,27 @@ def search(
 
 def tune(
     index: faiss.Index, vectors: Vectors, queries: np.ndarray, truth: np.ndarray,
-    target: float = fx.RECALL_TARGET, k: int = 10,
+    target: float = tuning.RECALL_TARGET, k: int = 10,
 ) -> tuple[dict[str, int], int, float]:  # fmt: skip
     """The cheapest (nprobe, k_factor) whose re-ranked recall@k reaches `target`: (params, factor, recall).
     For each nprobe from 1 up (doubling), factors 1..16: a deeper re-rank reads k × factor more float16
     rows, while each doubling of nprobe doubles the codes scanned, so depth is tried before probes."""
-    ivf = fx.ivf_of(index)
+    ivf = faiss_index.ivf_of(index)
     if ivf is None or len(queries) == 0:
-        return {}, 1, fx.recall_at_k(index.search(queries, k)[1], truth) if len(queries) else 1.0
+        return {}, 1, tuning.recall_at_k(index.search(queries, k)[1], truth) if len(queries) else 1.0
     hnsw = isinstance(faiss.downcast_index(ivf.quantizer), faiss.IndexHNSW)
     best: tuple[dict[str, int], int, float] = ({}, 1, -1.0)
-    for params in fx._candidates(ivf.nlist, hnsw):
-        fx.apply_search_params(index, params)
+    for params in tuning.candidates(ivf.nlist, hnsw):
+        tuning.apply_search_params(index, params)
         recall = -1.0
         for factor in FACTORS:
-            recall = fx.recall_at_k(search(index, vectors, queries, k, factor)[1], truth)
+            recall = tuning.recall_at_k(search(index, vectors, queries, k, factor)[1], truth)
             if recall >= target:
                 return params, factor, recall
         if recall < best[2] + 0.003:  # plateau at the deepest re-rank: more probes do not help
             break
         best = (params, FACTORS[-1], recall)
-    fx.apply_search_params(index, best[0])
+    tuning.apply_search_params(index, best[0])
     return best
 
 
@@ -130,7 +130,7 @@ def write_segment(path: Path, first_id: int, rows: int, dim: int,
     """A float16 segment for ids [first_id, first_id + rows) from (ids, vectors) chunks; rows with no
     vector stay zero. Returns its manifest entry."""
     if path.exists():  # it may be a hard link shared with a live version: never write through it
-        raise IndexError_(f"{path} already exists")
+        raise IndexInputError(f"{path} already exists")
     arr = np.lib.format.open_memmap(path, mode="w+", dtype=DTYPE, shape=(rows, dim))
     for ids, vecs in chunks:
         if len(ids):

@@ -7,9 +7,10 @@ from typing import Any
 import faiss
 import numpy as np
 
-from clipforge.index import factory as fx
+from clipforge.index import faiss_index, tuning
 from clipforge.index import refine as rx
-from clipforge.index.types import Hit, IndexError_
+from clipforge.index.state import State
+from clipforge.index.types import Hit, IndexInputError
 
 MAX_K = 1000  # results per page
 MAX_DEPTH = 10_000  # offset + k: deeper pages are refused, not silently truncated
@@ -21,50 +22,50 @@ def check_query(vectors: Any, dim: int) -> np.ndarray:
     try:
         q = np.asarray(vectors, dtype=np.float64)  # normalised in float64: tiny values keep a non-zero norm
     except (TypeError, ValueError) as exn:
-        raise IndexError_(f"query vectors must be numeric: {exn}") from exn
+        raise IndexInputError(f"query vectors must be numeric: {exn}") from exn
     if q.ndim == 1:
         q = q[None, :]
     if q.ndim != 2 or q.shape[0] == 0:
-        raise IndexError_(f"query vectors must have shape [N, {dim}], got {list(q.shape)}")
+        raise IndexInputError(f"query vectors must have shape [N, {dim}], got {list(q.shape)}")
     if q.shape[1] != dim:
-        raise IndexError_(f"query vectors have dimension {q.shape[1]}, the index has {dim}")
+        raise IndexInputError(f"query vectors have dimension {q.shape[1]}, the index has {dim}")
     if not np.isfinite(q).all():
-        raise IndexError_("query vectors contain NaN or infinity")
+        raise IndexInputError("query vectors contain NaN or infinity")
     norms = np.linalg.norm(q, axis=1, keepdims=True)
     if (norms == 0).any():
-        raise IndexError_("a query vector is all zeros")
+        raise IndexInputError("a query vector is all zeros")
     if not np.isfinite(norms).all():
-        raise IndexError_("a query vector is too large to normalise")
+        raise IndexInputError("a query vector is too large to normalise")
     return np.ascontiguousarray(q / norms, dtype=np.float32)
 
 
 def check_paging(k: Any, offset: Any, threshold: Any, collapse: Any, target: str) -> None:
     if isinstance(k, bool) or not isinstance(k, int | np.integer) or k <= 0:
-        raise IndexError_(f"k must be a positive integer, got {k!r}")
+        raise IndexInputError(f"k must be a positive integer, got {k!r}")
     if k > MAX_K:
-        raise IndexError_(f"k={k} is over the limit of {MAX_K}; page with offset instead")
+        raise IndexInputError(f"k={k} is over the limit of {MAX_K}; page with offset instead")
     if isinstance(offset, bool) or not isinstance(offset, int | np.integer) or offset < 0:
-        raise IndexError_(f"offset must be a non-negative integer, got {offset!r}")
+        raise IndexInputError(f"offset must be a non-negative integer, got {offset!r}")
     if offset + k > MAX_DEPTH:
-        raise IndexError_(f"offset + k = {offset + k} is over the limit of {MAX_DEPTH}")
+        raise IndexInputError(f"offset + k = {offset + k} is over the limit of {MAX_DEPTH}")
     if threshold is not None and not np.isfinite(threshold):
-        raise IndexError_(f"threshold must be a finite number, got {threshold!r}")
+        raise IndexInputError(f"threshold must be a finite number, got {threshold!r}")
     if collapse is not None and not (0 < collapse <= 1):
-        raise IndexError_(f"collapse must be a similarity in (0, 1], got {collapse!r}")
+        raise IndexInputError(f"collapse must be a similarity in (0, 1], got {collapse!r}")
     if target not in TARGETS:
-        raise IndexError_(f"target must be one of {TARGETS}, got {target!r}")
+        raise IndexInputError(f"target must be one of {TARGETS}, got {target!r}")
 
 
-def stored_vectors(state: Any, ids: list[int]) -> np.ndarray:
+def stored_vectors(state: State, ids: list[int]) -> np.ndarray:
     """Image vectors by id: the float16 re-rank copies where the index keeps them (exact, no id map to
     build), else decoded from the FAISS codes. Unknown ids raise RuntimeError on the FAISS path."""
     vectors = state.vectors.get("images")
     if vectors is not None:
         return vectors.get(ids)
-    return fx.reconstruct(state.images, ids)
+    return faiss_index.reconstruct(state.images, ids)
 
 
-def _collapse(ids: list[int], state: Any, sim: float) -> list[int]:
+def _collapse(ids: list[int], state: State, sim: float) -> list[int]:
     """Greedy near-duplicate removal in rank order: drop a hit whose image is >= `sim` to a kept one."""
     vecs = stored_vectors(state, ids)
     vecs /= np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
@@ -76,7 +77,7 @@ def _collapse(ids: list[int], state: Any, sim: float) -> list[int]:
 
 
 def search(
-    state: Any,
+    state: State,
     queries: np.ndarray,
     k: int,
     *,
@@ -93,11 +94,11 @@ def search(
     params = None
     if filters:
         if not isinstance(filters, dict):
-            raise IndexError_(f"filters must be a mapping of field -> value, got {type(filters).__name__}")
+            raise IndexInputError(f"filters must be a mapping of field -> value, got {type(filters).__name__}")
         allowed = np.array(state.meta.filter_ids(filters), np.int64)
         if len(allowed) == 0:
             return [[] for _ in range(len(queries))]
-        params = fx.search_params(index, faiss.IDSelectorBatch(allowed))
+        params = tuning.search_params(index, faiss.IDSelectorBatch(allowed))
     ntotal = int(index.ntotal)
     if ntotal == 0:
         return [[] for _ in range(len(queries))]
@@ -129,7 +130,7 @@ def _exhausted(scores: np.ndarray, ids: np.ndarray, threshold: float | None) -> 
     return bool((ids < 0).any() or (threshold is not None and len(scores) and scores[-1] < threshold))
 
 
-def _rank(state: Any, scores: np.ndarray, ids: np.ndarray, threshold: float | None, collapse: float | None,
+def _rank(state: State, scores: np.ndarray, ids: np.ndarray, threshold: float | None, collapse: float | None,
           exclude: set[int] | None) -> list[tuple[int, float]]:  # fmt: skip
     pairs = [(int(i), float(s)) for i, s in zip(ids, scores, strict=True) if i >= 0]
     if threshold is not None:

@@ -7,7 +7,7 @@ import threading
 from collections import OrderedDict
 from pathlib import Path
 
-from clipforge.index.types import IndexError_, Item
+from clipforge.index.types import IndexInputError, Item
 
 MIME = {"jpg": "image/jpeg", "jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp", "gif": "image/gif",
         "bmp": "image/bmp", "tif": "image/tiff", "tiff": "image/tiff"}  # fmt: skip
@@ -35,7 +35,7 @@ class MemberReader:
             with tarfile.open(shard, "r:*") as tf:
                 table = {m.name: (m.offset_data, m.size) for m in tf if m.isfile()}
         except (OSError, tarfile.TarError) as exn:
-            raise IndexError_(f"cannot read shard {shard}: {exn}") from exn
+            raise IndexInputError(f"cannot read shard {shard}: {exn}") from exn
         with self.lock:
             self.offsets[shard] = table
             while len(self.offsets) > self.cache_shards:
@@ -44,10 +44,10 @@ class MemberReader:
 
     def read(self, shard: str, member: str) -> bytes:
         if "://" in shard or shard.startswith("pipe:"):
-            raise IndexError_(f"the image lives in a remote shard ({shard}); only local shards can be read back")
+            raise IndexInputError(f"the image lives in a remote shard ({shard}); only local shards can be read back")
         where = self._offsets(shard).get(member)
         if where is None:
-            raise IndexError_(f"{member} is no longer in {shard}")
+            raise IndexInputError(f"{member} is no longer in {shard}")
         with open(shard, "rb") as f:
             f.seek(where[0])
             return f.read(where[1])
@@ -60,11 +60,11 @@ def read_item_bytes(root: Path, item: Item, members: MemberReader) -> tuple[byte
         if not path.is_absolute():
             path = (root / path).resolve()
             if root.resolve() not in path.parents:
-                raise IndexError_(f"item {item.id}: recorded path escapes the index directory")
+                raise IndexInputError(f"item {item.id}: recorded path escapes the index directory")
         try:
             return path.read_bytes(), mime_for(path.name)
         except OSError as exn:
-            raise IndexError_(f"item {item.id}: cannot read {path}: {exn.strerror or exn}") from exn
+            raise IndexInputError(f"item {item.id}: cannot read {path}: {exn.strerror or exn}") from exn
     if item.member:
         return members.read(item.source, item.member), mime_for(item.member)
-    raise IndexError_(f"item {item.id} has no recorded image location")
+    raise IndexInputError(f"item {item.id} has no recorded image location")

@@ -6,11 +6,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
-class IndexError_(ValueError):  # noqa: N801 - trailing underscore: the builtin IndexError is taken
-    """A clear index error: bad k, wrong dimension, unknown id, truncated file, empty data."""
+class IndexInputError(ValueError):
+    """What the index refuses, with a one-line reason: a bad query (k, dimension, filter), an unknown id,
+    data with nothing usable in it, a truncated or corrupt index file."""
 
 
-class IndexMismatchError(IndexError_):
+class IndexMismatchError(IndexInputError):
     """The bundle's fingerprint differs from the one the index was built with."""
 
 

@@ -22,7 +22,7 @@ from clipforge.service.engine import Engine
 from clipforge.service.errors import install_error_handlers
 from clipforge.service.fastpath import EmbedFastPath
 from clipforge.service.metrics import Metrics, MetricsMiddleware
-from clipforge.service.routers import classify, embed, health, info, items, search
+from clipforge.service.routers import classify, embed, heads, health, info, items, search
 from clipforge.service.settings import Settings
 from clipforge.service.store import IndexHandle
 
@@ -41,6 +41,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     metrics: Metrics = app.state.metrics
     engine: Engine | None = None
     index: IndexHandle | None = None
+    served_heads: dict[str, Any] = {}
     try:
         if settings.bundle is not None:
             from clipforge.encoders.bundle import load_bundle
@@ -63,12 +64,17 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             if settings.index is not None:
                 index = await IndexHandle.open(str(settings.index), bundle, mmap=settings.index_mmap)
                 log.info("opened index %s", settings.index)
-        elif settings.index is not None:
-            raise ValueError("an index needs a bundle to embed queries: set CLIPFORGE_BUNDLE / --bundle")
-        app.state.engine, app.state.index = engine, index
+            if settings.heads:
+                from clipforge.service.fusion import load_heads
+
+                served_heads = await anyio.to_thread.run_sync(load_heads, settings.heads, bundle.fingerprint)
+                log.info("loaded heads %s", ", ".join(served_heads))
+        elif settings.index is not None or settings.heads:
+            raise ValueError("an index or a head needs a bundle: set CLIPFORGE_BUNDLE / --bundle")
+        app.state.engine, app.state.index, app.state.heads = engine, index, served_heads
         yield
     finally:
-        app.state.engine, app.state.index = None, None
+        app.state.engine, app.state.index, app.state.heads = None, None, {}
         if engine is not None:
             await engine.stop()
         if index is not None:
@@ -101,8 +107,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = Metrics()
     app.state.engine = None
     app.state.index = None
+    app.state.heads = {}
     install_error_handlers(app)
-    for module in (health, info, classify, embed, search, items):
+    for module in (health, info, classify, embed, search, items, heads):
         app.include_router(module.router)
 
     @app.get("/", include_in_schema=False)

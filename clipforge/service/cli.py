@@ -21,6 +21,10 @@ def preflight(settings: Any) -> None:
         if fingerprint != meta["weights_sha256"]:
             raise ValueError(f"index {settings.index} was built with another bundle (fingerprint {fingerprint[:12]}), "
                              f"not {settings.bundle} ({meta['weights_sha256'][:12]})")  # fmt: skip
+    if settings.heads:  # missing, corrupt, of another bundle, or two of one name: HeadError (a ValueError)
+        from clipforge.service.fusion import load_heads
+
+        load_heads(settings.heads, meta["weights_sha256"])
 
 
 def settings_or_one_line(settings_cls: Any, overrides: dict[str, Any]) -> Any:
@@ -39,6 +43,7 @@ def settings_or_one_line(settings_cls: Any, overrides: dict[str, Any]) -> Any:
 
 
 def cmd_serve(a: argparse.Namespace) -> int:
+    import json
     import os
     import tempfile
 
@@ -49,7 +54,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
     from clipforge.service.settings import Settings
 
     flags = {"bundle": a.bundle, "index": a.index, "host": a.host, "port": a.port, "device": a.device,
-             "workers": a.workers}  # fmt: skip
+             "workers": a.workers, "heads": a.head}  # fmt: skip
     overrides: dict[str, Any] = {k: v for k, v in flags.items() if v is not None}
     settings = settings_or_one_line(Settings, overrides)
     if settings.bundle is None:
@@ -62,7 +67,8 @@ def cmd_serve(a: argparse.Namespace) -> int:
         return 0
     # several processes, each building its app from the environment: pass the flags on through it, and give
     # the workers one directory for their metrics (a scrape of any of them adds all up)
-    os.environ.update({f"CLIPFORGE_{k.upper()}": str(v) for k, v in overrides.items()})
+    os.environ.update({f"CLIPFORGE_{k.upper()}": json.dumps(v) if k == "heads" else str(v)
+                       for k, v in overrides.items()})  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="clipforge-metrics-") as metrics_dir:
         os.environ.setdefault(MULTIPROC_ENV, metrics_dir)
         uvicorn.run("clipforge.service.app:create_app", factory=True, workers=settings.workers, **run)
@@ -73,7 +79,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     """Add the `serve` subcommand to the `clipforge` parser's subparsers."""
     s = subparsers.add_parser(
         "serve",
-        help="serve a bundle (and optionally an index) over HTTP: classify, embed, search, web page",
+        help="serve a bundle (and optionally an index and fusion heads) over HTTP: classify, embed, search, heads, web page",
         description="Settings not given as flags come from CLIPFORGE_* environment variables "
         '(e.g. CLIPFORGE_API_KEY, CLIPFORGE_MAX_K, CLIPFORGE_LABEL_SETS=\'{"pets": ["cat", "dog"]}\').',
     )
@@ -82,6 +88,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     s.add_argument("--host", help="bind address (default 127.0.0.1, or CLIPFORGE_HOST)")
     s.add_argument("--port", type=int, help="port (default 8000, or CLIPFORGE_PORT)")
     s.add_argument("--device", help="auto, cpu, cuda, cuda:1, mps (default auto)")
+    s.add_argument("--head", action="append", metavar="DIR",
+                   help="a fusion head trained on this bundle, served under /v1/heads (repeatable; or CLIPFORGE_HEADS)")  # fmt: skip
     s.add_argument("--workers", type=int, help="server processes, each with its own model copy (default 1)")
     s.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     s.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=True)

@@ -12,6 +12,7 @@ from typing import Annotated
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader
 
+from clipforge.fusion.head import Head
 from clipforge.service.engine import Engine
 from clipforge.service.errors import APIError
 from clipforge.service.metrics import Metrics
@@ -38,10 +39,15 @@ async def maybe_index(request: Request) -> IndexHandle | None:
     return request.app.state.index
 
 
+async def get_heads(request: Request) -> dict[str, Head]:
+    return request.app.state.heads
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 MaybeEngineDep = Annotated[Engine | None, Depends(maybe_engine)]
 MaybeIndexDep = Annotated[IndexHandle | None, Depends(maybe_index)]
+HeadsDep = Annotated[dict[str, Head], Depends(get_heads)]
 
 
 async def get_engine(engine: MaybeEngineDep) -> Engine:

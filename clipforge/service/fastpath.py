@@ -17,9 +17,8 @@ from typing import Any
 import pydantic_core
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from clipforge.service.checks import check_text
 from clipforge.service.deps import API_KEY_HEADER, get_engine, get_settings, key_matches, maybe_engine, require_read
-from clipforge.service.payload import decode_base64_image, loads
+from clipforge.service.payload import check_text, decode_base64_image, loads
 
 PATH = "/v1/embed"
 FIELDS = frozenset(("texts", "images"))

@@ -60,6 +60,16 @@ class Metrics:
         self.label_cache = Counter(
             "clipforge_label_cache_total", "Label-set embedding cache lookups", ["result"], registry=r
         )
+        self.head_predictions = Counter(
+            "clipforge_head_predictions_total", "(image, text) pairs answered, by fusion head", ["head"], registry=r
+        )
+        self.head_seconds = Histogram(
+            "clipforge_head_predict_duration_seconds",
+            "Fusion head prediction time per request (encodes included), by head",
+            ["head"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
 
     def observe_batch(self, kind: str, size: int, seconds: float) -> None:
         self.batch_size.labels(kind).observe(size)

@@ -97,6 +97,19 @@ async def read_limited(request: Request, limit: int) -> bytes:
     return body
 
 
+def check_text(text: str, settings: Settings, where: str) -> str:
+    if len(text) > settings.max_text_chars:
+        raise APIError(422, "text_too_long", f"{where}: over {settings.max_text_chars} characters")
+    if not text.strip():
+        raise APIError(422, "empty_text", f"{where}: empty text")
+    return text
+
+
+def image_url(request: Request, item_id: int) -> str:
+    """Where an indexed item's image is served (behind a proxy's root_path too)."""
+    return f"{request.scope.get('root_path', '')}/v1/items/{item_id}/image"
+
+
 def decode_base64_image(data: str, settings: Settings, where: str) -> bytes:
     if data.startswith("data:"):  # accept data URLs as the browser's FileReader makes them
         _, _, data = data.partition(",")

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Annotated, Any
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from clipforge.encoders.prompts import DEFAULT_TEMPLATES, check_templates
 
@@ -23,6 +25,8 @@ class Settings(BaseSettings):
     bundle: Path | None = None
     index: Path | None = None
     index_mmap: bool = False  # memory-map the index's inverted lists (indexes larger than RAM)
+    # fusion heads (clipforge.fusion) trained on this bundle; CLIPFORGE_HEADS=a,b or '["a", "b"]'
+    heads: Annotated[list[Path], NoDecode] = []
     device: str = "auto"
     precision: str = "auto"
     backend: str = "auto"  # torch | onnx | auto (ONNX Runtime on CPU when the bundle has ONNX graphs)
@@ -46,6 +50,7 @@ class Settings(BaseSettings):
     max_text_chars: int = Field(300, ge=1)
     max_k: int = Field(100, ge=1)
     max_offset: int = Field(1000, ge=0)
+    max_pairs: int = Field(16, ge=1)  # (image, text) pairs per head prediction
 
     # zero-shot classification
     templates: list[str] = list(DEFAULT_TEMPLATES)
@@ -74,6 +79,14 @@ class Settings(BaseSettings):
     def _templates_have_slot(cls, v: list[str]) -> list[str]:
         return list(check_templates(v))
 
+    @field_validator("heads", mode="before")
+    @classmethod
+    def _heads_list(cls, v: Any) -> Any:
+        """From the environment: a JSON list, or paths separated by commas."""
+        if isinstance(v, str):
+            v = json.loads(v) if v.lstrip().startswith("[") else [p.strip() for p in v.split(",") if p.strip()]
+        return v
+
     @property
     def writes_enabled(self) -> bool:
         return self.api_key is not None and bool(self.api_key.get_secret_value())
@@ -84,5 +97,5 @@ class Settings(BaseSettings):
 
     def limits(self) -> dict[str, int]:
         names = ("max_request_bytes", "max_upload_bytes", "max_image_pixels", "max_images", "max_texts",
-                 "max_labels", "max_templates", "max_text_chars", "max_k", "max_offset")  # fmt: skip
+                 "max_labels", "max_templates", "max_text_chars", "max_k", "max_offset", "max_pairs")  # fmt: skip
         return {n: getattr(self, n) for n in names}

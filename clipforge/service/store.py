@@ -44,12 +44,12 @@ class IndexHandle:
 def index_errors() -> tuple[type[Exception], ...]:
     """What the index raises for a request it refuses (imported lazily: nothing heavy at import time).
 
-    `index.IndexError_` covers unknown ids and bad queries alike; LookupError is what simpler stand-ins raise.
+    `index.IndexInputError` covers unknown ids and bad queries alike; LookupError is what simpler stand-ins raise.
     """
     try:
-        from clipforge.index import IndexError_
+        from clipforge.index import IndexInputError
 
-        return (IndexError_, LookupError)
+        return (IndexInputError, LookupError)
     except ImportError:  # the index package is optional for a model-only server
         return (LookupError,)
 

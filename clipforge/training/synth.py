@@ -94,9 +94,17 @@ def jpeg_bytes(im: Image.Image) -> bytes:
 
 
 def write_synth(
-    out: str | Path, *, train: int = 20_000, val: int = 1000, per_class: int = 20, shard_size: int = 1000, seed: int = 0
+    out: str | Path,
+    *,
+    train: int = 20_000,
+    val: int = 1000,
+    per_class: int = 20,
+    shard_size: int = 1000,
+    seed: int = 0,
+    questions: int | None = None,
 ) -> dict:
-    """Write train/ and val/ shards and a zeroshot/ folder-per-class set under `out`; returns a summary."""
+    """Write train/ and val/ shards, a zeroshot/ folder-per-class set and a questions/ set (`write_questions`
+    with `questions` training images, default 7.5% of `train`: 1500 for the default 20,000) under `out`."""
     out = Path(out)
     rng = random.Random(seed)
     seen = [(c, s) for c in COLORS for s in SHAPES if (c, s) not in HELDOUT]
@@ -138,5 +146,67 @@ def write_synth(
         "heldout_classes": heldout,
         "counts": counts,
     }
+    n_q = train * 3 // 40 if questions is None else questions
+    summary["questions"] = write_questions(out / "questions", train=n_q, test=n_q * 2 // 5, seed=seed)
     (out / "synth.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+# --- a question set for fusion heads: yes/no answers that need colour AND shape together ----------------
+QUESTIONS = (
+    "is there a {color} {shape}?",
+    "does the picture show a {color} {shape}?",
+    "is this a {color} {shape}?",
+    "can you see a {shape} coloured {color}?",
+    "is the {shape} in the image {color}?",
+    "{color} {shape}: yes or no?",
+)
+
+
+def _question_rows(color: str, shape: str, rng: random.Random, allowed: list[tuple[str, str]]) -> list[dict]:
+    """Three yes questions (distinct wordings) and three no questions about one image, one per kind of miss:
+    only the colour matches, only the shape matches, neither. Held-out sets are balanced by construction, and
+    a head that looks at one side alone (or adds the two) is at chance: the answer is an interaction."""
+    misses = {
+        "colour_only": [(c, s) for c, s in allowed if c == color and s != shape],
+        "shape_only": [(c, s) for c, s in allowed if c != color and s == shape],
+        "neither": [(c, s) for c, s in allowed if c != color and s != shape],
+    }
+    rows: list[dict] = [{"q_color": color, "q_shape": shape, "label": "yes", "negative": None, "wording": w}
+            for w in rng.sample(range(len(QUESTIONS)), 3)]  # fmt: skip
+    for negative, combos in misses.items():
+        c, s = rng.choice(combos)
+        rows.append({"q_color": c, "q_shape": s, "label": "no", "negative": negative,
+                     "wording": rng.randrange(len(QUESTIONS))})  # fmt: skip
+    for r in rows:
+        r["text"] = QUESTIONS[r.pop("wording")].format(color=r["q_color"], shape=r["q_shape"])
+    return rows
+
+
+def write_questions(out: str | Path, *, train: int = 1500, test: int = 600, seed: int = 0) -> dict:
+    """`out`/images/*.jpg and train.jsonl / test.jsonl of (image, question, yes|no) rows, six per image.
+
+    train: images and questions only of the seen colour+shape combinations; test: images of all 30
+    combinations, questions about any; its rows touching a held-out combination carry heldout=true."""
+    out = Path(out)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed + 7919)  # its own stream: write_synth's other outputs do not change
+    every = [(c, s) for c in COLORS for s in SHAPES]
+    seen = [cs for cs in every if cs not in HELDOUT]
+    counts = {}
+    for split, n, combos in (("train", train, seen), ("test", test, every)):
+        lines = []
+        for i in range(n):
+            color, shape = rng.choice(combos)
+            im, attrs = draw_shape(color, shape, rng)
+            name = f"images/{split}-{i:06d}.jpg"
+            im.save(out / name, quality=90)
+            for r in _question_rows(color, shape, rng, combos):
+                held = (color, shape) in HELDOUT or (r["q_color"], r["q_shape"]) in HELDOUT
+                lines.append(json.dumps({"image": name, **attrs, **r, "heldout": held}))
+        (out / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+        counts[split] = len(lines)
+    summary = {"train": str(out / "train.jsonl"), "test": str(out / "test.jsonl"), "pairs": counts,
+               "images": {"train": train, "test": test}, "wordings": len(QUESTIONS)}  # fmt: skip
+    (out / "questions.json").write_text(json.dumps(summary, indent=2))
     return summary

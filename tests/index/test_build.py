@@ -6,9 +6,9 @@ import pytest
 from PIL import Image
 
 from clipforge.encoders.bundle import load_bundle
-from clipforge.index import Index, IndexError_, IndexMismatchError
+from clipforge.index import Index, IndexInputError, IndexMismatchError
 from clipforge.index.build import embed_to_parts
-from clipforge.index.factory import choose_factory
+from clipforge.index.choice import choose_factory
 
 
 def test_manifest_binds_the_bundle_and_records_the_build(built_index, trained_bundle):
@@ -53,7 +53,7 @@ def test_choose_factory_follows_count_and_budget():
     assert choose_factory(20_000, 512, memory_budget_mb=1) == "IVF128,PQ32x6"  # Flat would not fit 1 MB
     assert choose_factory(100_000, 512, memory_budget_mb=100 * 100_000 / 2**20) == "IVF1024,PQ64"
     assert choose_factory(1_000_000, 512, memory_budget_mb=100 * 1_000_000 / 2**20) == "IVF4096_HNSW32,PQ64"
-    with pytest.raises(IndexError_):
+    with pytest.raises(IndexInputError):
         choose_factory(1_000_000, 512, memory_budget_mb=1)
 
 
@@ -61,7 +61,7 @@ def test_budgeted_index_fits_its_budget(tmp_path):
     """The index choose_factory picks for a budget serialises (codes, ids, id map, centroids, codebook) within it."""
     import faiss
 
-    from clipforge.index import factory as fx
+    from clipforge.index import faiss_index
 
     n, dim, budget_mb = 60_000, 64, 40 * 60_000 / 2**20  # 40 B/vector: too little for the default PQ32
     rng = np.random.default_rng(0)
@@ -70,19 +70,19 @@ def test_budgeted_index_fits_its_budget(tmp_path):
     )
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     factory = choose_factory(n, dim, budget_mb)
-    index = fx.make_index(factory, dim)
-    fx.train(index, x[rng.choice(n, fx.training_size(index), replace=False)], factory)
-    fx.add_chunks(index, [(np.arange(n), x)])
+    index = faiss_index.make_index(factory, dim)
+    faiss_index.train(index, x[rng.choice(n, faiss_index.training_size(index), replace=False)], factory)
+    faiss_index.add_chunks(index, [(np.arange(n), x)])
     path = tmp_path / "i.faiss"
-    fx.write(index, str(path))
+    faiss_index.write(index, str(path))
     assert path.stat().st_size <= budget_mb * 2**20, factory
     index = faiss.read_index(str(path))
-    before = fx.reconstruct(index, [7, 8])  # the id map is rebuilt on first use
+    before = faiss_index.reconstruct(index, [7, 8])  # the id map is rebuilt on first use
     assert before.shape == (2, dim) and np.dot(before[0], x[7]) > 0.9
-    assert fx.remove(index, np.array([7])) and index.ntotal == n - 1
-    np.testing.assert_array_equal(fx.reconstruct(index, [8]), before[1:])
+    assert faiss_index.remove(index, np.array([7])) and index.ntotal == n - 1
+    np.testing.assert_array_equal(faiss_index.reconstruct(index, [8]), before[1:])
     with pytest.raises(RuntimeError):
-        fx.reconstruct(index, [7])
+        faiss_index.reconstruct(index, [7])
 
 
 def write_folder(root: Path) -> None:
@@ -109,14 +109,14 @@ def test_folder_build_skips_and_counts_corrupt_images(trained_bundle, tmp_path):
 
 def test_empty_or_missing_data_is_a_clear_error(trained_bundle, tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(IndexError_, match="no usable images"):
+    with pytest.raises(IndexInputError, match="no usable images"):
         Index.build(trained_bundle, str(tmp_path / "empty"), tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()  # nothing half-built left behind
     with pytest.raises(FileNotFoundError, match="shard not found"):
         Index.build(trained_bundle, str(tmp_path / "nope-{0..1}.tar"), tmp_path / "out", progress=False)
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "file").write_text("x")
-    with pytest.raises(IndexError_, match="not empty"):
+    with pytest.raises(IndexInputError, match="not empty"):
         Index.build(trained_bundle, str(tmp_path / "empty"), tmp_path / "taken", progress=False)
     with pytest.raises(FileNotFoundError, match="not a clipforge index"):
         Index.open(tmp_path / "taken")
@@ -127,15 +127,15 @@ def test_truncated_or_missing_files_are_clear_errors(index_copy):
     faiss_file = vdir / "images.faiss"
     data = faiss_file.read_bytes()
     faiss_file.write_bytes(data[: len(data) // 2])
-    with pytest.raises(IndexError_, match="truncated"):
+    with pytest.raises(IndexInputError, match="truncated"):
         Index.open(index_copy)
     faiss_file.write_bytes(data)
     assert len(Index.open(index_copy)) == 600
     (vdir / "meta.sqlite").unlink()
-    with pytest.raises(IndexError_, match="missing"):
+    with pytest.raises(IndexInputError, match="missing"):
         Index.open(index_copy)
     (index_copy / "manifest.json").write_text("{truncated")
-    with pytest.raises(IndexError_, match="not valid JSON"):
+    with pytest.raises(IndexInputError, match="not valid JSON"):
         Index.open(index_copy)
 
 
@@ -160,3 +160,47 @@ def _first_image(shard: Path) -> Image.Image:
     with tarfile.open(shard) as tf:
         member = next(m for m in tf if m.name.endswith(".jpg"))
         return Image.open(tf.extractfile(member)).convert("RGB")
+
+
+@pytest.mark.parametrize(
+    "factory, match",
+    [
+        ("IVF0,Flat", "must be at least 1"),  # parsed by FAISS, but no lists: it answered nothing (recall -1)
+        ("HNSW1", "at least 2 links"),  # aborts the process inside FAISS
+        ("IVF8,PQ4x0", "must be at least 1"),  # likewise
+        ("Nonsense", "could not parse index string Nonsense"),
+        ("IVF8,PQ7", "multiple of the number of subquantizers"),
+        ("IDMap2,Flat", "leave out IDMap"),
+        ("", "a FAISS factory string"),
+    ],
+)
+def test_a_bad_factory_is_refused_before_embedding(trained_bundle, synth_data, tmp_path, monkeypatch, factory, match):
+    embedded: list[int] = []
+    monkeypatch.setattr("clipforge.index.core.embed_to_parts", lambda *a, **k: embedded.append(1))
+    with pytest.raises(IndexInputError, match=match) as info:
+        Index.build(trained_bundle, synth_data["val"], tmp_path / "o", factory=factory, progress=False)
+    assert "\n" not in str(info.value) and "faiss::" not in str(info.value)  # one line, FAISS's words only
+    assert not embedded and not (tmp_path / "o").exists()
+
+
+def test_cli_build_with_an_unsearchable_factory_fails_with_one_line(trained_bundle, synth_data, tmp_path, capsys):
+    from clipforge.cli import main
+
+    argv = ["index", "build", "--bundle", str(trained_bundle.path), "--data", synth_data["val"], "--out",
+            str(tmp_path / "o"), "--factory", "IVF0,Flat", "--quiet"]  # fmt: skip
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "IVF0,Flat" in err and not (tmp_path / "o").exists()
+
+
+def test_an_index_whose_recall_is_not_a_number_is_never_published(trained_bundle, synth_data, tmp_path, monkeypatch):
+    """Whatever makes the tuner come back without a recall (NaN, or -1 when no setting answered), the index
+    is not published: a searchable-looking index that finds nothing is worse than an error."""
+    from clipforge.index import tuning
+
+    for bad in (float("nan"), -1.0):
+        monkeypatch.setattr(tuning, "tune", lambda *a, bad=bad, **k: ({}, bad))
+        with pytest.raises(IndexInputError, match="answers no query") as info:
+            Index.build(trained_bundle, synth_data["train"], tmp_path / "o", factory="IVF8,Flat", progress=False,
+                        refine=False)  # fmt: skip
+        assert "\n" not in str(info.value) and not (tmp_path / "o").exists()

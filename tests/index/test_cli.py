@@ -4,8 +4,8 @@ import json
 import pytest
 from PIL import Image
 
-from clipforge.index import IndexError_
-from clipforge.index.cli import register
+from clipforge.index import IndexInputError
+from clipforge.index.commands import register
 
 
 def run(argv: list[str]) -> int:
@@ -47,20 +47,20 @@ def test_cli_build_search_add_remove_info(trained_bundle, synth_data, tmp_path, 
 def test_cli_errors_are_exceptions_with_one_line_messages(built_index, tmp_path):
     with pytest.raises(ValueError, match="exactly one of"):
         run(["index", "search", str(built_index)])
-    with pytest.raises(IndexError_, match="k=5000"):
+    with pytest.raises(IndexInputError, match="k=5000"):
         run(["index", "search", str(built_index), "--id", "1", "-k", "5000"])
     with pytest.raises(FileNotFoundError, match="no bundle"):
         run(["index", "build", "--bundle", str(tmp_path / "nope"), "--data", "x", "--out", str(tmp_path / "o")])
     with pytest.raises(FileNotFoundError):
         run(["index", "info", str(tmp_path / "missing")])
-    with pytest.raises(IndexError_, match="unknown id"):
+    with pytest.raises(IndexInputError, match="unknown id"):
         run(["index", "remove", str(built_index), "123456"])
     huge = str(10**23)  # beyond SQLite's 64-bit integers: unknown, not an OverflowError
-    with pytest.raises(IndexError_, match="unknown id"):
+    with pytest.raises(IndexInputError, match="unknown id"):
         run(["index", "remove", str(built_index), huge])
-    with pytest.raises(IndexError_, match="unknown id"):
+    with pytest.raises(IndexInputError, match="unknown id"):
         run(["index", "search", str(built_index), "--id", huge])
-    with pytest.raises(IndexError_, match="64 bits"):
+    with pytest.raises(IndexInputError, match="64 bits"):
         run(["index", "search", str(built_index), "--text", "red", "--filter", f"color={huge}"])
 
 
@@ -83,9 +83,9 @@ def test_a_manifest_of_the_wrong_shape_is_a_clear_error(built_index, tmp_path, e
     shutil.copytree(built_index, copy)
     manifest = json.loads((copy / "manifest.json").read_text())
     (copy / "manifest.json").write_text(json.dumps(edit(manifest)))
-    with pytest.raises(IndexError_, match="manifest.json"):
+    with pytest.raises(IndexInputError, match="manifest.json"):
         run(["index", "info", str(copy)])
-    with pytest.raises(IndexError_, match="manifest.json"):
+    with pytest.raises(IndexInputError, match="manifest.json"):
         run(["index", "search", str(copy), "--text", "red"])
 
 

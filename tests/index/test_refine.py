@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clipforge.index import Index, IndexError_
-from clipforge.index import factory as fx
+from clipforge.index import Index, IndexInputError, faiss_index, tuning
 from clipforge.index import refine as rx
 
 
@@ -41,9 +40,9 @@ def test_vectors_get_and_rerank_across_segments_with_gaps(tmp_path):
     scores, ids = vectors.rerank(q, np.array([[25, 3, -1, 7]]), k=3)
     assert ids[0, 0] == 3 and abs(scores[0, 0] - 1) < 2e-3
     assert list(ids[0, 1:]) == sorted([25, 7], key=lambda i: -float(x[i] @ x[3]))
-    with pytest.raises(IndexError_, match="already exists"):  # never write through a (possibly shared) file
+    with pytest.raises(IndexInputError, match="already exists"):  # never write through a (possibly shared) file
         rx.write_segment(tmp_path / "a.npy", 0, 10, 16, [])
-    with pytest.raises(IndexError_, match="manifest says"):
+    with pytest.raises(IndexInputError, match="manifest says"):
         rx.Vectors.open(tmp_path, {"refine": {"segments": [{**a, "rows": 11}]}}, 16)
 
 
@@ -54,16 +53,16 @@ def test_rerank_lifts_pq_recall_to_the_target():
     flat = faiss.IndexFlatIP(dim)
     flat.add(xb)
     truth = flat.search(xq, 10)[1]
-    index = fx.make_index("IVF32,PQ8", dim)
-    fx.train(index, xb, "IVF32,PQ8")
-    fx.add_chunks(index, [(np.arange(n), xb)])
-    _, plain = fx.tune(index, xq, truth)
+    index = faiss_index.make_index("IVF32,PQ8", dim)
+    faiss_index.train(index, xb, "IVF32,PQ8")
+    faiss_index.add_chunks(index, [(np.arange(n), xb)])
+    _, plain = tuning.tune(index, xq, truth)
     vectors = rx.Vectors([0], [xb.astype(np.float16)])
     params, factor, refined = rx.tune(index, vectors, xq, truth)
     assert plain < 0.9 and refined >= 0.95, (plain, refined)
     assert factor > 1 and params["nprobe"] <= 32
-    fx.apply_search_params(index, params)
-    again = fx.recall_at_k(rx.search(index, vectors, xq, 10, factor)[1], truth)
+    tuning.apply_search_params(index, params)
+    again = tuning.recall_at_k(rx.search(index, vectors, xq, 10, factor)[1], truth)
     assert again == pytest.approx(refined)
 
 
@@ -123,7 +122,7 @@ def test_refined_index_through_build_adds_merges_removes_and_reopen(trained_bund
     seg = root / reopened.manifest["version_dir"] / segments[-1]["file"]
     data = seg.read_bytes()
     seg.write_bytes(data[: len(data) // 2])
-    with pytest.raises(IndexError_, match="truncated"):
+    with pytest.raises(IndexInputError, match="truncated"):
         Index.open(root)
 
 

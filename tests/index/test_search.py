@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clipforge.index import Hit, Index, IndexError_
+from clipforge.index import Hit, Index, IndexInputError
 from clipforge.training.synth import COLORS
 
 CHANCE = 1 / len(COLORS)
@@ -77,26 +77,26 @@ def test_large_k_returns_everything_and_caps(idx):
     assert [len(r) for r in results] == [600, 600]
     assert len(idx.search_vectors(q, k=10, offset=595)[0]) == 5
     for bad in (0, -3, 1001, 2.5, True):
-        with pytest.raises(IndexError_, match="k"):
+        with pytest.raises(IndexInputError, match="k"):
             idx.search_vectors(q, k=bad)
-    with pytest.raises(IndexError_, match="offset"):
+    with pytest.raises(IndexInputError, match="offset"):
         idx.search_vectors(q, k=10, offset=-1)
 
 
 def test_bad_queries_are_clear_errors(idx):
-    with pytest.raises(IndexError_, match="dimension 5, the index has 32"):
+    with pytest.raises(IndexInputError, match="dimension 5, the index has 32"):
         idx.search_vectors(np.ones((1, 5), np.float32))
-    with pytest.raises(IndexError_, match="NaN"):
+    with pytest.raises(IndexInputError, match="NaN"):
         idx.search_vectors(np.full((1, idx.dim), np.nan, np.float32))
-    with pytest.raises(IndexError_, match="zeros"):
+    with pytest.raises(IndexInputError, match="zeros"):
         idx.search_vectors(np.zeros((1, idx.dim), np.float32))
-    with pytest.raises(IndexError_, match="target"):
+    with pytest.raises(IndexInputError, match="target"):
         idx.search_vectors(np.ones((1, idx.dim), np.float32), target="audio")
-    with pytest.raises(IndexError_, match="unknown id 99999"):
+    with pytest.raises(IndexInputError, match="unknown id 99999"):
         idx.get(99999)
-    with pytest.raises(IndexError_, match="unknown id"):
+    with pytest.raises(IndexInputError, match="unknown id"):
         idx.search_id(99999)
-    with pytest.raises(IndexError_, match="filter field"):
+    with pytest.raises(IndexInputError, match="filter field"):
         idx.search_vectors(np.ones((1, idx.dim), np.float32), filters={"a') OR 1=1 --": 1})
 
 
@@ -121,5 +121,5 @@ def test_read_image_bytes_from_the_recorded_member(idx):
     assert mime == "image/jpeg"
     item = idx.get(42)
     assert Image.open(io.BytesIO(data)).size == (item.width, item.height)
-    with pytest.raises(IndexError_):
+    with pytest.raises(IndexInputError):
         idx.read_image_bytes(123456)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clipforge.index import Index, IndexError_, store
+from clipforge.index import Index, IndexInputError, IndexMismatchError, versions
 
 
 def png_bytes(colour: tuple[int, int, int]) -> bytes:
@@ -34,7 +34,7 @@ def test_add_remove_reopen_round_trip(index_copy, trained_bundle):
 
     assert reopened.remove([600, 5]) == 2
     assert len(reopened) == 600 and reopened.info()["live"]["images"] == 600
-    with pytest.raises(IndexError_, match="unknown id 5"):
+    with pytest.raises(IndexInputError, match="unknown id 5"):
         reopened.get(5)
     q = np.random.default_rng(1).standard_normal((3, reopened.dim))
     assert not {5, 600} & {h.id for row in reopened.search_vectors(q, k=600) for h in row}
@@ -46,13 +46,47 @@ def test_add_remove_reopen_round_trip(index_copy, trained_bundle):
 def test_bad_updates_change_nothing(index_copy, trained_bundle):
     idx = Index.open(index_copy, bundle=trained_bundle)
     before = idx.manifest["version"]
-    with pytest.raises(IndexError_, match="unknown id"):
+    with pytest.raises(IndexInputError, match="unknown id"):
         idx.remove([3, 10_000])
-    with pytest.raises(IndexError_, match="item 1"):
+    with pytest.raises(IndexInputError, match="item 1"):
         idx.add(trained_bundle, [(png_bytes((1, 2, 3)), "ok", {}), (b"not an image at all", "bad", {})])
-    with pytest.raises(IndexError_, match="nothing to add"):
+    with pytest.raises(IndexInputError, match="nothing to add"):
         idx.add(trained_bundle, [])
     assert idx.manifest["version"] == before and len(idx) == 600 and idx.get(3).id == 3
+
+
+def test_add_vectors_stores_what_it_is_given_and_add_is_its_wrapper(index_copy, trained_bundle):
+    """`add` = decode + encode with the bundle + `add_vectors`; vectors made elsewhere (the service's batcher)
+    go straight to `add_vectors`, which checks their shape, values and model before anything is written."""
+    idx = Index.open(index_copy, bundle=trained_bundle)
+    red, blue = png_bytes((220, 40, 40)), png_bytes((40, 80, 220))
+    image_features = trained_bundle.encode_images(trained_bundle.preprocess(
+        [trained_bundle.load_image(b) for b in (red, blue)])).numpy()  # fmt: skip
+    caption_features = trained_bundle.encode_texts(["a red one"]).numpy()
+    items = [(red, " a  red one ", {"via": "vectors"}), (blue, None, {})]
+    for bad, match in (
+        ((image_features[:1], caption_features), r"image features have shape \[1, 32\], expected \[2, 32\]"),
+        ((image_features, np.zeros((0, 32))), r"caption features have shape \[0, 32\], expected \[1, 32\]"),
+        ((image_features * np.nan, caption_features), "NaN"),
+    ):
+        with pytest.raises(IndexInputError, match=match):
+            idx.add_vectors(items, *bad)
+    with pytest.raises(IndexMismatchError, match="vectors come from bundle"):
+        idx.add_vectors(items, image_features, caption_features, fingerprint="0" * 64)
+    with pytest.raises(IndexInputError, match="item 1: not a readable image"):
+        idx.add_vectors([items[0], (b"junk", None, {})], image_features, caption_features)
+    assert idx.manifest["version"] == 1 and not (index_copy / "images").exists()  # nothing was written
+
+    ids = idx.add_vectors(items, image_features, caption_features, fingerprint=trained_bundle.fingerprint)
+    assert (
+        ids == [600, 601]
+        and idx.get(600).caption == "a red one"
+        and (idx.get(601).width, idx.get(601).height) == (40, 30)
+    )
+    np.testing.assert_allclose(idx._current().images.reconstruct(601), image_features[1], atol=1e-6)
+    assert idx.add(trained_bundle, [(blue, "a blue one", {})]) == [602]
+    # the same image through `add` (a batch of one here, of two above: the encoder's numerics differ slightly)
+    assert float(idx._current().images.reconstruct(602) @ image_features[1]) > 0.999
 
 
 @pytest.mark.parametrize("crash_at", ["pointer", "faiss_write"])
@@ -64,7 +98,7 @@ def test_crash_during_update_leaves_previous_version(index_copy, trained_bundle,
         raise OSError("simulated crash")
 
     if crash_at == "pointer":  # the new version directory is complete; the pointer swap never happens
-        monkeypatch.setattr(store, "commit_pointer", crash)
+        monkeypatch.setattr(versions, "commit_pointer", crash)
     else:  # dies half-way through writing the FAISS files of the new version
         monkeypatch.setattr("clipforge.index.update.faiss.write_index", crash)
     with pytest.raises(OSError, match="simulated crash"):
@@ -105,7 +139,7 @@ def test_searches_keep_working_during_adds(index_copy, trained_bundle):
         t.join()
     assert not errors, errors
     assert set(sizes) <= {600, 601, 602, 603} and len(reader) == 603
-    assert len(list(index_copy.glob("v[0-9]*"))) <= store.KEEP_VERSIONS  # old versions are swept
+    assert len(list(index_copy.glob("v[0-9]*"))) <= versions.KEEP_VERSIONS  # old versions are swept
 
 
 def test_remove_with_an_index_type_that_cannot_remove(trained_bundle, synth_data, tmp_path):
@@ -122,7 +156,7 @@ def test_memory_mapped_index_searches_and_updates(trained_bundle, synth_data, tm
     index's, and adds/removes through the mapped handle work on an in-RAM copy of the file."""
     import faiss
 
-    from clipforge.index import factory as fx
+    from clipforge.index import faiss_index
 
     root = tmp_path / "ivf"
     Index.build(trained_bundle, synth_data["train"], root, factory="IVF4,Flat", progress=False).close()
@@ -142,7 +176,7 @@ def test_memory_mapped_index_searches_and_updates(trained_bundle, synth_data, tm
 
     new = mapped.add(trained_bundle, [(png_bytes((10, 200, 10)), "a green one", {})])
     assert mapped.remove([3]) == 1 and len(mapped) == 600
-    v = fx.reconstruct(mapped._current().images, new)
+    v = faiss_index.reconstruct(mapped._current().images, new)
     assert mapped.search_vectors(v, k=1)[0][0].id == new[0]
     assert lists_type(mapped) is mapped_type  # the new version is mapped too
     assert 3 not in {h.id for h in ram.search_vectors(q, k=600)[0]} and len(ram) == 600  # the other handle followed
@@ -163,7 +197,7 @@ def test_memory_mapped_index_searches_and_updates(trained_bundle, synth_data, tm
 def test_add_refuses_what_could_be_stored_but_not_read_back(index_copy, trained_bundle, extra, caption, match):
     idx = Index.open(index_copy, bundle=trained_bundle)
     version = idx.info()["version"]
-    with pytest.raises(IndexError_, match=match):
+    with pytest.raises(IndexInputError, match=match):
         idx.add(trained_bundle, [(png_bytes((1, 2, 3)), caption, extra)])
     assert len(idx) == 600 and idx.info()["version"] == version  # nothing written
     assert idx.search_text(trained_bundle, "red", k=3, filters={"color": "red"})  # filters still work
@@ -171,10 +205,10 @@ def test_add_refuses_what_could_be_stored_but_not_read_back(index_copy, trained_
 
 def test_filters_are_bounded_and_checked(index_copy, trained_bundle):
     idx = Index.open(index_copy, bundle=trained_bundle)
-    with pytest.raises(IndexError_, match="over the limit"):
+    with pytest.raises(IndexInputError, match="over the limit"):
         idx.search_text(trained_bundle, "red", k=3, filters={f"k{i}": 1 for i in range(999)})
     assert idx.search_text(trained_bundle, "red", k=3, filters={f"k{i}": 1 for i in range(64)}) == []
-    with pytest.raises(IndexError_, match="finite"):
+    with pytest.raises(IndexInputError, match="finite"):
         idx.search_text(trained_bundle, "red", k=3, filters={"x": float("inf")})
-    with pytest.raises(IndexError_, match="unknown id"):
+    with pytest.raises(IndexInputError, match="unknown id"):
         idx.get(2**70)

@@ -66,6 +66,20 @@ class FakeIndex:
             self._next += 1
         return ids
 
+    def add_vectors(self, items: list[tuple[bytes, str | None, dict[str, Any]]], image_features: np.ndarray,
+                    caption_features: np.ndarray, *, fingerprint: str | None = None) -> list[int]:  # fmt: skip
+        assert fingerprint in (None, self.fingerprint)
+        texts = iter(caption_features)
+        ids = []
+        for (data, caption, meta), image_vec in zip(items, image_features, strict=True):
+            with Image.open(io.BytesIO(data)) as im:
+                size = im.size
+            self._rows[self._next] = {"bytes": data, "caption": caption, "meta": dict(meta), "size": size,
+                                      "images": image_vec, "captions": next(texts) if caption else None}  # fmt: skip
+            ids.append(self._next)
+            self._next += 1
+        return ids
+
     def remove(self, ids: list[int]) -> int:
         return sum(self._rows.pop(i, None) is not None for i in ids)
 
@@ -103,6 +117,12 @@ class FakeIndex:
         if id not in self._rows:
             raise FakeNotFound(id)
         return self.search_vectors(self._rows[id]["images"][None, :].astype(np.float32), k, **kw)[0]
+
+    def image_vectors(self, ids: list[int]) -> np.ndarray:
+        missing = [i for i in ids if i not in self._rows]
+        if missing:
+            raise FakeNotFound(missing[0])
+        return np.stack([self._rows[i]["images"] for i in ids]).astype(np.float32)
 
     def search_text(self, bundle: Any, text: str, k: int = 10, **kw: Any) -> list[Hit]:
         return self.search_vectors(bundle.encode_texts([text]).numpy(), k, **kw)[0]

@@ -42,7 +42,7 @@ def test_corrupt_index_or_weights_are_one_line_errors(micro_bundle: Path, synth_
 
     from clipforge.encoders.bundle import load_bundle
     from clipforge.index import Index
-    from clipforge.index.store import read_manifest
+    from clipforge.index.versions import read_manifest
 
     Index.build(load_bundle(micro_bundle), synth_data["val"], tmp_path / "idx", progress=False).close()
     meta = tmp_path / "idx" / read_manifest(tmp_path / "idx")["version_dir"] / "meta.sqlite"

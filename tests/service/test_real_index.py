@@ -16,7 +16,7 @@ from tests.service.conftest import WRITE_KEY
 from tests.service.fakes import COLORS, png_bytes, shape_items
 from tests.service.test_bad_input import assert_error
 
-pytest.importorskip("faiss")
+pytest.importorskip("clipforge.index")
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ import pytest
 from tests.service.conftest import WRITE_KEY
 from tests.service.fakes import png_bytes, shape_items
 
-pytest.importorskip("faiss")
+pytest.importorskip("clipforge.index")
 ROOT = Path(__file__).resolve().parents[2]
 
 

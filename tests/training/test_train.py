@@ -212,13 +212,13 @@ def test_gradient_checkpointing_and_channels_last_give_the_same_loss(synth_data,
     """Memory/speed options must not change the numbers: the same first-step loss with and without them.
 
     (Weights are not compared: Adam's first step is ~lr * sign(grad), which turns float-rounding differences
-    of near-zero gradients from another convolution algorithm into lr-sized ones. fp32: under bf16 autocast,
-    which "auto" picks on a CPU with fast bf16, the rounding differs with the memory layout.)"""
+    of near-zero gradients from another convolution algorithm into lr-sized ones. fp32 is pinned: on a CPU with
+    fast bf16 `precision: auto` picks bf16 autocast, whose rounding differs between the two layouts by ~1e-3.)"""
     losses = []
     for extra in ((), ("train.grad_checkpointing=true", "train.channels_last=true")):
         run = tmp_path / f"r{len(extra)}"
         train(smoke_cfg(synth_data, run, "train.samples=16", "model.arch=cf-tiny-rn", "data.zeroshot=null",
                         "data.val=null", "data.sample_shuffle=0", "train.log_every=1", "train.precision=fp32", *extra),
-              progress=False)  # fmt: skip
+                  progress=False)  # fmt: skip
         losses.append(read_metrics(run)[0]["loss"])
     assert losses[0] == pytest.approx(losses[1], abs=1e-5)

@@ -5,10 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from clipforge.service.checks import check_text
 from clipforge.service.deps import EngineDep, ReadAccess, SettingsDep
 from clipforge.service.errors import APIError, error_responses
-from clipforge.service.payload import parse_body, request_body
+from clipforge.service.payload import check_text, parse_body, request_body
 
 router = APIRouter(prefix="/v1", tags=["embed"], dependencies=[ReadAccess])
 

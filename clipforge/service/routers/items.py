@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
+import numpy as np
 from fastapi import APIRouter, Path, Request, Response
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from clipforge.service.checks import check_text, image_url
 from clipforge.service.deps import EngineDep, IndexDep, ReadAccess, SettingsDep, WriteAccess
 from clipforge.service.errors import APIError, error_responses
-from clipforge.service.payload import parse_body, request_body
+from clipforge.service.payload import check_text, image_url, parse_body, request_body
 from clipforge.service.store import get_item as lookup_item
 from clipforge.service.store import index_errors, run_query
 
@@ -106,16 +106,22 @@ async def add_items(request: Request, settings: SettingsDep, engine: EngineDep, 
         if c is not None:
             check_text(c, settings, f"captions[{i}]")
     from clipforge.index.meta import check_extra  # (the items routes need the index package anyway)
+    from clipforge.index.update import clean_caption
 
     for i, m in enumerate(metadata):
         try:
             check_extra(m, f"metadata[{i}]")  # what could be stored but never sent back or searched
         except ValueError as exn:
             raise APIError(422, "invalid_metadata", str(exn)) from exn
-    await engine.decode_images(blobs)  # refuse bad images with a 4xx before touching the index
-    bundle = engine.bundle
+    # encoded like any other request: each image decoded once, batched with the others, in the batch metrics;
+    # a bad image is its 4xx before the index is touched
+    image_features = await engine.encode_images(blobs)  # [n, D]
+    texts = [c for c in map(clean_caption, captions) if c]  # what the index stores: one row per kept caption
+    caption_features = await engine.encode_texts(texts) if texts else np.zeros((0, engine.embed_dim), np.float32)
     items = list(zip(blobs, captions, metadata, strict=True))
-    ids = await run_query(index, lambda idx: idx.add(bundle, items))
+    fingerprint = engine.fingerprint
+    ids = await run_query(index, lambda idx: idx.add_vectors(items, image_features, caption_features,
+                                                             fingerprint=fingerprint))  # fmt: skip
     return AddItemsResponse(ids=[int(i) for i in ids])
 
 

@@ -10,10 +10,9 @@ import numpy as np
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from clipforge.service.checks import check_text, image_url
 from clipforge.service.deps import EngineDep, IndexDep, ReadAccess, SettingsDep
 from clipforge.service.errors import APIError, error_responses
-from clipforge.service.payload import parse_body, request_body
+from clipforge.service.payload import check_text, image_url, parse_body, request_body
 from clipforge.service.settings import Settings
 from clipforge.service.store import get_item, run_query
 

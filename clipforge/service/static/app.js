@@ -1,8 +1,10 @@
-// clipforge web page: classify an image against typed labels; search the index by text. No build step.
+// clipforge web page: classify an image against typed labels; ask a fusion head about an image; search the
+// index by text. No build step.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-let pickedFile = null;
+const picked = { classify: null, ask: null };  // the file chosen in each panel
+let servedHeads = [];
 
 function headers(extra = {}) {
   const key = $("api-key").value.trim();
@@ -30,20 +32,21 @@ function parseLabels(text) {
   return text.split(/[\n,]/).map((s) => s.trim()).filter((s) => s.length > 0);
 }
 
-function pick(file) {
+function pick(panel, previewId, file) {
   if (!file) return;
-  pickedFile = file;
-  const preview = $("preview");
+  picked[panel] = file;
+  const preview = $(previewId);
   preview.src = URL.createObjectURL(file);
   preview.hidden = false;
 }
 
-function renderBars(labels) {
-  const list = $("classify-results");
+// bars of [{label, score}] in the given order; `top` (a label) is highlighted
+function renderBars(listId, labels, top = null) {
+  const list = $(listId);
   list.replaceChildren();
   for (const { label, score } of labels) {
     const li = document.createElement("li");
-    li.className = "bar";
+    li.className = label === top ? "bar top" : "bar";
     li.dataset.label = label;
     li.dataset.score = String(score);
     const name = document.createElement("div");
@@ -95,19 +98,65 @@ async function classify(event) {
   showError("classify-error", null);
   const labels = parseLabels($("labels-input").value);
   try {
-    if (!pickedFile) throw new Error("pick or drop an image first");
+    const file = picked.classify;
+    if (!file) throw new Error("pick or drop an image first");
     if (labels.length === 0) throw new Error("type at least one label");
     const form = new FormData();
-    form.append("images", pickedFile, pickedFile.name || "image");
+    form.append("images", file, file.name || "image");
     for (const label of labels) form.append("labels", label);
     $("classify-button").disabled = true;
     const body = await call("/v1/classify", { method: "POST", body: form, headers: headers() });
-    renderBars(body.results[0].labels);
+    renderBars("classify-results", body.results[0].labels);
   } catch (error) {
     showError("classify-error", error);
   } finally {
     $("classify-button").disabled = false;
   }
+}
+
+async function ask(event) {
+  event.preventDefault();
+  showError("ask-error", null);
+  const name = $("head-select").value;
+  const text = $("ask-text").value.trim();
+  try {
+    const file = picked.ask;
+    if (!file) throw new Error("pick or drop an image first");
+    if (!text) throw new Error("type a question or text");
+    const form = new FormData();
+    form.append("images", file, file.name || "image");
+    form.append("texts", text);
+    $("ask-button").disabled = true;
+    const body = await call(`/v1/heads/${encodeURIComponent(name)}/predict`, {
+      method: "POST", body: form, headers: headers(),
+    });
+    const result = body.results[0];
+    const bars = body.labels.map((label) => ({ label, score: result.probabilities[label] }));
+    renderBars("ask-results", bars, result.top);
+  } catch (error) {
+    showError("ask-error", error);
+  } finally {
+    $("ask-button").disabled = false;
+  }
+}
+
+function describeHead() {
+  const head = servedHeads.find((h) => h.name === $("head-select").value);
+  if (!head) return;
+  $("head-info").textContent = `${head.task} · ${head.labels.join(" / ")} · ${head.kind}`;
+  $("ask-results").replaceChildren();
+}
+
+async function loadHeads() {
+  try {
+    servedHeads = (await call("/v1/heads", { headers: headers() })).heads;
+  } catch {
+    servedHeads = [];  // an older server, or a read key not typed yet: no panel
+  }
+  const select = $("head-select");
+  select.replaceChildren(...servedHeads.map((h) => new Option(h.name, h.name)));
+  $("ask-panel").hidden = servedHeads.length === 0;
+  describeHead();
 }
 
 async function search(event) {
@@ -143,19 +192,27 @@ async function loadInfo() {
   }
 }
 
-function setup() {
-  const zone = $("drop-zone");
-  $("image-input").addEventListener("change", (e) => pick(e.target.files[0]));
+function dropTarget(panel, zoneId, inputId, previewId) {
+  const zone = $(zoneId);
+  $(inputId).addEventListener("change", (e) => pick(panel, previewId, e.target.files[0]));
   zone.addEventListener("dragover", (e) => { e.preventDefault(); zone.classList.add("over"); });
   zone.addEventListener("dragleave", () => zone.classList.remove("over"));
   zone.addEventListener("drop", (e) => {
     e.preventDefault();
     zone.classList.remove("over");
-    pick(e.dataTransfer.files[0]);
+    pick(panel, previewId, e.dataTransfer.files[0]);
   });
+}
+
+async function setup() {
+  dropTarget("classify", "drop-zone", "image-input", "preview");
+  dropTarget("ask", "ask-drop-zone", "ask-image-input", "ask-preview");
   $("classify-form").addEventListener("submit", classify);
+  $("ask-form").addEventListener("submit", ask);
+  $("head-select").addEventListener("change", describeHead);
   $("search-form").addEventListener("submit", search);
-  loadInfo();
+  $("api-key").addEventListener("change", loadHeads);  // a read key may be what hid the heads
+  await Promise.all([loadInfo(), loadHeads()]);
   document.body.dataset.ready = "true";
 }
 

@@ -14,6 +14,7 @@ leftover directory is swept by the next writer); readers never see a half-writte
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import fcntl
 import json
 import os
@@ -22,12 +23,19 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import faiss
+
 from clipforge.encoders.jsonfile import read_format_json
-from clipforge.index.types import IndexError_
+from clipforge.index.types import IndexInputError
 
 FORMAT = "clipforge-index/1"
 MANIFEST = "manifest.json"
 KEEP_VERSIONS = 3  # the live one plus two older ones, for readers that opened them a moment ago
+
+
+def now() -> str:
+    """A manifest's timestamps: UTC, to the second."""
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 def version_name(n: int) -> str:
@@ -65,8 +73,40 @@ def read_manifest(root: Path) -> dict[str, Any]:
         raise FileNotFoundError(f"no index directory at {root}")
     if not path.is_file():
         raise FileNotFoundError(f"{root} is not a clipforge index (no {MANIFEST})")
-    manifest = read_format_json(path, FORMAT, MANIFEST_SHAPE, REQUIRED, IndexError_, "index")
+    manifest = read_format_json(path, FORMAT, MANIFEST_SHAPE, REQUIRED, IndexInputError, "index")
     return manifest
+
+
+def first_manifest(bundle: Any, sections: dict[str, Any], seconds: float) -> dict[str, Any]:
+    """Version 1's manifest: the build's `sections` (from `build.build_from_parts`), bound to `bundle`."""
+    from clipforge.encoders.bundle import code_version
+
+    return {
+        "format": FORMAT,
+        "version": 1,
+        "version_dir": version_name(1),
+        "fingerprint": sections["fingerprint"],
+        "dim": sections["dim"],
+        "metric": "inner_product",
+        "normalized": True,
+        "counts": sections["counts"],
+        "next_id": sections["next_id"],
+        "images": sections["images"],
+        "captions": sections["captions"],
+        "bundle": {
+            "path": str(getattr(bundle, "path", "")),
+            "arch": bundle.meta.get("arch"),
+            "fingerprint": bundle.fingerprint,
+        },  # fmt: skip
+        "provenance": {
+            "created": now(),
+            "updated": now(),
+            "code_version": code_version(),
+            "faiss_version": faiss.__version__,
+            "build_seconds": round(seconds, 3),
+            "embedding": sections["embedding"],
+        },
+    }
 
 
 def pointer_stamp(root: Path) -> tuple[int, int]:
@@ -85,10 +125,10 @@ def verify_files(root: Path, manifest: dict[str, Any]) -> Path:
     for name, size in manifest.get("files", {}).items():
         path = vdir / name
         if not path.is_file():
-            raise IndexError_(f"{path} is missing: the index is incomplete")
+            raise IndexInputError(f"{path} is missing: the index is incomplete")
         actual = path.stat().st_size
         if actual != size:
-            raise IndexError_(f"{path} has {actual} bytes, the manifest recorded {size}: truncated or corrupt")
+            raise IndexInputError(f"{path} has {actual} bytes, the manifest recorded {size}: truncated or corrupt")
     return vdir
 
 
@@ -146,7 +186,7 @@ def sweep(root: Path) -> None:
             shutil.rmtree(p, ignore_errors=True)
     try:
         live = read_manifest(root)["version_dir"]
-    except (FileNotFoundError, IndexError_):
+    except (FileNotFoundError, IndexInputError):
         return
     versions = sorted(p.name for p in root.glob("v[0-9][0-9][0-9][0-9]") if p.is_dir())
     keep = set(versions[-KEEP_VERSIONS:]) | {live}

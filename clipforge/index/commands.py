@@ -4,33 +4,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
-
-def _print_json(obj: Any) -> None:
-    print(json.dumps(obj, indent=2, default=str))
-
-
-def _bundle(path: str | None, device: str = "auto") -> Any:
-    from clipforge.encoders.bundle import load_bundle
-
-    if not path:
-        raise ValueError("--bundle is required")
-    if not Path(path).exists():
-        raise FileNotFoundError(f"no bundle at {path}")
-    return load_bundle(path, device=device)
+from clipforge.cliutil import load_bundle_arg, print_json
 
 
 def _bundle_for(index_dir: str, path: str | None, device: str) -> Any:
     """The bundle named by --bundle, else the one recorded in the index manifest."""
-    from clipforge.index.store import read_manifest
+    from clipforge.index.versions import read_manifest
 
     recorded = read_manifest(Path(index_dir)).get("bundle", {}).get("path")
     if not path and not isinstance(recorded, str):
         raise ValueError(f"{index_dir}'s manifest records no bundle path: give --bundle")
-    return _bundle(path or recorded, device)
+    return load_bundle_arg(path or recorded, device)
 
 
 def _hit_json(hit: Any) -> dict[str, Any]:
@@ -40,14 +27,14 @@ def _hit_json(hit: Any) -> dict[str, Any]:
 def cmd_build(a: argparse.Namespace) -> int:
     from clipforge.index import Index
 
-    idx = Index.build(_bundle(a.bundle, a.device), a.data, a.out, factory=a.factory,
+    idx = Index.build(load_bundle_arg(a.bundle, a.device), a.data, a.out, factory=a.factory,
                       memory_budget_mb=a.memory_budget_mb, batch_size=a.batch_size, caption_key=a.caption_key,
                       progress=not a.quiet, refine=not a.no_refine)  # fmt: skip
     info = idx.info()
-    _print_json({"index": str(idx.path), "counts": info["counts"],
-                 **{n: {k: info[n].get(k) for k in ("factory", "count", "recall@10", "search_params")}
-                       | ({"refine_k_factor": info[n]["refine"]["k_factor"]} if info[n].get("refine") else {})
-                    for n in ("images", "captions")}})  # fmt: skip
+    print_json({"index": str(idx.path), "counts": info["counts"],
+                **{n: {k: info[n].get(k) for k in ("factory", "count", "recall@10", "search_params")}
+                      | ({"refine_k_factor": info[n]["refine"]["k_factor"]} if info[n].get("refine") else {})
+                   for n in ("images", "captions")}})  # fmt: skip
     return 0
 
 
@@ -83,7 +70,7 @@ def cmd_search(a: argparse.Namespace) -> int:
             if not Path(a.image).is_file():
                 raise FileNotFoundError(f"no image at {a.image}")
             hits = idx.search_image(bundle, bundle.load_image(a.image), a.k, **kw)
-    _print_json([_hit_json(h) for h in hits])
+    print_json([_hit_json(h) for h in hits])
     return 0
 
 
@@ -101,7 +88,7 @@ def cmd_add(a: argparse.Namespace) -> int:
         caption = a.caption if a.caption is not None else (txt.read_text().strip() if txt.is_file() else None)
         items.append((p.read_bytes(), caption, {"file": p.name}))
     ids = idx.add(bundle, items)
-    _print_json({"added": ids, "items": len(idx)})
+    print_json({"added": ids, "items": len(idx)})
     return 0
 
 
@@ -110,14 +97,14 @@ def cmd_remove(a: argparse.Namespace) -> int:
 
     idx = Index.open(a.index)
     n = idx.remove(a.ids)
-    _print_json({"removed": n, "items": len(idx)})
+    print_json({"removed": n, "items": len(idx)})
     return 0
 
 
 def cmd_info(a: argparse.Namespace) -> int:
     from clipforge.index import Index
 
-    _print_json(Index.open(a.index).info())
+    print_json(Index.open(a.index).info())
     return 0
 
 
@@ -178,19 +165,3 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     s.add_argument("index")
     s.set_defaults(func=cmd_info)
     return group
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Standalone entry (`python -m index.cli …`) until the group is wired into `clipforge`."""
-    parser = argparse.ArgumentParser(prog="clipforge")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args))
-    except (ValueError, FileNotFoundError, RuntimeError, OSError) as exn:
-        print(f"clipforge: error: {exn}", file=sys.stderr)
-        return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

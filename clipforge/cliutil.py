@@ -1,0 +1,26 @@
+"""What every `clipforge` subcommand module shares: JSON output and loading the bundle a flag names.
+
+Kept free of heavy imports: `clipforge --help` imports it before any subcommand runs.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+def print_json(obj: Any) -> None:
+    """A command's result on stdout, indented; values JSON cannot hold (paths, numpy numbers) as strings."""
+    print(json.dumps(obj, indent=2, default=str))
+
+
+def load_bundle_arg(path: str | None, device: str = "auto", flag: str = "--bundle") -> Any:
+    """The bundle a command-line flag names, or a one-line error (missing flag, missing directory)."""
+    from clipforge.encoders.bundle import load_bundle
+
+    if not path:
+        raise ValueError(f"{flag} is required")
+    if not Path(path).exists():
+        raise FileNotFoundError(f"no bundle at {path}")
+    return load_bundle(path, device=device)

@@ -1,0 +1,94 @@
+"""`clipforge fuse train | eval | compare`: the fusion subcommands (registered by clipforge/cli.py)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+
+def _short(m: dict[str, Any]) -> dict[str, Any]:
+    return {k: round(v, 4) if isinstance(v, float) else v for k, v in m.items() if isinstance(v, int | float | str)}
+
+
+def cmd_fuse_train(a: argparse.Namespace) -> int:
+    from clipforge.fusion.config import load_fuse_config
+    from clipforge.fusion.train import train_head
+
+    run = train_head(load_fuse_config(a.config, a.set))
+    print(json.dumps({k: v for k, v in run.items() if k not in ("history", "full_metrics", "module", "metrics")}
+                     | {"metrics": _short(run["metrics"])}, indent=2, default=str))  # fmt: skip
+    return 0
+
+
+def head_dir(path: str) -> Path:
+    """A head folder, or a `fuse train` run folder holding one in head/."""
+    p = Path(path)
+    return p / "head" if not (p / "head.json").is_file() and (p / "head" / "head.json").is_file() else p
+
+
+def cmd_fuse_eval(a: argparse.Namespace) -> int:
+    from clipforge.encoders.bundle import read_bundle_meta
+    from clipforge.fusion.features import load_pairs
+    from clipforge.fusion.head import load_head, read_head_meta
+    from clipforge.fusion.metrics import evaluate_groups
+    from clipforge.fusion.train import encode_targets
+
+    path = head_dir(a.head)
+    bundle = a.bundle or read_head_meta(path).get("provenance", {}).get("bundle")
+    if not bundle:
+        raise ValueError("give --bundle (the head does not record the bundle it was trained with)")
+    head = load_head(path, fingerprint=str(read_bundle_meta(bundle)["weights_sha256"]))
+    data = load_pairs(a.data, bundle, image_key=a.image_key, text_key=a.text_key, label_key=a.label_key,
+                      group_keys=tuple(a.group), cache_dir=a.cache_dir, device=a.device)  # fmt: skip
+    zi, zt = data.pairs()
+    probs = head.predict(zi, zt)
+    metrics = evaluate_groups(probs, encode_targets(data.labels, head.task, head.labels), head.task, head.labels,
+                              data.groups)  # fmt: skip
+    out = {"head": str(path), "kind": head.kind, "pairs": len(data), **_short(metrics)}
+    if a.full:
+        out |= {k: v for k, v in metrics.items() if isinstance(v, dict | list)}
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def cmd_fuse_compare(a: argparse.Namespace) -> int:
+    from clipforge.fusion.compare import compare, parse_kinds, table_markdown
+    from clipforge.fusion.config import load_fuse_config
+
+    result = compare(load_fuse_config(a.config, a.set), parse_kinds(a.kinds), boot=a.bootstrap)
+    print(table_markdown(result))
+    print(f"report: {result['report']}")
+    return 0
+
+
+def register(sub: Any) -> None:
+    """Add `fuse` and its subcommands to the `clipforge` parser's subparsers."""
+    fuse = sub.add_parser("fuse", help="fusion heads on a frozen bundle's image+text embeddings").add_subparsers(
+        dest="fuse_command", required=True
+    )
+    s = fuse.add_parser("train", help="train one head from a YAML config (a path or a shipped preset name)")
+    s.add_argument("config", help="e.g. synth-questions, smoke, or a YAML file")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. head.kind=tensor")
+    s.set_defaults(func=cmd_fuse_train)
+
+    s = fuse.add_parser("eval", help="evaluate a saved head on a data set")
+    s.add_argument("head", help="head folder (or a fuse train run folder)")
+    s.add_argument("--data", required=True, help=".jsonl/.csv table or WebDataset shards")
+    s.add_argument("--bundle", help="the bundle (default: the one recorded in head.json)")
+    s.add_argument("--image-key", default="image")
+    s.add_argument("--text-key", default="text")
+    s.add_argument("--label-key", default="label")
+    s.add_argument("--group", action="append", default=["heldout"], help="boolean field reported as a subset")
+    s.add_argument("--cache-dir", default=None)
+    s.add_argument("--device", default="auto")
+    s.add_argument("--full", action="store_true", help="also print the reliability bins and confusion matrix")
+    s.set_defaults(func=cmd_fuse_eval)
+
+    s = fuse.add_parser("compare", help="train every kind on the same cached features; table + HTML report")
+    s.add_argument("config")
+    s.add_argument("--kinds", default="all", help="'all' or a comma list, e.g. late,additive,tensor")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    s.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the gain intervals")
+    s.set_defaults(func=cmd_fuse_compare)

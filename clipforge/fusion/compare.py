@@ -1,0 +1,139 @@
+"""`clipforge fuse compare`: every kind on the same cached features, one table, one HTML page.
+
+Budgets: with `head.budget` > 0 every kind but `late` (2 parameters per output, nothing to widen) gets the
+largest projection width whose parameter count stays within the budget, so a win cannot come from size.
+Gains over `additive` carry a paired bootstrap interval over test examples.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from clipforge.fusion.config import FuseConfig
+from clipforge.fusion.head import load_head
+from clipforge.fusion.kinds import INTERACTION_KINDS, KINDS
+from clipforge.fusion.metrics import bootstrap_gain, correct_vector
+from clipforge.fusion.train import (
+    budget_width,
+    encode_targets,
+    label_names,
+    load_sets,
+    module_kwargs,
+    outputs,
+    predict,
+    train_head,
+    with_kind,
+)
+
+
+def parse_kinds(spec: str) -> list[str]:
+    kinds = list(KINDS) if spec == "all" else [k.strip() for k in spec.split(",") if k.strip()]
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown or not kinds:
+        raise ValueError(f"unknown fusion kind(s) {unknown} (known: {', '.join(KINDS)}, or 'all')")
+    return kinds
+
+
+def latency_us(head_dir: Path, dim: int, backend: str, batch: int, reps: int) -> float:
+    """Median microseconds per prediction of `Head.predict` (numpy or torch), on a batch of `batch`."""
+    head = load_head(head_dir, backend=backend)
+    rng = np.random.default_rng(0)
+    zi = rng.normal(size=(batch, dim)).astype(np.float32)
+    zt = rng.normal(size=(batch, dim)).astype(np.float32)
+    head.predict(zi, zt)  # warm-up
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        head.predict(zi, zt)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times)) * 1e6 / batch
+
+
+def compare(cfg: FuseConfig, kinds: list[str], *, progress: bool = True, boot: int = 2000) -> dict[str, Any]:
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    train, val = load_sets(cfg, progress)
+    if val is None:
+        raise ValueError("fuse compare needs a held-out set: set data.val")
+    feature_seconds = time.perf_counter() - t0
+    labels = label_names(cfg, train)
+    n_out = outputs(cfg.head.task, labels)
+    y_val = encode_targets(val.labels, cfg.head.task, labels)
+    rows, runs, correct = [], {}, {}
+    for kind in kinds:
+        width = None
+        if cfg.head.budget and kind != "late":
+            kw = {k: v for k, v in module_kwargs(cfg).items() if k not in ("width", "width_text")}
+            width = budget_width(kind, train.dim, n_out, cfg.head.budget, **kw)
+        run = train_head(with_kind(cfg, kind, out / kind, width), sets=(train, val), progress=progress)
+        runs[kind] = run
+        probs = predict(run.pop("module"), val, cfg.head.task)
+        correct[kind] = correct_vector(probs, y_val, cfg.head.task)
+        m = run["full_metrics"]
+        head_dir = Path(run["head"])
+        rows.append({
+            "kind": kind, "width": width if width is not None else (0 if kind == "late" else cfg.head.width),
+            "params": run["n_params"], "accuracy": m["accuracy"], "auroc": m["auroc"], "macro_f1": m["macro_f1"],
+            "ece": m["reliability"]["ece"],
+            **{f"{g}/accuracy": m.get(f"{g}/accuracy") for g in val.groups},
+            "train_s": run["train_seconds"], "pairs_per_s": run["pairs_per_s"],
+            "us_numpy_1": latency_us(head_dir, train.dim, "numpy", 1, 300),
+            "us_torch_1": latency_us(head_dir, train.dim, "torch", 1, 300),
+            "us_numpy_1024": latency_us(head_dir, train.dim, "numpy", 1024, 30),
+            "us_torch_1024": latency_us(head_dir, train.dim, "torch", 1024, 30),
+        })  # fmt: skip
+    if "additive" in correct:
+        for r in rows:
+            if r["kind"] in INTERACTION_KINDS:
+                r["gain_vs_additive"] = bootstrap_gain(correct[r["kind"]], correct["additive"], n_boot=boot)
+                for g, mask in val.groups.items():
+                    if mask.any():
+                        r[f"{g}/gain_vs_additive"] = bootstrap_gain(
+                            correct[r["kind"]][mask], correct["additive"][mask], n_boot=boot
+                        )
+    result = {"config": cfg.to_dict(), "train_pairs": len(train), "val_pairs": len(val), "dim": train.dim,
+              "labels": labels, "task": cfg.head.task, "feature_cache_hit": train.cache_hit and val.cache_hit,
+              "feature_seconds": feature_seconds, "groups": {g: int(m.sum()) for g, m in val.groups.items()},
+              "rows": rows,
+              "history": {k: r["history"] for k, r in runs.items()},
+              "reliability": {k: r["full_metrics"]["reliability"] for k, r in runs.items()},
+              "confusion": {k: r["full_metrics"].get("confusion") for k, r in runs.items()}}  # fmt: skip
+    (out / "compare.json").write_text(json.dumps(result, indent=2))
+    (out / "compare.md").write_text(table_markdown(result) + "\n")
+    from clipforge.fusion.report import write_compare_report
+
+    result["report"] = str(write_compare_report(result, out / "report.html"))
+    return result
+
+
+def _pct(x: Any) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{100 * x:.1f}"
+
+
+def _ci(g: dict[str, float] | None) -> str:
+    return "" if not g else f"{100 * g['gain']:+.1f} [{100 * g['lo']:+.1f}, {100 * g['hi']:+.1f}]"
+
+
+def table_markdown(result: dict[str, Any]) -> str:
+    groups = list(result["groups"])
+    head = ["kind", "width", "params", "acc %", "AUROC %", "macro-F1 %", "ECE %"]
+    head += [f"{g} acc %" for g in groups] + ["gain vs additive (95% CI)"]
+    head += [f"{g} gain (95% CI)" for g in groups] + ["train s", "pairs/s", "µs/pred (numpy, N=1)",
+                                                      "µs/pred (torch, N=1)", "µs/pred (numpy, N=1024)",
+                                                      "µs/pred (torch, N=1024)"]  # fmt: skip
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in result["rows"]:
+        cells = [r["kind"], str(r["width"]), str(r["params"]), _pct(r["accuracy"]), _pct(r["auroc"]),
+                 _pct(r["macro_f1"]), _pct(r["ece"])]  # fmt: skip
+        cells += [_pct(r.get(f"{g}/accuracy")) for g in groups] + [_ci(r.get("gain_vs_additive"))]
+        cells += [_ci(r.get(f"{g}/gain_vs_additive")) for g in groups]
+        cells += [f"{r['train_s']:.2f}", f"{r['pairs_per_s']:,.0f}", f"{r['us_numpy_1']:.1f}",
+                  f"{r['us_torch_1']:.1f}", f"{r['us_numpy_1024']:.2f}", f"{r['us_torch_1024']:.2f}"]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,119 @@
+"""`clipforge fuse` configs: frozen dataclasses, YAML presets (fusion/configs/), `--set a.b=v` overrides.
+
+The parsing (types checked, unknown keys refused, YAML values in --set) is the trainer's own
+(`training.config`), so both commands read configs the same way."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from clipforge.training.config import ConfigError, _build, _set_path, _yaml
+
+PRESET_DIR = Path(__file__).parent / "configs"
+TASKS = ("binary", "multiclass", "multilabel")
+
+
+@dataclass(frozen=True)
+class FuseDataCfg:
+    bundle: str = ""  # the frozen bundle whose embeddings the head reads
+    train: str = ""  # a .jsonl/.csv table of (image path, text, label), or WebDataset shards
+    val: str = ""  # held-out set the reported metrics come from (same form)
+    image_key: str = "image"  # table column with the image path (shards: the image member)
+    text_key: str = "text"  # table column; shards: "txt" or "json:<field>"
+    label_key: str = "label"  # table column; shards: a field of the json member
+    group_keys: tuple[str, ...] = ("heldout",)  # boolean fields reported as subsets
+    cache_dir: str = ""  # feature cache; "" = $XDG_CACHE_HOME/clipforge/fusion
+    batch_size: int = 128  # encoder batch when features are computed
+    device: str = "auto"
+
+
+@dataclass(frozen=True)
+class HeadCfg:
+    kind: str = "multiplicative"  # late | concat | additive | multiplicative | tensor | lowrank | gated
+    task: str = "binary"  # binary | multiclass | multilabel
+    labels: tuple[str, ...] = ()  # binary default (no, yes); else the sorted names found in train
+    width: int = 16  # projection width p of each side (0: none, p = D)
+    width_text: int = 0  # text side's width if different (0: = width)
+    rank: int = 4  # lowrank
+    hidden: int = 64  # concat's hidden layer
+    budget: int = 0  # compare: give each kind the width whose parameter count is closest below this
+
+
+@dataclass(frozen=True)
+class FitCfg:
+    epochs: int = 30
+    batch_size: int = 256
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+    threads: int = 1  # torch intra-op threads while fitting (0 = torch's default). Heads are tiny: on a busy
+    # 2-core machine 2 threads ran 50x slower than 1 (benchmarks/fusion_bench.py)
+
+
+@dataclass(frozen=True)
+class FuseConfig:
+    out_dir: str = "runs/fuse"
+    name: str = ""  # the head's name (default: the kind)
+    data: FuseDataCfg = field(default_factory=FuseDataCfg)
+    head: HeadCfg = field(default_factory=HeadCfg)
+    fit: FitCfg = field(default_factory=FitCfg)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+MINIMUM = {"fit.epochs": 1, "fit.batch_size": 1, "fit.lr": 0, "fit.weight_decay": 0, "fit.threads": 0,
+           "head.width": 0, "head.width_text": 0, "head.rank": 1, "head.hidden": 1, "head.budget": 0,
+           "data.batch_size": 1}  # fmt: skip
+
+
+def check(cfg: FuseConfig) -> FuseConfig:
+    tree = cfg.to_dict()
+    for dotted, low in MINIMUM.items():
+        section, key = dotted.split(".")
+        if tree[section][key] < low:
+            raise ConfigError(f"{dotted} must be at least {low}, got {tree[section][key]}")
+    from clipforge.fusion.kinds import KINDS
+
+    if cfg.head.kind not in KINDS:
+        raise ConfigError(f"head.kind must be one of {', '.join(KINDS)}, got {cfg.head.kind!r}")
+    if cfg.head.task not in TASKS:
+        raise ConfigError(f"head.task must be one of {TASKS}, got {cfg.head.task!r}")
+    if cfg.head.task == "binary" and cfg.head.labels and len(cfg.head.labels) != 2:
+        raise ConfigError(f"a binary head has two labels [negative, positive], got {list(cfg.head.labels)}")
+    return cfg
+
+
+def resolve_preset(name_or_path: str) -> Path:
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    if (PRESET_DIR / f"{name_or_path}.yaml").is_file():
+        return PRESET_DIR / f"{name_or_path}.yaml"
+    names = ", ".join(sorted(p.stem for p in PRESET_DIR.glob("*.yaml")))
+    raise ConfigError(f"no config file {name_or_path!r} (shipped fusion presets: {names})")
+
+
+def load_fuse_config(name_or_path: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> FuseConfig:
+    tree: dict[str, Any] = {}
+    if name_or_path:
+        path = resolve_preset(name_or_path)
+        tree = _yaml(path.read_text(), str(path)) or {}
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{path}: top level must be a mapping")
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        key, raw = item.split("=", 1)
+        _set_path(tree, key.strip(), _yaml(raw, f"--set {item}"))
+    return check(_build(FuseConfig, tree))
+
+
+def save_fuse_config(cfg: FuseConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(json.loads(json.dumps(cfg.to_dict())), sort_keys=False))

@@ -1,0 +1,21 @@
+"""`multiplicative`: the additive terms plus h_i * h_t (elementwise). With the projections, the product
+terms make a rank-p bilinear form z_i^T A diag(w) B^T z_t: a learned metric between the two sides."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from clipforge.fusion.kinds.base import Fusion
+
+
+class Multiplicative(Fusion):
+    kind = "multiplicative"
+
+    def build(self) -> None:
+        if self.p_i != self.p_t:
+            raise ValueError("multiplicative fusion multiplies the two sides elementwise: give them one width")
+        self.linear("head", 3 * self.p_i, self.out)
+
+    def fuse(self, P: dict[str, Any], zi: Any, zt: Any, ops: Any) -> Any:
+        hi, ht = self.project(P, zi, zt)
+        return self.lin(P, "head", ops.cat([hi, ht, hi * ht]))  # [N, 3p] -> [N, out]

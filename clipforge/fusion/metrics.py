@@ -1,0 +1,119 @@
+"""Evaluation of a head's probabilities: accuracy, AUROC, macro-F1, calibration, confusion, bootstrap CIs.
+
+All plain numpy (no scikit-learn in the dependencies). Binary and multiclass read the argmax column;
+multilabel thresholds each sigmoid at 0.5 and averages per label.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
+    """Area under the ROC curve = P(score of a random positive > a random negative), ties count half
+    (the Mann-Whitney U statistic from average ranks). NaN when one class is absent."""
+    positive = positive.astype(bool)
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(scores, kind="mergesort")
+    ranks = np.empty(len(scores))
+    sorted_scores = scores[order]
+    # average rank within runs of equal scores
+    starts = np.r_[0, np.flatnonzero(np.diff(sorted_scores)) + 1]
+    ends = np.r_[starts[1:], len(scores)]
+    for s, e in zip(starts, ends, strict=True):
+        ranks[order[s:e]] = (s + e + 1) / 2
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def f1_per_class(pred: np.ndarray, true: np.ndarray, n: int) -> np.ndarray:
+    out = np.zeros(n)
+    for c in range(n):
+        tp = np.sum((pred == c) & (true == c))
+        fp, fn = np.sum((pred == c) & (true != c)), np.sum((pred != c) & (true == c))
+        out[c] = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
+    return out
+
+
+def confusion(pred: np.ndarray, true: np.ndarray, n: int) -> list[list[int]]:
+    m = np.zeros((n, n), np.int64)
+    np.add.at(m, (true, pred), 1)
+    return m.tolist()
+
+
+def reliability(confidence: np.ndarray, correct: np.ndarray, bins: int = 10) -> dict[str, Any]:
+    """Reliability diagram data and the expected calibration error (ECE, top-label, equal-width bins)."""
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
+    conf: list[float | None] = []
+    acc: list[float | None] = []
+    count: list[int] = []
+    for b in range(bins):
+        m = which == b
+        count.append(int(m.sum()))
+        conf.append(float(confidence[m].mean()) if m.any() else None)
+        acc.append(float(correct[m].mean()) if m.any() else None)
+    ece = sum(c / len(confidence) * abs((a or 0.0) - (f or 0.0)) for c, a, f in zip(count, acc, conf, strict=True) if c)
+    return {"confidence": conf, "accuracy": acc, "count": count, "ece": float(ece)}
+
+
+def targets_matrix(targets: np.ndarray, task: str, n: int) -> np.ndarray:
+    return targets.astype(np.int64) if task != "multilabel" else targets.astype(bool).reshape(-1, n)
+
+
+def evaluate(probs: np.ndarray, targets: np.ndarray, task: str, labels: list[str]) -> dict[str, Any]:
+    """probs [N, C]; targets: class index [N] (binary, multiclass) or 0/1 [N, C] (multilabel)."""
+    n = len(labels)
+    if task == "multilabel":
+        t = targets.astype(bool)
+        pred = probs >= 0.5
+        per = [auroc(probs[:, c], t[:, c]) for c in range(n)]
+        f1 = [f1_per_class(pred[:, c].astype(int), t[:, c].astype(int), 2)[1] for c in range(n)]
+        conf = np.where(pred, probs, 1 - probs).ravel()
+        return {"accuracy": float((pred == t).mean()), "exact_match": float((pred == t).all(1).mean()),
+                "auroc": float(np.nanmean(per)), "macro_f1": float(np.mean(f1)),
+                "reliability": reliability(conf, (pred == t).ravel()), "n": len(probs)}  # fmt: skip
+    t = targets.astype(np.int64)
+    pred = probs.argmax(1)
+    aucs = [auroc(probs[:, 1], t == 1)] if task == "binary" else [auroc(probs[:, c], t == c) for c in range(n)]
+    return {
+        "accuracy": float((pred == t).mean()),
+        "auroc": float(np.nanmean(aucs)) if not np.all(np.isnan(aucs)) else float("nan"),
+        "macro_f1": float(f1_per_class(pred, t, n).mean()),
+        "reliability": reliability(probs.max(1), pred == t),
+        "confusion": confusion(pred, t, n),
+        "n": len(probs),
+    }
+
+
+def evaluate_groups(
+    probs: np.ndarray, targets: np.ndarray, task: str, labels: list[str], groups: dict[str, np.ndarray]
+) -> dict[str, Any]:
+    """`evaluate` on everything, plus `<group>/<metric>` on each flagged subset (e.g. heldout/accuracy)."""
+    out = evaluate(probs, targets, task, labels)
+    for g, mask in groups.items():
+        if mask.any():
+            sub = evaluate(probs[mask], targets[mask], task, labels)
+            out.update({f"{g}/{k}": v for k, v in sub.items() if k in ("accuracy", "auroc", "macro_f1", "n")})
+    return out
+
+
+def correct_vector(probs: np.ndarray, targets: np.ndarray, task: str) -> np.ndarray:
+    """Per example: 1 when right (multilabel: the fraction of labels right)."""
+    if task == "multilabel":
+        return ((probs >= 0.5) == targets.astype(bool)).mean(1)
+    return (probs.argmax(1) == targets.astype(np.int64)).astype(np.float64)
+
+
+def bootstrap_gain(a: np.ndarray, b: np.ndarray, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> dict:
+    """Paired bootstrap of mean(a) - mean(b) (per-example correctness of two heads on the SAME examples):
+    resampling examples keeps the pairing, so the interval reflects test-set noise, not two draws."""
+    rng = np.random.default_rng(seed)
+    d = a - b  # [N]
+    idx = rng.integers(0, len(d), size=(n_boot, len(d)))
+    boots = d[idx].mean(1)
+    lo, hi = np.quantile(boots, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return {"gain": float(d.mean()), "lo": float(lo), "hi": float(hi), "level": level}

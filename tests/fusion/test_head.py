@@ -1,0 +1,164 @@
+"""Heads end to end on a random-init micro bundle: feature cache, train, save, load elsewhere, refuse."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clipforge.encoders.bundle import Bundle, save_bundle
+from clipforge.fusion.config import load_fuse_config
+from clipforge.fusion.features import load_pairs
+from clipforge.fusion.head import HeadError, load_head
+from clipforge.fusion.train import train_head
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture()
+def encoder_calls(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    calls = {"images": 0, "texts": 0}
+    real_images, real_texts = Bundle.encode_images, Bundle.encode_texts
+
+    def images(self, pixels):  # type: ignore[no-untyped-def]
+        calls["images"] += 1
+        return real_images(self, pixels)
+
+    def texts(self, t):  # type: ignore[no-untyped-def]
+        calls["texts"] += 1
+        return real_texts(self, t)
+
+    monkeypatch.setattr(Bundle, "encode_images", images)
+    monkeypatch.setattr(Bundle, "encode_texts", texts)
+    return calls
+
+
+@pytest.fixture(scope="module")
+def other_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import torch
+
+    from clipforge.encoders.model import build_model, resolve_model_config
+
+    torch.manual_seed(1)
+    arch, cfg = resolve_model_config("cf-micro-vit")
+    out = tmp_path_factory.mktemp("bundles") / "other"
+    save_bundle(build_model(cfg), out, arch=arch, model_cfg=cfg)
+    return out
+
+
+def test_feature_cache_reused_and_invalidated(
+    questions: Path, micro_bundle: Path, other_bundle: Path, tmp_path: Path, encoder_calls: dict[str, int]
+) -> None:
+    table = tmp_path / "t.jsonl"
+    rows = (questions / "train.jsonl").read_text().splitlines()
+    table.write_text("\n".join(json.dumps({**json.loads(r), "image": str(questions / json.loads(r)["image"])})
+                               for r in rows[:60]) + "\n")  # fmt: skip
+    kw = {"cache_dir": tmp_path / "cache", "group_keys": ("heldout",), "progress": False}
+    first = load_pairs(str(table), micro_bundle, **kw)
+    assert not first.cache_hit and encoder_calls["images"] > 0 and encoder_calls["texts"] > 0
+    assert len(first) == 60 and first.image_features.shape[0] == 10  # six questions per image, embedded once
+    encoder_calls.update(images=0, texts=0)
+    again = load_pairs(str(table), micro_bundle, **kw)
+    assert again.cache_hit and encoder_calls == {"images": 0, "texts": 0}
+    assert np.array_equal(again.pairs()[0], first.pairs()[0]) and again.labels == first.labels
+    assert np.array_equal(again.groups["heldout"], first.groups["heldout"])
+
+    other = load_pairs(str(table), other_bundle, **kw)  # another bundle: other features
+    assert not other.cache_hit and encoder_calls["images"] > 0
+    assert not np.allclose(other.image_features, first.image_features)
+
+    encoder_calls.update(images=0, texts=0)
+    image = Path(json.loads(rows[0])["image"])
+    os.utime(questions / image, ns=(1, 1))  # an image changed on disk (same table)
+    changed = load_pairs(str(table), micro_bundle, **kw)
+    assert not changed.cache_hit and encoder_calls["images"] > 0
+    table.write_text("\n".join(table.read_text().splitlines()[:30]) + "\n")  # the table changed
+    assert len(shorter := load_pairs(str(table), micro_bundle, **kw)) == 30 and not shorter.cache_hit
+
+
+def _cfg(questions: Path, bundle: Path, tmp: Path, *extra: str):  # type: ignore[no-untyped-def]
+    return load_fuse_config("smoke", [f"out_dir={tmp / 'run'}", f"data.bundle={bundle}",
+                                      f"data.train={questions / 'train.jsonl'}", f"data.val={questions / 'test.jsonl'}",
+                                      f"data.cache_dir={tmp / 'cache'}", *extra])  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["tensor", "gated"])
+def test_saved_head_predicts_the_same_in_a_fresh_process(
+    kind: str, questions: Path, micro_bundle: Path, other_bundle: Path, tmp_path: Path
+) -> None:
+    run = train_head(_cfg(questions, micro_bundle, tmp_path, f"head.kind={kind}"), progress=False)
+    head_dir = Path(run["head"])
+    meta = json.loads((head_dir / "head.json").read_text())
+    assert meta["format"] == "clipforge-head/1" and meta["kind"] == kind and meta["labels"] == ["no", "yes"]
+    assert meta["metrics"]["accuracy"] == run["metrics"]["accuracy"] and "heldout/accuracy" in meta["metrics"]
+    rng = np.random.default_rng(0)
+    zi = rng.normal(size=(9, run["module"].dim)).astype(np.float32)
+    zt = rng.normal(size=(9, run["module"].dim)).astype(np.float32)
+    np.save(tmp_path / "zi.npy", zi)
+    np.save(tmp_path / "zt.npy", zt)
+    here = load_head(head_dir).predict(zi, zt)
+    assert here.shape == (9, 2) and here.dtype == np.float32 and np.allclose(here.sum(1), 1)
+    code = ("import sys, numpy as np; from clipforge.fusion.head import load_head; d = sys.argv[1]; "
+            "h = load_head(d + '/head'); np.save(d + '/out.npy', h.predict(np.load(d + '/zi.npy'), np.load(d + '/zt.npy'))); "
+            "np.save(d + '/out_torch.npy', load_head(d + '/head', backend='torch').predict(np.load(d + '/zi.npy'), np.load(d + '/zt.npy')))")  # fmt: skip
+    (tmp_path / "head").symlink_to(head_dir)
+    subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert np.array_equal(np.load(tmp_path / "out.npy"), here)
+    assert np.allclose(np.load(tmp_path / "out_torch.npy"), here, atol=1e-6)
+
+    other_fp = json.loads((other_bundle / "bundle.json").read_text())["weights_sha256"]
+    with pytest.raises(HeadError, match="trained on bundle") as exn:
+        load_head(head_dir, fingerprint=other_fp)
+    assert "\n" not in str(exn.value)
+    assert load_head(head_dir, fingerprint=meta["bundle_fingerprint"]).kind == kind
+
+
+def test_load_head_refuses_missing_and_corrupt_folders(questions: Path, micro_bundle: Path, tmp_path: Path) -> None:
+    with pytest.raises(HeadError, match="no head.json"):
+        load_head(tmp_path / "nope")
+    head_dir = Path(train_head(_cfg(questions, micro_bundle, tmp_path, "fit.epochs=1"), progress=False)["head"])
+    weights = head_dir / "head.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-8])
+    with pytest.raises(HeadError, match="does not match"):
+        load_head(head_dir)
+    (head_dir / "head.json").write_text("{")
+    with pytest.raises(HeadError, match="not valid JSON"):
+        load_head(head_dir)
+
+
+def test_cli_train_eval_compare(
+    questions: Path, micro_bundle: Path, other_bundle: Path, tmp_path: Path, capsys
+) -> None:  # type: ignore[no-untyped-def]
+    from clipforge.cli import main
+
+    common = [f"data.bundle={micro_bundle}", f"data.train={questions / 'train.jsonl'}",
+              f"data.val={questions / 'test.jsonl'}", f"data.cache_dir={tmp_path / 'cache'}"]  # fmt: skip
+    sets = [x for kv in common for x in ("--set", kv)]
+    assert main(["fuse", "train", "smoke", "--set", f"out_dir={tmp_path / 'run'}", *sets]) == 0
+    assert (tmp_path / "run" / "config.yaml").is_file()
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 3  # one record per epoch
+    capsys.readouterr()
+    assert main(["fuse", "eval", str(tmp_path / "run"), "--data", str(questions / "test.jsonl"),
+                 "--cache-dir", str(tmp_path / "cache")]) == 0  # fmt: skip
+    ev = json.loads(capsys.readouterr().out)
+    stored = json.loads((tmp_path / "run" / "head" / "head.json").read_text())["metrics"]
+    assert ev["accuracy"] == pytest.approx(stored["accuracy"], abs=1e-4) and ev["pairs"] == 96
+    assert main(["fuse", "eval", str(tmp_path / "run"), "--data", str(questions / "test.jsonl"),
+                 "--bundle", str(other_bundle), "--cache-dir", str(tmp_path / "cache")]) == 1  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert "trained on bundle" in err and "\n" not in err
+
+    assert main(["fuse", "compare", "smoke", "--kinds", "late,additive,lowrank", "--bootstrap", "200",
+                 "--set", f"out_dir={tmp_path / 'cmp'}", "--set", "head.budget=3000", *sets]) == 0  # fmt: skip
+    result = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert [r["kind"] for r in result["rows"]] == ["late", "additive", "lowrank"]
+    assert result["feature_cache_hit"]  # the features train computed are reused
+    assert all(r["params"] <= 3000 for r in result["rows"])
+    assert "gain_vs_additive" in result["rows"][2] and "heldout/accuracy" in result["rows"][0]
+    page = (tmp_path / "cmp" / "report.html").read_text()
+    assert page.count('data-kind="') == 3 and "reliability" in page and "confusion" in page

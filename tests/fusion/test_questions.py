@@ -1,0 +1,47 @@
+"""The synth's question set: balanced, colour AND shape needed, held-out combinations kept out of training."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+from clipforge.training.synth import HELDOUT, write_synth
+
+
+def rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_questions_are_balanced_and_hold_out_combinations(questions: Path) -> None:
+    train, test = rows(questions / "train.jsonl"), rows(questions / "test.jsonl")
+    assert len(train) == 6 * 40 and len(test) == 6 * 16
+    for split in (train, test):
+        assert Counter(r["label"] for r in split) == {"yes": len(split) // 2, "no": len(split) // 2}
+        misses = Counter(r["negative"] for r in split if r["label"] == "no")
+        assert misses == {"colour_only": len(split) // 6, "shape_only": len(split) // 6, "neither": len(split) // 6}
+        for r in split:
+            same_colour, same_shape = r["q_color"] == r["color"], r["q_shape"] == r["shape"]
+            assert (r["label"] == "yes") == (same_colour and same_shape)  # the answer needs both
+            assert r["negative"] in (None, {(True, False): "colour_only", (False, True): "shape_only",
+                                            (False, False): "neither"}.get((same_colour, same_shape)))  # fmt: skip
+            assert r["q_color"] in r["text"] and r["q_shape"] in r["text"]
+            assert (questions / r["image"]).is_file()
+    held = set(HELDOUT)
+    assert not any((r["color"], r["shape"]) in held or (r["q_color"], r["q_shape"]) in held for r in train)
+    assert not any(r["heldout"] for r in train)
+    for r in test:
+        assert r["heldout"] == ((r["color"], r["shape"]) in held or (r["q_color"], r["q_shape"]) in held)
+    assert len({r["text"].replace(r["q_color"], "C").replace(r["q_shape"], "S") for r in train}) >= 4  # wordings
+
+
+def test_write_synth_other_outputs_do_not_change(tmp_path: Path) -> None:
+    """The question set draws from its own random stream: shards and zero-shot images stay byte-identical."""
+    a = write_synth(tmp_path / "a", train=12, val=4, per_class=1, shard_size=10, seed=2, questions=0)
+    b = write_synth(tmp_path / "b", train=12, val=4, per_class=1, shard_size=10, seed=2, questions=5)
+    assert b["questions"]["pairs"]["train"] == 30 and a["questions"]["pairs"]["train"] == 0
+    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file()
+                   and "questions" not in p.parts and p.name != "synth.json")  # fmt: skip
+    assert len(files) > 30
+    for f in files:
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
