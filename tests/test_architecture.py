@@ -63,7 +63,6 @@ def test_no_import_cycle_between_modules():
         pytest.fail(f"import cycle: {' -> '.join(exn.args[1])}")
 
 
-@pytest.mark.xfail(reason="routers importing each other are being untangled on other branches", strict=False)
 def test_routers_import_no_other_router():
     routers = {m for m in MODULES if m.startswith("clipforge.service.routers.")}
     bad = [f"{m} imports {t}" for m in sorted(routers) for t, _ in imports(m) if t in routers and t != m]
