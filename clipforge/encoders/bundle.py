@@ -234,7 +234,8 @@ def _onnx_encoder(path: Path, meta: dict[str, Any], tokenizer: Tokenizer, dev: t
     if not (onnx_dir / "onnx.json").is_file():
         raise BundleError(f"{path}: no ONNX graphs; run `clipforge bundle export {path} --onnx` first")
     try:
-        return OnnxEncoder(onnx_dir, tokenizer, meta["weights_sha256"])
+        # as many intra-op threads as torch is set to use: a server that limits torch's threads limits these too
+        return OnnxEncoder(onnx_dir, tokenizer, meta["weights_sha256"], threads=torch.get_num_threads())
     except ImportError as exn:
         raise BundleError("the onnx backend needs onnxruntime: pip install 'clipforge[onnx]'") from exn
     except Exception as exn:  # onnxruntime's own errors for a corrupt or truncated graph

@@ -18,7 +18,7 @@ from fastapi.staticfiles import StaticFiles
 
 from clipforge.service import payload
 from clipforge.service.deps import API_KEY_HEADER
-from clipforge.service.engine import Engine
+from clipforge.service.engine import Engine, set_encoder_threads
 from clipforge.service.errors import install_error_handlers
 from clipforge.service.fastpath import EmbedFastPath
 from clipforge.service.metrics import Metrics, MetricsMiddleware
@@ -46,6 +46,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if settings.bundle is not None:
             from clipforge.encoders.bundle import load_bundle
 
+            set_encoder_threads(settings)
             bundle = await anyio.to_thread.run_sync(
                 functools.partial(
                     load_bundle,

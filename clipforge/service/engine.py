@@ -64,6 +64,16 @@ class LabelCache:
         return value
 
 
+def set_encoder_threads(settings: Settings) -> None:
+    """Give the encoders the configured share of the cores. Called before the bundle loads, because ONNX
+    Runtime fixes its thread pool when its session is made (from torch's count: `encoders.bundle`)."""
+    threads = settings.torch_threads
+    if not threads and settings.workers > 1:  # the workers share the cores instead of each taking all
+        threads = max(1, len(os.sched_getaffinity(0)) // settings.workers)
+    if threads:
+        torch.set_num_threads(threads)
+
+
 class Engine:
     """A loaded bundle behind the micro-batcher. Start/stop it inside the running event loop."""
 
@@ -130,11 +140,7 @@ class Engine:
             self.decode_pool = pool
 
     def start(self) -> None:
-        threads = self.settings.torch_threads
-        if not threads and self.settings.workers > 1:  # the workers share the cores instead of each taking all
-            threads = max(1, len(os.sched_getaffinity(0)) // self.settings.workers)
-        if threads:
-            torch.set_num_threads(threads)
+        set_encoder_threads(self.settings)
         # decoding is CPU work too: a few threads are enough, more only fight the model for the cores
         self._decoders = anyio.CapacityLimiter(max(2, os.cpu_count() or 2))
         self.batcher.start()

@@ -62,3 +62,18 @@ def test_a_corrupt_graph_falls_back_to_torch_under_auto_and_fails_in_one_line_wh
         warnings.simplefilter("error")
         load_bundle(bundle, device="cpu", backend="onnx")
     assert "\n" not in str(err.value) and len(str(err.value)) < 400
+
+
+def test_onnx_runtime_takes_as_many_threads_as_torch_is_set_to(onnx_bundle):
+    """A server that limits torch's threads (CLIPFORGE_TORCH_THREADS, or --workers sharing the cores) must
+    limit ONNX Runtime's pool too: its own default takes every core from the event loop."""
+    before = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            enc = load_bundle(onnx_bundle, device="cpu", backend="onnx").encoder
+            assert isinstance(enc, OnnxEncoder)
+            assert enc.image.get_session_options().intra_op_num_threads == n
+            assert enc.text.get_session_options().intra_op_num_threads == n
+    finally:
+        torch.set_num_threads(before)
