@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from clipforge.data.shards import decode_sample, expand_urls, raw_samples  # noqa: F401 (re-exported)
 from clipforge.encoders.images import DEFAULT_MAX_PIXELS
 from clipforge.encoders.text import MAX_CAPTION_CHARS
+from clipforge.training.config import DataCfg
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,17 @@ class StreamSpec:
     max_caption_chars: int = MAX_CAPTION_CHARS
     resume: dict[int, tuple[int, int]] = field(default_factory=dict)  # worker -> (epoch, cursor)
     first_worker: int = 0  # logical worker that yields the next batch (DataLoader starts at worker slot 0)
+
+    @classmethod
+    def from_config(cls, data: DataCfg, seed: int, rank: int, world_size: int, state: DataState) -> StreamSpec:
+        """This rank's stream per the `data` section, continuing from `state` (a fresh one: from the start)."""
+        sources = [expand_urls(s) for s in data.train]
+        weights = list(data.weights) or [1.0] * len(sources)
+        if len(weights) != len(sources):
+            raise ValueError(f"data.weights has {len(weights)} entries for {len(sources)} sources")
+        same = ("resampled", "shard_shuffle", "sample_shuffle", "caption_key", "max_pixels", "max_caption_chars")
+        return cls(sources=sources, weights=weights, seed=seed, rank=rank, world_size=world_size,
+                   resume=state.positions, first_worker=state.first_worker, **{k: getattr(data, k) for k in same})  # fmt: skip
 
 
 class ShardStream(IterableDataset):

@@ -6,8 +6,9 @@ import torch
 import torch.distributed as dist
 
 from clipforge.training.distributed import init_distributed
+from clipforge.training.state import TrainState
 from clipforge.training.step import train_step
-from tests.training.test_step import make_batch, make_model
+from tests.training.test_step import make_batch, make_model, step_cfg
 
 out_path, accum = sys.argv[1], int(sys.argv[2])
 info = init_distributed("cpu")
@@ -16,9 +17,8 @@ ddp = torch.nn.parallel.DistributedDataParallel(model)
 opt = torch.optim.SGD(model.parameters(), lr=1.0)
 images, texts = make_batch(16)
 half = slice(info.rank * 8, (info.rank + 1) * 8)
-loss, _ = train_step(model, ddp, opt, torch.amp.GradScaler("cpu", enabled=False), images[half], texts[half],
-                     kind="clip", max_scale=100.0, grad_clip=0.0, device=torch.device("cpu"), precision="fp32",
-                     info=info, accum=accum)  # fmt: skip
+state = TrainState(model, ddp, opt, torch.amp.GradScaler("cpu", enabled=False))
+loss = train_step(state, images[half], texts[half], step_cfg(info, accum)).loss
 dist.all_reduce(loss)  # global loss = mean over ranks of each rank's local-rows loss
 if info.rank == 0:
     torch.save({"loss": loss / info.world_size, "state": model.state_dict()}, out_path)

@@ -2,7 +2,9 @@ import torch
 
 from clipforge.encoders.model import build_model, resolve_model_config
 from clipforge.training.distributed import DistInfo
-from clipforge.training.step import train_step
+from clipforge.training.loss import ContrastiveLoss
+from clipforge.training.state import TrainState
+from clipforge.training.step import StepCfg, train_step
 
 
 def make_model() -> torch.nn.Module:
@@ -19,10 +21,13 @@ def sgd_step(accum: int, n: int = 16) -> tuple[float, dict[str, torch.Tensor]]:
     model = make_model()
     opt = torch.optim.SGD(model.parameters(), lr=1.0)  # updated weights = weights - gradient
     images, texts = make_batch(n)
-    loss, _ = train_step(model, model, opt, torch.amp.GradScaler("cpu", enabled=False), images, texts, kind="clip",
-                         max_scale=100.0, grad_clip=0.0, device=torch.device("cpu"), precision="fp32",
-                         info=DistInfo(), accum=accum)  # fmt: skip
-    return float(loss), model.state_dict()
+    state = TrainState(model, model, opt, torch.amp.GradScaler("cpu", enabled=False))
+    out = train_step(state, images, texts, step_cfg(DistInfo(), accum))
+    return float(out.loss), model.state_dict()
+
+
+def step_cfg(info: DistInfo, accum: int) -> StepCfg:
+    return StepCfg(ContrastiveLoss("clip", info), torch.device("cpu"), "fp32", max_scale=100.0, accum=accum)
 
 
 def test_accumulation_over_k_micro_batches_equals_one_big_batch():

@@ -1,0 +1,84 @@
+"""What a run needs before its first step: the runtime (device, precision, process group), the model to
+train and its input stream."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from clipforge.encoders.bundle import load_bundle
+from clipforge.encoders.device import resolve_device, resolve_precision
+from clipforge.encoders.images import draft_size
+from clipforge.encoders.model import build_model, get_tokenizer, preprocess_cfg, resolve_model_config, tokenizer_cfg
+from clipforge.training.augment import TrainTransform, normalizer
+from clipforge.training.config import Config
+from clipforge.training.data import DataState, ShardStream, StreamSpec, make_loader
+from clipforge.training.distributed import DistInfo, init_distributed
+
+
+@dataclass(frozen=True)
+class Runtime:
+    device: torch.device
+    precision: str  # fp32 | bf16 | fp16, resolved for the device
+    info: DistInfo  # this process's rank in the torchrun group (world size 1 without torchrun)
+    memory_format: torch.memory_format
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> Runtime:
+        """Join the process group, pick the device and precision, and seed this rank."""
+        device = resolve_device(cfg.train.device)
+        info = init_distributed(device.type)
+        if info.enabled and device.type == "cuda":
+            device = torch.device("cuda", info.local_rank)
+        precision = resolve_precision(cfg.train.precision, device)
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        torch.manual_seed(cfg.train.seed + info.rank)
+        memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+        return cls(device, precision, info, memory_format)
+
+
+def build_training_model(cfg: Config) -> tuple[torch.nn.Module, str, dict[str, Any]]:
+    """(model on the CPU, arch name, model config): fresh, or from `model.init_bundle`, towers locked as asked."""
+    arch, model_cfg = resolve_model_config(cfg.model.arch)
+    siglip = cfg.loss.kind == "siglip"
+    model = build_model(model_cfg, init_logit_bias=cfg.loss.init_logit_bias if siglip else None)
+    if cfg.model.init_bundle:
+        init = load_bundle(cfg.model.init_bundle, device="cpu", precision="fp32")
+        try:
+            model.load_state_dict(init.model.state_dict())
+        except RuntimeError:  # PyTorch lists every mismatched tensor: one line says what to change
+            raise ValueError(f"model.init_bundle {cfg.model.init_bundle} is a {init.meta.get('arch')!r} bundle, "
+                             f"which does not fit model.arch {cfg.model.arch!r}: set model.arch to match") from None  # fmt: skip
+        arch, model_cfg = init.meta["arch"], init.meta["model_cfg"]
+    if cfg.model.lock_image:  # open_clip's own tower locking: frozen weights and BatchNorm statistics
+        model.lock_image_tower(unlocked_groups=cfg.model.lock_image_unlocked_groups, freeze_bn_stats=True)
+    if cfg.model.lock_text:
+        model.lock_text_tower(unlocked_layers=cfg.model.lock_text_unlocked_layers, freeze_layer_norm=True)
+    if cfg.train.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    return model, arch, model_cfg
+
+
+def training_batches(
+    cfg: Config, model_cfg: dict[str, Any], rt: Runtime, data_state: DataState
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Endless (images [B, 3, H, W] float on the device, texts [B, L]) of this rank, from where `data_state`
+    left off; `data_state` follows every batch taken."""
+    pp = preprocess_cfg(model_cfg)
+    spec = StreamSpec.from_config(cfg.data, cfg.train.seed, rt.info.rank, rt.info.world_size, data_state)
+    stream = ShardStream(
+        spec,
+        TrainTransform(pp["image_size"], pp["interpolation"]),
+        get_tokenizer(tokenizer_cfg(model_cfg)),
+        cfg.train.batch_size,
+        draft_size=draft_size(pp),
+    )
+    normalize = normalizer(pp, rt.device)
+    for batch in make_loader(stream, cfg.data.workers):
+        data_state.update(batch)
+        images = normalize(batch["image"].to(rt.device, non_blocking=True))  # uint8 -> float [B, 3, H, W]
+        yield images.contiguous(memory_format=rt.memory_format), batch["text"].to(rt.device, non_blocking=True)
