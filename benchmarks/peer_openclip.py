@@ -70,7 +70,9 @@ def run_openclip(data: dict, *, out: Path, arch: str, samples: int, batch: int, 
 
 
 def run_ours(data: dict, *, out: Path, arch: str, samples: int, batch: int, lr: float, wd: float, warmup: int,
-             workers: int, seed: int, precision: str = "fp32", extra: tuple[str, ...] = ()) -> dict:  # fmt: skip
+             workers: int, seed: int, precision: str = "fp32", extra: tuple[str, ...] = (),
+             root: Path = ROOT) -> dict:  # fmt: skip
+    """Train with `clipforge train` from the checkout at `root` (this one by default)."""
     run = out / f"ours-{arch}-s{seed}-{int(time.time() * 1000)}"
     sets = [f"out_dir={run}", f"model.arch={arch}", f"data.train=['{data['train']}']", "data.val=null",
             "data.zeroshot=null", f"train.samples={samples}", f"train.batch_size={batch}", f"optim.lr={lr}",
@@ -82,7 +84,7 @@ def run_ours(data: dict, *, out: Path, arch: str, samples: int, batch: int, lr: 
     for s in sets:
         cmd += ["--set", s]
     t0 = time.perf_counter()
-    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT)
+    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(root)}, cwd=root)
     wall = time.perf_counter() - t0
     if done.returncode != 0:
         raise RuntimeError(f"clipforge train failed:\n{done.stderr[-3000:]}")

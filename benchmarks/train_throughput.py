@@ -5,6 +5,11 @@ optimizer settings and DataLoader workers. Also measures the data pipeline alone
 3x what the trainer consumes.
 
     python benchmarks/train_throughput.py [--arch cf-tiny-vit] [--samples 3840] [--rounds 2]
+
+With `--against DIR` (another clipforge checkout, e.g. `git worktree add ../before main`) it alternates this
+checkout's trainer with that one's instead of open_clip's, to measure a change to the trainer:
+
+    python benchmarks/train_throughput.py --against ../before --samples 1280 --batch 64 --rounds 3
 """
 
 from __future__ import annotations
@@ -49,8 +54,11 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--workers", type=int, default=1, help="DataLoader workers for both (best on 2 cores: 1)")
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--against", type=Path, help="another clipforge checkout to compare with, instead of open_clip")
     a = ap.parse_args()
     data = ensure_data()
+    if a.against:
+        return compare_checkouts(data, a)
     env = prepare_peer_env()
     common = dict(arch=a.arch, samples=a.samples, batch=a.batch, lr=1e-3, wd=0.1, warmup=10, workers=a.workers, seed=0)
     ours, theirs = [], []
@@ -72,6 +80,23 @@ def main() -> None:
     print(f"open_clip_train        {t:8.1f} samples/s (median)")
     print(f"ratio clipforge/open_clip: {o / t:.2f}x (target >= 1.3x)")
     print(f"data pipeline alone    {pipe:8.1f} samples/s = {pipe / o:.1f}x what the trainer consumes (target >= 3x)")
+
+
+def compare_checkouts(data: dict, a: argparse.Namespace) -> None:
+    common = dict(arch=a.arch, samples=a.samples, batch=a.batch, lr=1e-3, wd=0.1, warmup=10, workers=a.workers, seed=0)
+    ours, theirs = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(a.rounds):  # alternate, so drifts in machine load hit both
+            theirs.append(run_ours(data, out=Path(tmp), root=a.against.resolve(), **common)["samples_per_s"])
+            ours.append(run_ours(data, out=Path(tmp), **common)["samples_per_s"])
+            print(f"round {r + 1}: {a.against} {theirs[-1]:.1f} samples/s, this checkout {ours[-1]:.1f} samples/s")
+    o, t = statistics.median(ours), statistics.median(theirs)
+    print(
+        f"\nmachine: {platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cores; "
+        f"arch {a.arch}, batch {a.batch}, fp32, workers {a.workers}, {a.samples} samples per run, {a.rounds} rounds"
+    )
+    print(f"{str(a.against):24s} {t:8.1f} samples/s (median)\nthis checkout            {o:8.1f} samples/s (median)")
+    print(f"ratio this/other: {o / t:.3f}x")
 
 
 if __name__ == "__main__":
