@@ -71,6 +71,8 @@ def cmd_eval(a: argparse.Namespace) -> int:
                 bundle, bundle.preprocess, a.val, a.limit, caption_key=a.caption_key, logit_scale=bundle.logit_scale()
             )
         )
+    for warning in out.get("warnings", []):
+        print(f"clipforge: warning: {warning}", file=sys.stderr)
     _print_json(out if a.full else _short_eval(out))
     return 0
 

@@ -12,6 +12,7 @@ All take L2-normalised features with row i of `img` paired with row i of `txt`:
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import torch
@@ -72,19 +73,32 @@ def positive_negative_cosine(img: torch.Tensor, txt: torch.Tensor) -> tuple[floa
 
 def coordination_diagnostics(
     img: torch.Tensor, txt: torch.Tensor, logit_scale: float
-) -> dict[str, float | list[float]]:
+) -> dict[str, float | list[float] | None]:
+    """All diagnostics; one that cannot be computed from these pairs is None, and `not_computable` says why."""
     img, txt = F.normalize(img.float(), dim=-1), F.normalize(txt.float(), dim=-1)
     pos, neg = positive_negative_cosine(img, txt)
-    cca = canonical_correlations(img, txt)
-    return {
+    out: dict[str, Any] = {
         "mi_lower_bound": infonce_mi_bound(img, txt, logit_scale),
         "mi_upper_limit": math.log(img.shape[0]),  # log N: the bound can never exceed it
         "alignment": alignment(img, txt),
-        "uniformity_image": uniformity(img),
-        "uniformity_text": uniformity(txt),
         "modality_gap": modality_gap(img, txt),
-        "cca_top": cca,
-        "cca_mean_top10": float(np.mean(cca)),
         "cosine_positive": pos,
         "cosine_negative": neg,
     }
+    n = img.shape[0]
+    # uniformity needs distinct pairs, CCA a covariance (n - 1 > 0); an SVD of degenerate data may also fail
+    needs_pairs = {"uniformity_image": lambda: uniformity(img), "uniformity_text": lambda: uniformity(txt),
+                   "cca_top": lambda: canonical_correlations(img, txt)}  # fmt: skip
+    failed: dict[str, str] = {}
+    for key, compute in needs_pairs.items():
+        try:
+            out[key] = compute() if n >= 2 else None
+        except np.linalg.LinAlgError as exn:
+            out[key], failed[key] = None, f"degenerate features: {exn}"
+        if n < 2:
+            failed[key] = "need at least 2"
+    out["cca_mean_top10"] = float(np.mean(out["cca_top"])) if out["cca_top"] is not None else None
+    if failed:
+        why = "; ".join(sorted(set(failed.values())))
+        out["not_computable"] = f"{', '.join(failed)} not computable from {n} pair(s) ({why})"
+    return out

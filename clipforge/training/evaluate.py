@@ -144,5 +144,8 @@ def retrieval_eval(
     out: dict[str, Any] = {"retrieval_pairs": int(img.shape[0])}
     out.update({f"image_to_text_R@{k}": v for k, v in i2t.items()})
     out.update({f"text_to_image_R@{k}": v for k, v in t2i.items()})
-    out.update({f"diag_{k}": v for k, v in coordination_diagnostics(img, txt, logit_scale).items()})
+    diagnostics = coordination_diagnostics(img, txt, logit_scale)
+    if "not_computable" in diagnostics:  # reported, not raised: the recalls above stand
+        out["warnings"] = [f"diagnostics {diagnostics.pop('not_computable')}"]
+    out.update({f"diag_{k}": v for k, v in diagnostics.items()})
     return out

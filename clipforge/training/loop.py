@@ -131,11 +131,11 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True) -> dict
     checkpointer.save(state)
     summary: dict[str, Any] = {"run_dir": str(run_dir), "steps": state.step, "samples_seen": state.samples_seen,
                                "skipped": state.data.skipped, "samples_per_s": meter.last}  # fmt: skip
-    if rt.info.is_main:
-        summary.update(evaluate_and_log(cfg, encoder, preprocess, metrics, state, final=True))
+    if rt.info.is_main:  # the bundle first: a final evaluation that fails costs no weights
         fingerprint = save_bundle(model, run_dir / "bundle", arch=arch, model_cfg=model_cfg, loss=cfg.loss.kind,
                                   provenance=provenance(cfg, state))  # fmt: skip
         summary.update({"bundle": str(run_dir / "bundle"), "fingerprint": fingerprint})
+        summary.update(evaluate_and_log(cfg, encoder, preprocess, metrics, state, final=True))
     if rt.info.enabled:
         torch.distributed.barrier()
     return summary
@@ -182,7 +182,15 @@ def evaluate_and_log(
     state: TrainState,
     final: bool = False,
 ) -> dict:
-    """Evaluate and log; returns {"eval": results}."""
-    out = {"eval": run_eval(cfg, encoder, preprocess)}
-    metrics.write({"step": state.step, "samples_seen": state.samples_seen} | out | ({"final": True} if final else {}))
+    """Evaluate and log; returns {"eval": results} or {"eval_error": reason}. Evaluation is a diagnostic: when
+    it cannot be computed the run goes on (and ends with its bundle), with a warning in the log and metrics."""
+    record: dict[str, Any] = {"step": state.step, "samples_seen": state.samples_seen}
+    try:
+        out: dict[str, Any] = {"eval": run_eval(cfg, encoder, preprocess)}
+    except Exception as exn:  # noqa: BLE001 (whatever went wrong, the trained weights are kept)
+        out = {"eval_error": f"evaluation failed at step {state.step}: {type(exn).__name__}: {exn}"}
+        log.warning("%s", out["eval_error"])
+    for warning in out.get("eval", {}).get("warnings", []):
+        log.warning("evaluation at step %d: %s", state.step, warning)
+    metrics.write(record | out | ({"final": True} if final else {}))
     return out

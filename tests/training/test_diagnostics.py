@@ -64,3 +64,15 @@ def test_cca_recovers_a_planted_linear_relation():
 def test_bundle_of_all_diagnostics():
     d = coordination_diagnostics(unit(100, 8, 7), unit(100, 8, 8), 14.3)
     assert set(d) >= {"mi_lower_bound", "alignment", "uniformity_image", "modality_gap", "cca_top", "cosine_positive"}
+
+
+def test_one_pair_reports_what_cannot_be_computed_instead_of_failing():
+    """`eval --limit 1` (or a held-out set with one usable pair) failed with "SVD did not converge"."""
+    d = coordination_diagnostics(unit(1, 8, 7), unit(1, 8, 8), 14.3)
+    assert d["cca_top"] is None and d["cca_mean_top10"] is None and d["uniformity_image"] is None
+    assert (
+        d["not_computable"]
+        == "uniformity_image, uniformity_text, cca_top not computable from 1 pair(s) (need at least 2)"
+    )
+    assert d["mi_lower_bound"] == 0.0 and d["alignment"] > 0  # what one pair does give is still there
+    assert "not_computable" not in coordination_diagnostics(unit(2, 8, 7), unit(2, 8, 8), 14.3)

@@ -3,6 +3,7 @@ import os
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -138,6 +139,50 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(synth_data, tmp_path):
     assert before.items() <= after.items()
     path, ckpt = latest_valid_checkpoint(run)
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
+
+
+def one_pair_shard(synth_data, path: Path) -> Path:
+    """The first sample of the held-out shard, alone in a shard of its own."""
+    with tarfile.open(synth_data["root"] / "val" / "shard-000000.tar") as src, tarfile.open(path, "w") as dst:
+        for member in src.getmembers():
+            if member.name.startswith("00000000."):
+                dst.addfile(member, src.extractfile(member))
+    return path
+
+
+def test_a_final_evaluation_that_cannot_be_computed_still_ends_with_bundle_and_checkpoint(synth_data, tmp_path, caplog):
+    """One held-out pair: CCA and uniformity cannot be computed ("SVD did not converge" killed the run at its
+    final evaluation, before the bundle). Now: exit 0, bundle and last checkpoint written, a warning logged."""
+    from clipforge.cli import main
+
+    run, val = tmp_path / "run", one_pair_shard(synth_data, tmp_path / "one.tar")
+    args = ["train", "smoke", "--set", f"out_dir={run}", "--set", f"data.train=['{synth_data['train']}']",
+            "--set", f"data.val={val}", "--set", "train.samples=32"]  # fmt: skip
+    assert main(args) == 0
+    assert "evaluation at step 2: diagnostics uniformity_image, uniformity_text, cca_top not computable" in caplog.text
+    assert (run / "bundle" / "bundle.json").is_file()
+    assert int(latest_valid_checkpoint(run)[1]["step"]) == 2
+    final = read_metrics(run)[-1]
+    assert final["final"] and final["eval"]["retrieval_pairs"] == 1 and final["eval"]["diag_cca_top"] is None
+    assert final["eval"]["warnings"] == ["diagnostics uniformity_image, uniformity_text, cca_top not computable "
+                                         "from 1 pair(s) (need at least 2)"]  # fmt: skip
+
+
+def test_an_evaluation_that_fails_keeps_the_weights_and_says_why(synth_data, tmp_path, monkeypatch, caplog):
+    """Whatever goes wrong in an evaluation, the run goes on and ends with its bundle: evaluation is a diagnostic."""
+    import clipforge.training.loop as loop
+
+    def broken(*_args):
+        raise RuntimeError("evaluator exploded")
+
+    monkeypatch.setattr(loop, "retrieval_eval", broken)
+    run = tmp_path / "run"
+    summary = train(smoke_cfg(synth_data, run, "train.samples=64", "eval.every=2"), progress=False)
+    assert (run / "bundle" / "bundle.json").is_file() and summary["fingerprint"]
+    errors = [r for r in read_metrics(run) if "eval_error" in r]
+    assert [r["step"] for r in errors] == [2, 4] and errors[-1]["final"]
+    assert "RuntimeError: evaluator exploded" in summary["eval_error"]
+    assert "evaluation failed at step 2" in caplog.text
 
 
 def test_kill_9_then_resume_auto_finishes(synth_data, tmp_path):
