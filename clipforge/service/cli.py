@@ -42,7 +42,20 @@ def settings_or_one_line(settings_cls: Any, overrides: dict[str, Any]) -> Any:
         raise ValueError(f"{where}: {first['msg']}, got {first.get('input')!r}{more}") from None
 
 
+# the settings `serve` takes as flags: setting -> the flag's argparse dest
+FLAGS = {"bundle": "bundle", "index": "index", "host": "host", "port": "port", "device": "device", "workers": "workers",
+         "heads": "head"}  # fmt: skip
+
+
 def cmd_serve(a: argparse.Namespace) -> int:
+    from clipforge.service.settings import Settings
+
+    flags = {k: getattr(a, dest) for k, dest in FLAGS.items() if getattr(a, dest) is not None}
+    return serve(settings_or_one_line(Settings, flags), log_level=a.log_level, access_log=a.access_log)
+
+
+def serve(settings: Any, log_level: str = "info", access_log: bool = True) -> int:
+    """Check the bundle and index (`preflight`), then serve per `settings` until stopped."""
     import json
     import os
     import tempfile
@@ -51,23 +64,19 @@ def cmd_serve(a: argparse.Namespace) -> int:
 
     from clipforge.service.app import create_app
     from clipforge.service.metrics import MULTIPROC_ENV
-    from clipforge.service.settings import Settings
 
-    flags = {"bundle": a.bundle, "index": a.index, "host": a.host, "port": a.port, "device": a.device,
-             "workers": a.workers, "heads": a.head}  # fmt: skip
-    overrides: dict[str, Any] = {k: v for k, v in flags.items() if v is not None}
-    settings = settings_or_one_line(Settings, overrides)
     if settings.bundle is None:
         raise ValueError("no bundle: give --bundle DIR or set CLIPFORGE_BUNDLE")
     preflight(settings)
-    run = {"host": settings.host, "port": settings.port, "log_level": a.log_level, "access_log": a.access_log,
+    run = {"host": settings.host, "port": settings.port, "log_level": log_level, "access_log": access_log,
            "timeout_graceful_shutdown": 10}  # fmt: skip
+    overrides = {k: getattr(settings, k) for k in FLAGS if getattr(settings, k) is not None}
     if settings.workers == 1:  # one process, one model: batching across requests happens inside it
         uvicorn.run(create_app(settings), **run)
         return 0
     # several processes, each building its app from the environment: pass the flags on through it, and give
     # the workers one directory for their metrics (a scrape of any of them adds all up)
-    os.environ.update({f"CLIPFORGE_{k.upper()}": json.dumps(v) if k == "heads" else str(v)
+    os.environ.update({f"CLIPFORGE_{k.upper()}": json.dumps([str(h) for h in v]) if k == "heads" else str(v)
                        for k, v in overrides.items()})  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="clipforge-metrics-") as metrics_dir:
         os.environ.setdefault(MULTIPROC_ENV, metrics_dir)

@@ -18,7 +18,7 @@ from clipforge.training.config import Config, save_config
 from clipforge.training.evaluate import retrieval_eval, zeroshot_eval
 from clipforge.training.loss import FiniteWatch
 from clipforge.training.optim import lr_at, set_lr
-from clipforge.training.setup import Runtime, build_training_model, training_batches
+from clipforge.training.setup import Runtime, build_training_model, check_inputs, training_batches
 from clipforge.training.state import Checkpointer, TrainState, find_checkpoint
 from clipforge.training.step import StepCfg, StepOut, train_step
 
@@ -82,6 +82,7 @@ class MetricsLog:
 
 def train(cfg: Config, resume: str | None = None, progress: bool = True) -> dict[str, Any]:
     """Train per `cfg`; `resume` is None, "auto" (newest valid checkpoint of the run, if any) or a path."""
+    check_inputs(cfg)
     rt = Runtime.from_config(cfg)
     run_dir = Path(cfg.out_dir)
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -1,10 +1,11 @@
 """What a run needs before its first step: the runtime (device, precision, process group), the model to
-train and its input stream."""
+train, its input stream, and a check of every input path the job will read."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -15,7 +16,7 @@ from clipforge.encoders.images import draft_size
 from clipforge.encoders.model import build_model, get_tokenizer, preprocess_cfg, resolve_model_config, tokenizer_cfg
 from clipforge.training.augment import TrainTransform, normalizer
 from clipforge.training.config import Config
-from clipforge.training.data import DataState, ShardStream, StreamSpec, make_loader
+from clipforge.training.data import DataState, ShardStream, StreamSpec, expand_urls, make_loader
 from clipforge.training.distributed import DistInfo, init_distributed
 
 
@@ -39,6 +40,29 @@ class Runtime:
         torch.manual_seed(cfg.train.seed + info.rank)
         memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
         return cls(device, precision, info, memory_format)
+
+
+def _is_local(url: str) -> bool:
+    return not url.startswith("pipe:") and "://" not in url
+
+
+def check_inputs(cfg: Config) -> None:
+    """Fail before the first step, in one line, on an input the job would only read later (the held-out
+    shards and the zero-shot set are first read at the final evaluation, minutes or hours in)."""
+    from clipforge.training.evaluate import list_classes
+
+    if not cfg.data.train:
+        raise ValueError("no training shards given (data.train is empty)")
+    if cfg.data.weights and len(cfg.data.weights) != len(cfg.data.train):
+        raise ValueError(f"data.weights has {len(cfg.data.weights)} entries for {len(cfg.data.train)} sources")
+    for key, spec in [*(("data.train", s) for s in cfg.data.train), ("data.val", cfg.data.val)]:
+        urls = expand_urls(spec) if spec else []
+        if urls and all(_is_local(u) and not Path(u).is_file() for u in urls):  # (some missing: skipped, counted)
+            raise FileNotFoundError(f"{key}: none of the {len(urls)} shard file(s) of {spec!r} exists")
+    if cfg.data.zeroshot:
+        list_classes(Path(cfg.data.zeroshot))  # a folder with at least 2 class folders of images
+    if cfg.model.init_bundle and not (Path(cfg.model.init_bundle) / "bundle.json").is_file():
+        raise FileNotFoundError(f"model.init_bundle {cfg.model.init_bundle} is not a bundle (no bundle.json)")
 
 
 def build_training_model(cfg: Config) -> tuple[torch.nn.Module, str, dict[str, Any]]:

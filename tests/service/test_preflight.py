@@ -64,18 +64,20 @@ def test_corrupt_index_or_weights_are_one_line_errors(micro_bundle: Path, synth_
     assert err.count("\n") == 0 and "unsupported bundle format" in err, err
 
 
-def test_the_main_jobs_serve_step_has_every_serve_flag(tmp_path: Path) -> None:
+def test_the_main_jobs_serve_step_has_every_serve_setting(tmp_path: Path) -> None:
     """`clipforge quickstart` (make demo) ends by serving: it built serve's arguments by hand and lost a flag
-    added later (`--workers`: AttributeError after training). It now parses them; a missing bundle shows that
-    cmd_serve got as far as its preflight."""
+    added later (`--workers`: AttributeError after training). It now calls `serve` with a Settings, where every
+    setting has its default; a missing bundle shows that `serve` got as far as its preflight."""
     import pytest
 
-    from clipforge.cli import quickstart_serve_args
+    from clipforge.cli import quickstart_settings
+    from clipforge.service.cli import serve
+    from clipforge.service.settings import Settings
 
-    a = quickstart_serve_args(tmp_path / "nope", tmp_path / "idx", "127.0.0.1", 1)
-    assert (a.workers, a.log_level, a.access_log) == (None, "warning", False)
+    settings = quickstart_settings(Settings(host="127.0.0.1", port=1), tmp_path / "nope", tmp_path / "idx")
+    assert settings.workers == 1
     with pytest.raises(ValueError, match="not a clipforge bundle"):
-        a.func(a)
+        serve(settings, log_level="warning", access_log=False)
 
 
 def test_a_bad_flag_value_is_one_line_naming_the_flag(micro_bundle: Path, capsys, monkeypatch) -> None:

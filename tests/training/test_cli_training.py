@@ -17,3 +17,56 @@ def test_eval_of_one_pair_warns_what_cannot_be_computed(synth_data, micro_bundle
     ]
     assert main(["eval", str(micro_bundle), "--val", str(synth_data["root"] / "val" / "shard-000000.tar"),
                  "--limit", "1", "--device", "cpu"]) == 0  # fmt: skip
+
+
+def test_quickstart_checks_its_whole_configuration_before_training(synth_data, tmp_path, capsys):
+    """`quickstart --set data.val=null` trained for minutes, then failed at its evaluation summary."""
+    out = tmp_path / "qs"
+    for bad in ("data.val=null", "data.zeroshot=null", f"data.val={tmp_path / 'missing.tar'}"):
+        args = ["quickstart", "--data", str(synth_data["root"]), "--out", str(out), "--no-serve", "--set", bad]
+        assert main(args) == 1, bad
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("clipforge: error: "), err
+        assert not (out / "metrics.jsonl").exists() and not (out / "checkpoints").exists()  # no step was taken
+    assert main(["quickstart", "--data", str(synth_data["root"]), "--out", str(out), "--port", "0"]) == 1
+    err = capsys.readouterr().err  # the serve step's settings are checked before the training too
+    assert err == "clipforge: error: --port: Input should be greater than or equal to 1, got 0\n", err
+
+
+def test_training_checks_its_held_out_and_zero_shot_sets_before_the_first_step(synth_data, tmp_path, capsys):
+    run = tmp_path / "run"
+    for bad, said in ((f"data.val={tmp_path}/nope-{{0..3}}.tar", "data.val: none of the 4 shard file(s)"),
+                      (f"data.zeroshot={tmp_path}", "needs at least 2 class folders")):  # fmt: skip
+        args = ["train", "smoke"] + [x for s in [f"out_dir={run}", f"data.train=['{synth_data['train']}']", bad]
+                                     for x in ("--set", s)]  # fmt: skip
+        assert main(args) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and said in err, err
+        assert not (run / "checkpoints").exists()
+
+
+def test_data_synth_refuses_counts_below_one(tmp_path, capsys):
+    import pytest
+
+    for flag in ("--train=-5", "--shard-size=0", "--val=0", "--per-class=-1"):
+        with pytest.raises(SystemExit) as exit_:
+            main(["data", "synth", str(tmp_path / "s"), flag])
+        assert exit_.value.code == 2
+        assert "must be at least 1" in capsys.readouterr().err.strip().splitlines()[-1]
+    assert not (tmp_path / "s").exists()
+
+
+def test_quickstart_serves_through_a_function_with_its_settings(tmp_path):
+    """The serve step gets settings, not a made-up command line; a missing bundle shows that `serve` got as far
+    as its preflight."""
+    import pytest
+
+    from clipforge.cli import quickstart_settings
+    from clipforge.service.cli import serve
+    from clipforge.service.settings import Settings
+
+    settings = quickstart_settings(Settings(host="127.0.0.1", port=1), tmp_path / "nope", tmp_path / "idx")
+    assert (settings.bundle, settings.index, settings.port, settings.workers) == (
+        tmp_path / "nope", tmp_path / "idx", 1, 1)  # fmt: skip
+    with pytest.raises(ValueError, match="not a clipforge bundle"):
+        serve(settings, log_level="warning", access_log=False)
