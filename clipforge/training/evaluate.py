@@ -93,13 +93,27 @@ def zeroshot_eval(
         "zeroshot_images": int(totals.sum()),
         "zeroshot_bad_images": bad,
     }
-    subsets_file = folder / "subsets.json"
-    if subsets_file.is_file():  # e.g. {"heldout": [class names never seen in training]}
-        for subset, members in json.loads(subsets_file.read_text()).items():
-            idx = [names.index(m) for m in members if m in names]
-            if idx:
-                result[f"zeroshot_top1_{subset}"] = float(correct1[idx].sum() / totals[idx].sum().clamp(min=1))
+    for subset, members in read_subsets(folder / "subsets.json").items():
+        idx = [names.index(m) for m in members if m in names]
+        if idx:
+            result[f"zeroshot_top1_{subset}"] = float(correct1[idx].sum() / totals[idx].sum().clamp(min=1))
     return result
+
+
+def read_subsets(path: Path) -> dict[str, list[str]]:
+    """Named subsets of the classes, e.g. {"heldout": [class names never seen in training]}; {} without a file."""
+    if not path.is_file():
+        return {}
+    try:
+        subsets = json.loads(path.read_text())
+    except json.JSONDecodeError as exn:
+        raise ValueError(f"{path} is not valid JSON ({exn})") from None
+    valid = isinstance(subsets, dict) and all(
+        isinstance(v, list) and all(isinstance(m, str) for m in v) for v in subsets.values()
+    )
+    if not valid:
+        raise ValueError(f'{path} must map subset names to lists of class names, e.g. {{"heldout": ["red circle"]}}')
+    return subsets
 
 
 def recall_at(sim: torch.Tensor, ks: tuple[int, ...] = (1, 5, 10)) -> dict[int, float]:

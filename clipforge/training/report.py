@@ -20,14 +20,35 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """Records of metrics.jsonl; a torn last line (a killed run) is ignored."""
+    """Records of metrics.jsonl; a torn last line (a killed run) is ignored, a record of another shape is an
+    error that names its line."""
     out = []
-    for line in path.read_text().splitlines():
+    for number, line in enumerate(path.read_text().splitlines(), 1):
         try:
-            out.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:
             continue
+        step = record.get("step") if isinstance(record, dict) else None
+        sections_ok = isinstance(record, dict) and all(isinstance(record.get(k, {}), dict) for k in ("eval", "skipped"))
+        if not (isinstance(step, int) and not isinstance(step, bool) and sections_ok):
+            raise ValueError(f"{path} line {number} is not a metrics record (an object with an integer step)")
+        out.append(record)
     return out
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """The run's resolved config.yaml as a dict ({} without one)."""
+    if not path.is_file():
+        return {}
+    import yaml
+
+    try:
+        cfg = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exn:
+        raise ValueError(f"{path} is not valid YAML ({' '.join(str(exn).split())})") from None
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("data", {}), dict):
+        raise ValueError(f"{path} is not a clipforge config (a mapping with sections like data:)")
+    return cfg
 
 
 def _png(fig: Any) -> str:
@@ -50,7 +71,8 @@ def line_plot(title: str, series: dict[str, tuple[list[int], list[float]]], ylab
     data = {name: {"step": xs, "value": ys} for name, (xs, ys) in series.items()}
     return (
         f'<figure><img alt="{html.escape(title)}" data-title="{html.escape(title)}" '
-        f"data-series='{html.escape(json.dumps(data))}' src=\"data:image/png;base64,{_png(fig)}\"></figure>"
+        f"data-series='{html.escape(json.dumps(data))}' "
+        f'src="data:image/png;base64,{_png(fig)}"></figure>'
     )
 
 
@@ -127,11 +149,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, examples: b
     if not metrics_path.is_file():
         raise FileNotFoundError(f"{run} has no metrics.jsonl: is it a training run directory?")
     records = read_metrics(metrics_path)
-    cfg: dict[str, Any] = {}
-    if (run / "config.yaml").is_file():
-        import yaml
-
-        cfg = yaml.safe_load((run / "config.yaml").read_text()) or {}
+    cfg = read_config(run / "config.yaml")
     figures = []
     for title, keys, evals in PLOTS:
         data = {k: series(records, k, evals) for k in keys}

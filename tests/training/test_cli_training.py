@@ -70,3 +70,38 @@ def test_quickstart_serves_through_a_function_with_its_settings(tmp_path):
         tmp_path / "nope", tmp_path / "idx", 1, 1)  # fmt: skip
     with pytest.raises(ValueError, match="not a clipforge bundle"):
         serve(settings, log_level="warning", access_log=False)
+
+
+def test_eval_with_a_subsets_file_that_is_not_a_mapping_is_one_line(synth_data, micro_bundle, tmp_path, capsys):
+    import shutil
+
+    zeroshot = tmp_path / "zeroshot"
+    shutil.copytree(synth_data["zeroshot"], zeroshot)
+    for text in ('["red circle"]', '{"heldout": "red circle"}', "{not json"):
+        (zeroshot / "subsets.json").write_text(text)
+        assert main(["eval", str(micro_bundle), "--zeroshot", str(zeroshot), "--device", "cpu"]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "subsets.json" in err, err
+
+
+def test_report_on_malformed_metrics_or_config_is_one_line(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    good = json.dumps({"step": 1, "loss": 2.0}) + "\n"
+    for metrics, config, said in (
+        (good + "[1, 2]\n", None, "metrics.jsonl line 2 is not a metrics record"),
+        (good + '{"step": null}\n', None, "metrics.jsonl line 2 is not a metrics record"),
+        (good + '{"step": 3, "eval": [1]}\n', None, "metrics.jsonl line 2 is not a metrics record"),
+        (good, "data: [unclosed\n", "config.yaml is not valid YAML"),
+        (good, "- a list\n", "config.yaml is not a clipforge config"),
+    ):
+        (run / "metrics.jsonl").write_text(metrics)
+        (run / "config.yaml").unlink(missing_ok=True)
+        if config is not None:
+            (run / "config.yaml").write_text(config)
+        assert main(["report", str(run), "--no-examples"]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and said in err, err
+    (run / "metrics.jsonl").write_text(good + '{"step": 2, "lo')  # a torn last line (a killed run) is fine
+    (run / "config.yaml").unlink()
+    assert main(["report", str(run), "--no-examples"]) == 0
