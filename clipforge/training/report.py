@@ -10,6 +10,7 @@ import base64
 import html
 import io
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,11 @@ def read_config(path: Path) -> dict[str, Any]:
     return cfg
 
 
+def finite_or_none(values: list[float]) -> list[float | None]:
+    """For the data-series JSON: NaN and infinities are not JSON; null is, and the plot shows a gap there."""
+    return [v if math.isfinite(v) else None for v in values]
+
+
 def _png(fig: Any) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
@@ -60,18 +66,19 @@ def _png(fig: Any) -> str:
 
 def line_plot(title: str, series: dict[str, tuple[list[int], list[float]]], ylabel: str = "") -> str:
     fig, ax = plt.subplots(figsize=(5.2, 3.0))
-    for name, (xs, ys) in series.items():
-        ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3, label=name)
+    for name, (xs, ys) in series.items():  # a non-finite value is drawn as a gap (NaN breaks a matplotlib line)
+        drawn = [v if math.isfinite(v) else math.nan for v in ys]
+        ax.plot(xs, drawn, marker="o" if len(xs) < 30 else None, markersize=3, label=name)
     ax.set_title(title)
     ax.set_xlabel("step")
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     if len(series) > 1:
         ax.legend(fontsize=7)
-    data = {name: {"step": xs, "value": ys} for name, (xs, ys) in series.items()}
+    data = {name: {"step": xs, "value": finite_or_none(ys)} for name, (xs, ys) in series.items()}
     return (
         f'<figure><img alt="{html.escape(title)}" data-title="{html.escape(title)}" '
-        f"data-series='{html.escape(json.dumps(data))}' "
+        f"data-series='{html.escape(json.dumps(data, allow_nan=False))}' "
         f'src="data:image/png;base64,{_png(fig)}"></figure>'
     )
 

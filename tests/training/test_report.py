@@ -49,3 +49,16 @@ def test_report_renders_in_chromium_without_console_errors(short_run, chromium):
     assert shown == pytest.approx(evals[-1]["eval"]["diag_mi_lower_bound"], abs=1e-4)
     assert page.locator("table.examples img").count() == 16
     page.close()
+
+
+def test_non_finite_values_are_null_in_the_data_series_and_gaps_in_the_plot(tmp_path):
+    """A diverged run logs NaN: json.dumps wrote it as NaN, which is not JSON (the page's data-series broke)."""
+    import html
+    import re
+
+    (tmp_path / "metrics.jsonl").write_text(
+        "".join(json.dumps({"step": s, "loss": v}) + "\n" for s, v in [(1, 2.0), (2, float("nan")), (3, float("inf")), (4, 1.5)])
+    )  # fmt: skip
+    page = write_report(tmp_path, examples=False).read_text()
+    series = [json.loads(html.unescape(m)) for m in re.findall(r"data-series='([^']*)'", page)]
+    assert {"loss": {"step": [1, 2, 3, 4], "value": [2.0, None, None, 1.5]}} in series
