@@ -30,8 +30,8 @@ def make_optimizer(
         if p.requires_grad:
             (exempt if no_decay(name, p) else decay).append(p)
     groups = [{"params": exempt, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
-    # The fused kernel makes one pass over each parameter and its moments instead of ~8 (foreach): with a
-    # 49k-token embedding it is most of the optimizer's time (3.5x less CPU here, benchmarks/RESULTS.md).
+    # The fused kernel makes one pass over each parameter and its moments instead of ~8 (foreach), which
+    # matters with a 49k-token embedding (measured: benchmarks/RESULTS.md, "Trainer throughput").
     fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in decay + exempt)
     return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=fused or None)
 
