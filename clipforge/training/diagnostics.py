@@ -18,11 +18,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from clipforge.training.loss import clip_loss
+
 
 def infonce_mi_bound(img: torch.Tensor, txt: torch.Tensor, logit_scale: float) -> float:
-    logits = logit_scale * img @ txt.T  # [N, N]
-    labels = torch.arange(img.shape[0])
-    loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+    loss = clip_loss(img, txt, torch.tensor(logit_scale))  # the training loss (symmetric InfoNCE) on N pairs
     return math.log(img.shape[0]) - float(loss)
 
 
