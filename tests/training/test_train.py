@@ -172,7 +172,7 @@ def test_an_evaluation_that_fails_keeps_the_weights_and_says_why(synth_data, tmp
     """Whatever goes wrong in an evaluation, the run goes on and ends with its bundle: evaluation is a diagnostic."""
     import clipforge.training.loop as loop
 
-    def broken(*_args):
+    def broken(*_args, **_kwargs):
         raise RuntimeError("evaluator exploded")
 
     monkeypatch.setattr(loop, "retrieval_eval", broken)
