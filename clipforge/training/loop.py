@@ -96,10 +96,8 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True) -> dict
     global_batch = cfg.train.batch_size * rt.info.world_size
     total_steps = max(1, cfg.train.samples // global_batch)
     metrics = MetricsLog(run_dir / "metrics.jsonl", rt.info.is_main)
-    encoder, preprocess = (
-        as_encoder(model, model_cfg, rt.device, rt.precision),
-        eval_preprocess(preprocess_cfg(model_cfg)),
-    )
+    encoder = as_encoder(model, model_cfg, rt.device, rt.precision)
+    preprocess = eval_preprocess(preprocess_cfg(model_cfg))
     watch, meter = FiniteWatch(rt.device, state.step), Throughput()
     bar = tqdm(total=total_steps, initial=state.step, disable=not (progress and rt.info.is_main), unit="step",
                dynamic_ncols=True)  # fmt: skip
