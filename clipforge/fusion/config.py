@@ -1,19 +1,17 @@
 """`clipforge fuse` configs: frozen dataclasses, YAML presets (fusion/configs/), `--set a.b=v` overrides.
 
-The parsing (types checked, unknown keys refused, YAML values in --set) is the trainer's own
-(`training.config`), so both commands read configs the same way."""
+The parsing (types checked, unknown keys refused, YAML values in --set) is `clipforge.configfile`'s, shared
+with the trainer's configs, so both commands read configs the same way."""
 
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from clipforge.training.config import ConfigError, _build, _set_path, _yaml
+from clipforge import configfile
+from clipforge.configfile import ConfigError, build, check_minimums, read_tree, save_yaml
 
 PRESET_DIR = Path(__file__).parent / "configs"
 TASKS = ("binary", "multiclass", "multilabel")
@@ -74,11 +72,7 @@ MINIMUM = {"fit.epochs": 1, "fit.batch_size": 1, "fit.lr": 0, "fit.weight_decay"
 
 
 def check(cfg: FuseConfig) -> FuseConfig:
-    tree = cfg.to_dict()
-    for dotted, low in MINIMUM.items():
-        section, key = dotted.split(".")
-        if tree[section][key] < low:
-            raise ConfigError(f"{dotted} must be at least {low}, got {tree[section][key]}")
+    check_minimums(cfg.to_dict(), MINIMUM)
     from clipforge.fusion.kinds import KINDS
 
     if cfg.head.kind not in KINDS:
@@ -91,29 +85,12 @@ def check(cfg: FuseConfig) -> FuseConfig:
 
 
 def resolve_preset(name_or_path: str) -> Path:
-    path = Path(name_or_path)
-    if path.is_file():
-        return path
-    if (PRESET_DIR / f"{name_or_path}.yaml").is_file():
-        return PRESET_DIR / f"{name_or_path}.yaml"
-    names = ", ".join(sorted(p.stem for p in PRESET_DIR.glob("*.yaml")))
-    raise ConfigError(f"no config file {name_or_path!r} (shipped fusion presets: {names})")
+    return configfile.resolve_preset(name_or_path, PRESET_DIR, "fusion presets")
 
 
 def load_fuse_config(name_or_path: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> FuseConfig:
-    tree: dict[str, Any] = {}
-    if name_or_path:
-        path = resolve_preset(name_or_path)
-        tree = _yaml(path.read_text(), str(path)) or {}
-        if not isinstance(tree, dict):
-            raise ConfigError(f"{path}: top level must be a mapping")
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"--set expects key=value, got {item!r}")
-        key, raw = item.split("=", 1)
-        _set_path(tree, key.strip(), _yaml(raw, f"--set {item}"))
-    return check(_build(FuseConfig, tree))
+    return check(build(FuseConfig, read_tree(name_or_path, overrides, PRESET_DIR, "fusion presets")))
 
 
 def save_fuse_config(cfg: FuseConfig, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(json.loads(json.dumps(cfg.to_dict())), sort_keys=False))
+    save_yaml(cfg, path)

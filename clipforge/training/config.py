@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import json
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_args, get_origin, get_type_hints
+from typing import Any
 
-import yaml
-
+from clipforge import configfile
+from clipforge.configfile import build, check_minimums, read_tree, save_yaml
 from clipforge.encoders.images import DEFAULT_MAX_PIXELS
 from clipforge.encoders.model import MAX_LOGIT_SCALE
 from clipforge.encoders.prompts import DEFAULT_TEMPLATES
@@ -100,66 +99,8 @@ class Config:
         return dataclasses.asdict(self)
 
 
-class ConfigError(ValueError):
-    pass
-
-
-def _coerce(tp: Any, value: Any, where: str) -> Any:
-    origin = get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        return _build(tp, value, f"{where}.")
-    if origin is tuple:
-        (item_tp, *_rest) = get_args(tp)
-        items = [value] if isinstance(value, str | int | float) else list(value or [])
-        return tuple(_coerce(item_tp, v, f"{where}[]") for v in items)
-    if origin is not None and type(None) in get_args(tp):  # Optional[X]
-        if value is None:
-            return None
-        inner = [a for a in get_args(tp) if a is not type(None)][0]
-        return _coerce(inner, value, where)
-    if tp is float and not isinstance(value, bool):
-        try:
-            return float(value)  # YAML 1.1 reads "1e-3" as a string
-        except (TypeError, ValueError):
-            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
-    if tp is int and isinstance(value, float) and value.is_integer():
-        return int(value)
-    if tp in (int, str, bool) and not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
-        raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
-    return value
-
-
-def _build(cls: Any, data: dict[str, Any], where: str = "") -> Any:
-    hints = get_type_hints(cls)
-    names = {f.name for f in fields(cls)}
-    unknown = set(data) - names
-    if unknown:
-        raise ConfigError(f"unknown config key(s) {sorted(f'{where}{k}' for k in unknown)}")
-    kwargs = {k: _coerce(hints[k], v, f"{where}{k}") for k, v in data.items()}
-    return cls(**kwargs)
-
-
-def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
-    keys = dotted.split(".")
-    node = tree
-    for k in keys[:-1]:
-        node = node.setdefault(k, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"--set {dotted}: {k} is not a section")
-    node[keys[-1]] = value
-
-
 def resolve_preset(name_or_path: str) -> Path:
-    path = Path(name_or_path)
-    if path.is_file():
-        return path
-    preset = PRESET_DIR / f"{name_or_path}.yaml"
-    if preset.is_file():
-        return preset
-    names = ", ".join(sorted(p.stem for p in PRESET_DIR.glob("*.yaml")))
-    raise ConfigError(f"no config file {name_or_path!r} (shipped presets: {names})")
+    return configfile.resolve_preset(name_or_path, PRESET_DIR)
 
 
 # the smallest sensible value of each numeric setting that has one (anything less would divide by zero,
@@ -171,37 +112,16 @@ MINIMUM = {"train.batch_size": 1, "train.accum": 1, "train.samples": 1, "train.l
            "loss.max_logit_scale": 1}  # fmt: skip
 
 
-def _yaml(text: str, where: str) -> Any:
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exn:
-        raise ConfigError(f"{where}: not valid YAML ({' '.join(str(exn).split())})") from None
-
-
 def check_ranges(cfg: Config) -> Config:
-    tree = cfg.to_dict()
-    for dotted, low in MINIMUM.items():
-        section, key = dotted.split(".")
-        if tree[section][key] < low:
-            raise ConfigError(f"{dotted} must be at least {low}, got {tree[section][key]}")
+    check_minimums(cfg.to_dict(), MINIMUM)
     return cfg
 
 
 def load_config(name_or_path: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Load a YAML preset (path or shipped name) and apply `a.b=value` overrides (values parsed as YAML)."""
-    tree: dict[str, Any] = {}
-    if name_or_path:
-        path = resolve_preset(name_or_path)
-        tree = _yaml(path.read_text(), str(path)) or {}
-        if not isinstance(tree, dict):
-            raise ConfigError(f"{path}: top level must be a mapping")
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"--set expects key=value, got {item!r}")
-        key, raw = item.split("=", 1)
-        _set_path(tree, key.strip(), _yaml(raw, f"--set {item}"))
-    return check_ranges(_build(Config, tree))
+    tree = read_tree(name_or_path, overrides, PRESET_DIR, "presets")
+    return check_ranges(build(Config, tree))
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(json.loads(json.dumps(cfg.to_dict())), sort_keys=False))
+    save_yaml(cfg, path)

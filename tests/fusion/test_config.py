@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from clipforge.configfile import ConfigError
 from clipforge.fusion.config import load_fuse_config
 from clipforge.fusion.kinds import KINDS, build_fusion
 from clipforge.fusion.train import budget_width
-from clipforge.training.config import ConfigError
 
 
 def test_presets_and_overrides() -> None:

@@ -1,7 +1,8 @@
 import pytest
 import yaml
 
-from clipforge.training.config import ConfigError, load_config, save_config
+from clipforge.configfile import ConfigError
+from clipforge.training.config import load_config, save_config
 
 
 def test_preset_and_overrides(tmp_path):
