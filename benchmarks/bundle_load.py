@@ -53,8 +53,13 @@ def main() -> None:
         print(f"{'backend':<8} {'load_bundle s':>14} {'peak RSS MiB':>13}  torch model built")
         for _ in range(a.repeats):
             for backend in ("onnx", "torch"):
-                out = subprocess.run([sys.executable, "-c", CHILD, str(bundle), backend], cwd=ROOT,
-                                     capture_output=True, text=True, check=True)  # fmt: skip
+                out = subprocess.run(
+                    [sys.executable, "-c", CHILD, str(bundle), backend],
+                    cwd=ROOT,
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
                 r = json.loads(out.stdout.strip().splitlines()[-1])
                 print(f"{r['backend']:<8} {r['seconds']:>14.2f} {r['rss_mib']:>13.0f}  {r['torch_model']}")
 

@@ -72,8 +72,9 @@ def main() -> None:
                     batch = (2 if label == "torch bf16" and not cpu_bf16_is_fast() else 16) if big else 64
                     rates[label] = measure(b, kind, batch, a.seconds)
                 best = max(rates, key=rates.get)
-                print(f"{name:<12} {kind:<6} " + " ".join(f"{rates[k]:10.1f}/s" for k in rates) + f"   {best}",
-                      flush=True)  # fmt: skip
+                print(
+                    f"{name:<12} {kind:<6} " + " ".join(f"{rates[k]:10.1f}/s" for k in rates) + f"   {best}", flush=True
+                )
 
 
 if __name__ == "__main__":

@@ -43,36 +43,52 @@ def main() -> None:
 
         write_questions(q)
     out = Path(a.out or tempfile.mkdtemp(prefix="fusion-bench-"))
-    cfg = load_fuse_config("synth-questions", [f"out_dir={out}", f"data.bundle={a.bundle}",
-                                               f"data.train={q / 'train.jsonl'}", f"data.val={q / 'test.jsonl'}",
-                                               f"data.cache_dir={out / 'cache'}", *a.set])  # fmt: skip
+    cfg = load_fuse_config(
+        "synth-questions",
+        [
+            f"out_dir={out}",
+            f"data.bundle={a.bundle}",
+            f"data.train={q / 'train.jsonl'}",
+            f"data.val={q / 'test.jsonl'}",
+            f"data.cache_dir={out / 'cache'}",
+            *a.set,
+        ],
+    )
     t0 = time.perf_counter()
     result = compare(
         cfg, ["late", "additive", "concat", "multiplicative", "tensor", "lowrank", "gated"], progress=False
     )
-    print(f"{result['train_pairs']:,} training pairs, {result['val_pairs']:,} test pairs "
-          f"({result['groups'].get('heldout', 0):,} touch a held-out colour+shape combination); bundle features "
-          f"computed once in {result['feature_seconds']:.1f} s; budget {cfg.head.budget:,} parameters; "
-          f"all kinds in {time.perf_counter() - t0:.0f} s\n")  # fmt: skip
+    print(
+        f"{result['train_pairs']:,} training pairs, {result['val_pairs']:,} test pairs "
+        f"({result['groups'].get('heldout', 0):,} touch a held-out colour+shape combination); bundle features "
+        f"computed once in {result['feature_seconds']:.1f} s; budget {cfg.head.budget:,} parameters; "
+        f"all kinds in {time.perf_counter() - t0:.0f} s\n"
+    )
     print(table_markdown(result))
     rows = {r["kind"]: r for r in result["rows"]}
     best = max((rows[k] for k in INTERACTION_KINDS if k in rows and k != "concat"), key=lambda r: r["accuracy"])
     late, add, cat = rows["late"], rows["additive"], rows["concat"]
     gap = 100 * (best["accuracy"] - late["accuracy"])
-    print(f"\nbest interaction kind: {best['kind']} {100 * best['accuracy']:.1f}% "
-          f"(held-out combinations {100 * best['heldout/accuracy']:.1f}%)")  # fmt: skip
+    print(
+        f"\nbest interaction kind: {best['kind']} {100 * best['accuracy']:.1f}% "
+        f"(held-out combinations {100 * best['heldout/accuracy']:.1f}%)"
+    )
     print(
         f"  vs late      {100 * late['accuracy']:.1f}%: {gap:+.1f} points (target >= +15: {'met' if gap >= 15 else 'NOT met'})"
     )
     for name, r in (("additive", add), ("concat", cat)):
         d = 100 * (best["accuracy"] - r["accuracy"])
-        print(f"  vs {name:<9}{100 * r['accuracy']:.1f}% ({r['params']:,} params vs {best['params']:,}): {d:+.1f} points "
-              f"({'above' if d > 0 else 'NOT above'})")  # fmt: skip
+        print(
+            f"  vs {name:<9}{100 * r['accuracy']:.1f}% ({r['params']:,} params vs {best['params']:,}): {d:+.1f} points "
+            f"({'above' if d > 0 else 'NOT above'})"
+        )
     print(f"  train accuracy ceiling: see metrics.jsonl under {out}")
     rates = sorted(r["pairs_per_s"] for k, r in rows.items() if k != "late")
-    print(f"\ntraining on cached features: {rates[0]:,.0f} .. {rates[-1]:,.0f} pairs/s across kinds "
-          f"(slowest {min(rows.values(), key=lambda r: r['pairs_per_s'] if r['kind'] != 'late' else 1e18)['kind']}; "
-          f"target >= 20,000: {'met' if rates[0] >= 20_000 else 'NOT met'})")  # fmt: skip
+    print(
+        f"\ntraining on cached features: {rates[0]:,.0f} .. {rates[-1]:,.0f} pairs/s across kinds "
+        f"(slowest {min(rows.values(), key=lambda r: r['pairs_per_s'] if r['kind'] != 'late' else 1e18)['kind']}; "
+        f"target >= 20,000: {'met' if rates[0] >= 20_000 else 'NOT met'})"
+    )
     train, _ = load_sets(cfg, progress=False)
     for threads in (1, 2, 1, 2):  # alternating: the machine is shared
         c = load_fuse_config("synth-questions", [f"fit.threads={threads}", "fit.epochs=3"])
@@ -99,8 +115,10 @@ def main() -> None:
         print(f"  {k:<15}" + "".join(f"{100 * (pred == truth)[kind_of == n].mean():12.1f}%" for n in names))
     print("\nµs per prediction (median; Head.predict incl. input checks and probabilities):")
     for k, r in rows.items():
-        print(f"  {k:<15} N=1: numpy {r['us_numpy_1']:6.1f}  torch {r['us_torch_1']:6.1f}   "
-              f"N=1024: numpy {r['us_numpy_1024']:5.2f}  torch {r['us_torch_1024']:5.2f}")  # fmt: skip
+        print(
+            f"  {k:<15} N=1: numpy {r['us_numpy_1']:6.1f}  torch {r['us_torch_1']:6.1f}   "
+            f"N=1024: numpy {r['us_numpy_1024']:5.2f}  torch {r['us_torch_1024']:5.2f}"
+        )
     print(f"\nreport: {result['report']}")
 
 

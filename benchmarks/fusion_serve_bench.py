@@ -121,12 +121,20 @@ def main() -> None:
     ap.add_argument("--arch", default="cf-tiny-vit", help="architecture of the random-init bundle")
     ap.add_argument("--pairs", default="1,4,16", help="pairs per request, comma-separated")
     ap.add_argument("--repeats", type=int, default=30, help="requests per row (after 3 warm-up requests)")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch threads, offline and in the server (0: torch's default). 1 by default: on a shared "
-                         "machine, an encoder's OpenMP threads stall each other whenever one is descheduled")  # fmt: skip
-    ap.add_argument("--backend", default="torch", choices=["torch", "onnx", "auto"],
-                    help="encoder backend, offline and in the server (CLIPFORGE_BACKEND). torch by default: "
-                         "--threads does not reach ONNX Runtime, whose spinning threads compete with the event loop")  # fmt: skip
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads, offline and in the server (0: torch's default). 1 by default: on a shared "
+        "machine, an encoder's OpenMP threads stall each other whenever one is descheduled",
+    )
+    ap.add_argument(
+        "--backend",
+        default="torch",
+        choices=["torch", "onnx", "auto"],
+        help="encoder backend, offline and in the server (CLIPFORGE_BACKEND). torch by default: "
+        "--threads does not reach ONNX Runtime, whose spinning threads compete with the event loop",
+    )
     a = ap.parse_args()
     os.environ["CLIPFORGE_BACKEND"] = a.backend
 
@@ -145,8 +153,10 @@ def main() -> None:
         head_dir = Path(a.head) if a.head else make_head(bundle, Path(tmp) / "head")
         head = load_head(head_dir, fingerprint=bundle.fingerprint)
         sizes = [int(s) for s in a.pairs.split(",")]
-        print(f"bundle {bundle.meta.get('arch')} (dim {bundle.embed_dim}, {a.backend}), head {head.name} ({head.kind}, "
-              f"{head.task}); {server_stack()}; torch threads {torch.get_num_threads()}; {os.cpu_count()} cores")  # fmt: skip
+        print(
+            f"bundle {bundle.meta.get('arch')} (dim {bundle.embed_dim}, {a.backend}), head {head.name} ({head.kind}, "
+            f"{head.task}); {server_stack()}; torch threads {torch.get_num_threads()}; {os.cpu_count()} cores"
+        )
         offline = Offline(bundle_dir, bundle, head)
         os.environ["CLIPFORGE_HEADS"] = str(head_dir)  # start_server passes this process's environment on
         os.environ["CLIPFORGE_MAX_PAIRS"] = str(max(sizes))

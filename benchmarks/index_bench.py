@@ -175,9 +175,17 @@ def run_autofaiss(xb: np.ndarray, budget_bytes: int, work: Path) -> tuple[faiss.
 def measure(n: int, name: str, index: Any, build_s: float, test_q: np.ndarray, truth: np.ndarray) -> dict:
     found = index.search(test_q, 10)[1]
     disk = nbytes(index) + (index.path.stat().st_size if isinstance(index, Refined) else 0)
-    return {"n": n, "index": name, "build_s": build_s, "bytes_per_vector": nbytes(index) / n, "disk_per_vector": disk / n,
-            "recall@10": tuning.recall_at_k(found, truth), "1-recall@10": one_recall(found, truth),
-            "qps_b1": qps(index, test_q, 1), "qps_b64": qps(index, test_q, 64)}  # fmt: skip
+    return {
+        "n": n,
+        "index": name,
+        "build_s": build_s,
+        "bytes_per_vector": nbytes(index) / n,
+        "disk_per_vector": disk / n,
+        "recall@10": tuning.recall_at_k(found, truth),
+        "1-recall@10": one_recall(found, truth),
+        "qps_b1": qps(index, test_q, 1),
+        "qps_b64": qps(index, test_q, 64),
+    }
 
 
 def run(n: int, budget_per_vector: float, autofaiss: bool) -> list[dict]:
@@ -211,26 +219,36 @@ def run(n: int, budget_per_vector: float, autofaiss: bool) -> list[dict]:
     with tempfile.TemporaryDirectory(prefix="refine-", dir=ROOT / "benchmarks" / ".cache") as tmp:
         t0 = time.perf_counter()
         path = Path(tmp) / "images.vectors-0000.npy"
-        rx.write_segment(path, 0, n, DIM, ((np.arange(s, min(s + 65_536, n)), xb[s : s + 65_536])
-                                           for s in range(0, n, 65_536)))  # fmt: skip
+        rx.write_segment(
+            path, 0, n, DIM, ((np.arange(s, min(s + 65_536, n)), xb[s : s + 65_536]) for s in range(0, n, 65_536))
+        )
         refined = Refined(index, path, 1)
         params, refined.factor, tune_recall = rx.tune(index, refined.vectors, tune_q, truth_tune)
-        row = measure(n, f"clipforge {factory} {params} + fp16 re-rank x{refined.factor}", refined,
-                      build + time.perf_counter() - t0, test_q, truth_test)  # fmt: skip
+        row = measure(
+            n,
+            f"clipforge {factory} {params} + fp16 re-rank x{refined.factor}",
+            refined,
+            build + time.perf_counter() - t0,
+            test_q,
+            truth_test,
+        )
         row["qps_cold_b1"] = cold_qps(refined, test_q)
         rows.append(row)
-    print(f"# n={n}: re-rank tuning recall {tune_recall:.3f}; batch-1 QPS with the float16 copies evicted from "
-          f"the page cache first: {row['qps_cold_b1']:.0f}", flush=True)  # fmt: skip
+    print(
+        f"# n={n}: re-rank tuning recall {tune_recall:.3f}; batch-1 QPS with the float16 copies evicted from "
+        f"the page cache first: {row['qps_cold_b1']:.0f}",
+        flush=True,
+    )
 
     if autofaiss:
         with tempfile.TemporaryDirectory(prefix="autofaiss-", dir=ROOT / "benchmarks" / ".cache") as tmp:
             af, infos, af_build = run_autofaiss(xb, int(budget_mb * 2**20), Path(tmp))
-        rows.append(measure(n, f"autofaiss {infos['index_key']} {infos['index_param']}", af, af_build, test_q,
-                            truth_test))  # fmt: skip
+        rows.append(
+            measure(n, f"autofaiss {infos['index_key']} {infos['index_param']}", af, af_build, test_q, truth_test)
+        )
         # The same index with clipforge's tuning (nprobe up to the recall target): recall at equal memory/speed.
         af_params, _ = tuning.tune(af, tune_q, truth_tune)
-        rows.append(measure(n, f"autofaiss {infos['index_key']} retuned {af_params}", af, af_build, test_q,
-                            truth_test))  # fmt: skip
+        rows.append(measure(n, f"autofaiss {infos['index_key']} retuned {af_params}", af, af_build, test_q, truth_test))
     return rows
 
 
@@ -243,30 +261,43 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     faiss.omp_set_num_threads(THREADS)
     sizes = a.sizes or ([100_000] if a.quick else [100_000, 1_000_000])
-    print(f"faiss {faiss.__version__}, {THREADS} threads, dim {DIM}, clustered synthetic vectors, "
-          f"memory budget {a.budget:g} B/vector for clipforge and autofaiss ({AUTOFAISS_VENV.name})")  # fmt: skip
-    print(f"{'n':>9} {'index':<72} {'build s':>8} {'B/vec':>7} {'disk B':>7} {'R@10':>6} {'1-R@10':>6} "
-          f"{'QPS b1':>9} {'QPS b64':>9}")  # fmt: skip
+    print(
+        f"faiss {faiss.__version__}, {THREADS} threads, dim {DIM}, clustered synthetic vectors, "
+        f"memory budget {a.budget:g} B/vector for clipforge and autofaiss ({AUTOFAISS_VENV.name})"
+    )
+    print(
+        f"{'n':>9} {'index':<72} {'build s':>8} {'B/vec':>7} {'disk B':>7} {'R@10':>6} {'1-R@10':>6} "
+        f"{'QPS b1':>9} {'QPS b64':>9}"
+    )
     t_all = time.perf_counter()
     for n in sizes:
         rows = run(n, a.budget, not a.no_autofaiss)
         for r in rows:
-            print(f"{r['n']:>9} {r['index']:<72} {r['build_s']:>8.1f} {r['bytes_per_vector']:>7.1f} "
-                  f"{r['disk_per_vector']:>7.1f} "
-                  f"{r['recall@10']:>6.3f} {r['1-recall@10']:>6.3f} {r['qps_b1']:>9.0f} {r['qps_b64']:>9.0f}", flush=True)  # fmt: skip
+            print(
+                f"{r['n']:>9} {r['index']:<72} {r['build_s']:>8.1f} {r['bytes_per_vector']:>7.1f} "
+                f"{r['disk_per_vector']:>7.1f} "
+                f"{r['recall@10']:>6.3f} {r['1-recall@10']:>6.3f} {r['qps_b1']:>9.0f} {r['qps_b64']:>9.0f}",
+                flush=True,
+            )
         exact = rows[0]
         for ours in rows[1:3]:
             speedup1, speedup64 = ours["qps_b1"] / exact["qps_b1"], ours["qps_b64"] / exact["qps_b64"]
             ok = ours["recall@10"] >= 0.95 and min(speedup1, speedup64) >= 20 and ours["bytes_per_vector"] <= a.budget
-            print(f"# n={n}: {ours['index'][:60]}: speed-up vs exact {speedup1:.1f}x (batch 1), {speedup64:.1f}x "
-                  f"(batch 64); recall@10 {ours['recall@10']:.3f}; {ours['bytes_per_vector']:.1f} B/vector in RAM, "
-                  f"{ours['disk_per_vector']:.1f} on disk; target (R@10>=0.95, >=20x, <={a.budget:g} B in RAM) "
-                  f"{'MET' if ok else 'NOT MET'}", flush=True)  # fmt: skip
+            print(
+                f"# n={n}: {ours['index'][:60]}: speed-up vs exact {speedup1:.1f}x (batch 1), {speedup64:.1f}x "
+                f"(batch 64); recall@10 {ours['recall@10']:.3f}; {ours['bytes_per_vector']:.1f} B/vector in RAM, "
+                f"{ours['disk_per_vector']:.1f} on disk; target (R@10>=0.95, >=20x, <={a.budget:g} B in RAM) "
+                f"{'MET' if ok else 'NOT MET'}",
+                flush=True,
+            )
         for ours, af in ((o, f) for o in rows[1:3] for f in rows[3:]):
-            print(f"# n={n}: clipforge{' + re-rank' if 're-rank' in ours['index'] else ''} - autofaiss ({af['index'].split(' ', 2)[2][:40]}): recall@10 "
-                  f"{ours['recall@10'] - af['recall@10']:+.3f}, QPS b1 {ours['qps_b1'] / af['qps_b1']:.2f}x, "
-                  f"QPS b64 {ours['qps_b64'] / af['qps_b64']:.2f}x, B/vector "
-                  f"{ours['bytes_per_vector'] - af['bytes_per_vector']:+.1f}", flush=True)  # fmt: skip
+            print(
+                f"# n={n}: clipforge{' + re-rank' if 're-rank' in ours['index'] else ''} - autofaiss ({af['index'].split(' ', 2)[2][:40]}): recall@10 "
+                f"{ours['recall@10'] - af['recall@10']:+.3f}, QPS b1 {ours['qps_b1'] / af['qps_b1']:.2f}x, "
+                f"QPS b64 {ours['qps_b64'] / af['qps_b64']:.2f}x, B/vector "
+                f"{ours['bytes_per_vector'] - af['bytes_per_vector']:+.1f}",
+                flush=True,
+            )
     print(f"# total {time.perf_counter() - t_all:.0f}s")
     return 0
 

@@ -89,12 +89,16 @@ def main(argv: list[str] | None = None) -> int:
             ratios.append(build / pure)
             rates.append(pure)
             print(f"{rep:>5} {pure:>19.1f} {build:>18.1f} {build / pure:>6.3f}", flush=True)
-        print(f"ratio build / pure forward: median {statistics.median(ratios):.3f}, best {max(ratios):.3f} "
-              f"(target >= 0.9); backend {bundle.backend}, load average {os.getloadavg()[0]:.1f}")  # fmt: skip
+        print(
+            f"ratio build / pure forward: median {statistics.median(ratios):.3f}, best {max(ratios):.3f} "
+            f"(target >= 0.9); backend {bundle.backend}, load average {os.getloadavg()[0]:.1f}"
+        )
         fwd, dec = statistics.median(cpu["forward"]), statistics.median(cpu["decode"])
         busy = fwd * statistics.median(rates) / 1000  # cores the pure forward keeps busy
-        print(f"CPU per image: pure forward {fwd:.3f} ms ({busy:.2f} of {os.cpu_count()} cores busy), tar read + "
-              f"decode + preprocess {dec:.3f} ms (one thread); CPU ceiling of the ratio: {fwd / (fwd + dec):.3f}")  # fmt: skip
+        print(
+            f"CPU per image: pure forward {fwd:.3f} ms ({busy:.2f} of {os.cpu_count()} cores busy), tar read + "
+            f"decode + preprocess {dec:.3f} ms (one thread); CPU ceiling of the ratio: {fwd / (fwd + dec):.3f}"
+        )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0

@@ -71,8 +71,13 @@ def main() -> None:
         rows.append((f"{factory} (best nprobe <= 16, {time.perf_counter() - t:.0f} s)", size, best))
     oracle = faiss.IndexFlatIP(DIM)
     oracle.add(clean)
-    rows.append(("oracle: centre + subspace coordinates exact, noise dropped", float("nan"),
-                 recall(oracle.search(xq, 10)[1], truth)))  # fmt: skip
+    rows.append(
+        (
+            "oracle: centre + subspace coordinates exact, noise dropped",
+            float("nan"),
+            recall(oracle.search(xq, 10)[1], truth),
+        )
+    )
     for k in (20, 50):
         cand = oracle.search(xq, k)[1]
         exact = np.einsum("qd,qkd->qk", xq, xb[cand])

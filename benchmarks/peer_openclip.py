@@ -24,8 +24,21 @@ CACHE = ROOT / "benchmarks" / ".cache"
 def prepare_peer_env() -> dict[str, str]:
     overlay = CACHE / "openclip-overlay"
     if not (overlay / "webdataset").is_dir():
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--target", str(overlay),
-                        "webdataset==0.2.86", "pandas", "braceexpand"], check=True)  # fmt: skip
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--target",
+                str(overlay),
+                "webdataset==0.2.86",
+                "pandas",
+                "braceexpand",
+            ],
+            check=True,
+        )
     (overlay / "sitecustomize.py").write_text(
         "import open_clip, pathlib\n"
         f"for p in pathlib.Path({str(ROOT / 'clipforge' / 'encoders' / 'configs')!r}).glob('*.json'):\n"
@@ -46,17 +59,75 @@ def ensure_data(n_train: int = 20_000) -> dict:
 BATCH_T = re.compile(r"Batch \(t\): ([0-9.]+)")
 
 
-def run_openclip(data: dict, *, out: Path, arch: str, samples: int, batch: int, lr: float, wd: float, warmup: int,
-                 workers: int, seed: int, env: dict[str, str]) -> dict:  # fmt: skip
+def run_openclip(
+    data: dict,
+    *,
+    out: Path,
+    arch: str,
+    samples: int,
+    batch: int,
+    lr: float,
+    wd: float,
+    warmup: int,
+    workers: int,
+    seed: int,
+    env: dict[str, str],
+) -> dict:
     """Train with open_clip_train; returns steady-state samples/s and the final checkpoint path."""
     name = f"{arch}-s{seed}-{int(time.time() * 1000)}"
-    cmd = [sys.executable, "-m", "open_clip_train.main", "--model", arch, "--train-data", data["train"],
-           "--dataset-type", "webdataset", "--train-num-samples", str(samples), "--epochs", "1",
-           "--batch-size", str(batch), "--lr", str(lr), "--wd", str(wd), "--warmup", str(warmup),
-           "--beta1", "0.9", "--beta2", "0.98", "--eps", "1e-6", "--grad-clip-norm", "1.0",
-           "--workers", str(workers), "--precision", "fp32", "--seed", str(seed), "--logs", str(out),
-           "--name", name, "--save-frequency", "1", "--zeroshot-frequency", "0", "--val-frequency", "0",
-           "--report-to", "", "--log-every-n-steps", "10", "--device", "cpu"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "open_clip_train.main",
+        "--model",
+        arch,
+        "--train-data",
+        data["train"],
+        "--dataset-type",
+        "webdataset",
+        "--train-num-samples",
+        str(samples),
+        "--epochs",
+        "1",
+        "--batch-size",
+        str(batch),
+        "--lr",
+        str(lr),
+        "--wd",
+        str(wd),
+        "--warmup",
+        str(warmup),
+        "--beta1",
+        "0.9",
+        "--beta2",
+        "0.98",
+        "--eps",
+        "1e-6",
+        "--grad-clip-norm",
+        "1.0",
+        "--workers",
+        str(workers),
+        "--precision",
+        "fp32",
+        "--seed",
+        str(seed),
+        "--logs",
+        str(out),
+        "--name",
+        name,
+        "--save-frequency",
+        "1",
+        "--zeroshot-frequency",
+        "0",
+        "--val-frequency",
+        "0",
+        "--report-to",
+        "",
+        "--log-every-n-steps",
+        "10",
+        "--device",
+        "cpu",
+    ]
     t0 = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=out)
     wall = time.perf_counter() - t0
@@ -69,17 +140,43 @@ def run_openclip(data: dict, *, out: Path, arch: str, samples: int, batch: int, 
     return {"samples_per_s": batch / statistics.median(steady), "wall_s": wall, "checkpoint": ckpt}
 
 
-def run_ours(data: dict, *, out: Path, arch: str, samples: int, batch: int, lr: float, wd: float, warmup: int,
-             workers: int, seed: int, precision: str = "fp32", extra: tuple[str, ...] = (),
-             root: Path = ROOT) -> dict:  # fmt: skip
+def run_ours(
+    data: dict,
+    *,
+    out: Path,
+    arch: str,
+    samples: int,
+    batch: int,
+    lr: float,
+    wd: float,
+    warmup: int,
+    workers: int,
+    seed: int,
+    precision: str = "fp32",
+    extra: tuple[str, ...] = (),
+    root: Path = ROOT,
+) -> dict:
     """Train with `clipforge train` from the checkout at `root` (this one by default)."""
     run = out / f"ours-{arch}-s{seed}-{int(time.time() * 1000)}"
-    sets = [f"out_dir={run}", f"model.arch={arch}", f"data.train=['{data['train']}']", "data.val=null",
-            "data.zeroshot=null", f"train.samples={samples}", f"train.batch_size={batch}", f"optim.lr={lr}",
-            f"optim.weight_decay={wd}", f"optim.warmup_steps={warmup}", f"data.workers={workers}",
-            f"train.seed={seed}", f"train.precision={precision}", "train.log_every=10", "train.ckpt_every=0",
-            "data.sample_shuffle=2000",
-            *extra]  # fmt: skip
+    sets = [
+        f"out_dir={run}",
+        f"model.arch={arch}",
+        f"data.train=['{data['train']}']",
+        "data.val=null",
+        "data.zeroshot=null",
+        f"train.samples={samples}",
+        f"train.batch_size={batch}",
+        f"optim.lr={lr}",
+        f"optim.weight_decay={wd}",
+        f"optim.warmup_steps={warmup}",
+        f"data.workers={workers}",
+        f"train.seed={seed}",
+        f"train.precision={precision}",
+        "train.log_every=10",
+        "train.ckpt_every=0",
+        "data.sample_shuffle=2000",
+        *extra,
+    ]
     cmd = [sys.executable, "-m", "clipforge", "train", "smoke"]
     for s in sets:
         cmd += ["--set", s]

@@ -258,17 +258,32 @@ def summarise(lat: list[float], errors: int, seconds: float, client_cpu: float, 
     lat = sorted(lat)
     pct = lambda q: 1000 * lat[min(len(lat) - 1, int(q * len(lat)))] if lat else float("nan")  # noqa: E731
     n = max(len(lat), 1)
-    return {"rps": len(lat) / seconds, "p50": pct(0.5), "p99": pct(0.99), "n": len(lat), "errors": errors,
-            "lat": lat, "seconds": seconds, "client_cpu": client_cpu, "server_cpu": server_cpu,
-            "client_cores": client_cpu / seconds, "server_cores": server_cpu / seconds,
-            "client_ms": 1000 * client_cpu / n, "server_ms": 1000 * server_cpu / n}  # fmt: skip
+    return {
+        "rps": len(lat) / seconds,
+        "p50": pct(0.5),
+        "p99": pct(0.99),
+        "n": len(lat),
+        "errors": errors,
+        "lat": lat,
+        "seconds": seconds,
+        "client_cpu": client_cpu,
+        "server_cpu": server_cpu,
+        "client_cores": client_cpu / seconds,
+        "server_cores": server_cpu / seconds,
+        "client_ms": 1000 * client_cpu / n,
+        "server_ms": 1000 * server_cpu / n,
+    }
 
 
 def combine(parts: list[dict[str, Any]]) -> dict[str, Any]:
     """One result from several measured windows of the same load."""
-    return summarise([x for p in parts for x in p["lat"]], sum(p["errors"] for p in parts),
-                     sum(p["seconds"] for p in parts), sum(p["client_cpu"] for p in parts),
-                     sum(p["server_cpu"] for p in parts))  # fmt: skip
+    return summarise(
+        [x for p in parts for x in p["lat"]],
+        sum(p["errors"] for p in parts),
+        sum(p["seconds"] for p in parts),
+        sum(p["client_cpu"] for p in parts),
+        sum(p["server_cpu"] for p in parts),
+    )
 
 
 def rss_mb(pid: int) -> float:
@@ -298,8 +313,13 @@ def start_server(
     decode_processes: int | None = None,
     workers: int = 1,
 ) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "CLIPFORGE_BUNDLE": str(bundle), "CLIPFORGE_DEVICE": "cpu", "CLIPFORGE_MAX_LABELS": "256",
-           "CLIPFORGE_MAX_BATCH_SIZE": str(max_batch)}  # fmt: skip
+    env = {
+        **os.environ,
+        "CLIPFORGE_BUNDLE": str(bundle),
+        "CLIPFORGE_DEVICE": "cpu",
+        "CLIPFORGE_MAX_LABELS": "256",
+        "CLIPFORGE_MAX_BATCH_SIZE": str(max_batch),
+    }
     if decode_processes is not None:
         env["CLIPFORGE_DECODE_PROCESSES"] = str(decode_processes)
     extra: list[str] = []
@@ -309,8 +329,21 @@ def start_server(
         extra = ["--workers", str(workers)]
     if index is not None:
         env["CLIPFORGE_INDEX"] = str(index)
-    cmd = [sys.executable, "-m", "uvicorn", "clipforge.service.app:create_app", "--factory", "--host", HOST, "--port", str(port),
-           "--log-level", "warning", "--no-access-log", *extra]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "clipforge.service.app:create_app",
+        "--factory",
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        "--no-access-log",
+        *extra,
+    ]
     proc = subprocess.Popen(cmd, env=env, cwd=Path(__file__).resolve().parents[1])
     _metrics_dirs[proc.pid] = env["PROMETHEUS_MULTIPROC_DIR"] if workers > 1 else None  # made above
     deadline = time.monotonic() + 300
@@ -445,22 +478,28 @@ def batch_curve(off: Offline, sizes: list[int], rounds: int = 2) -> dict[int, fl
 def print_throughput(r: dict[str, Any], image_bytes: int) -> list[tuple[str, str, str, bool]]:
     limits = r["limits"]
     rows = []
-    print(f"\n[{r['arch']}] image embed, one {image_bytes}-byte JPEG per request, {r['seconds']:.0f} s per level; "
-          f"offline = decode+preprocess+encode in batches of {r['batch']} (= the server's max batch), "
-          "measured just before each served level")  # fmt: skip
+    print(
+        f"\n[{r['arch']}] image embed, one {image_bytes}-byte JPEG per request, {r['seconds']:.0f} s per level; "
+        f"offline = decode+preprocess+encode in batches of {r['batch']} (= the server's max batch), "
+        "measured just before each served level"
+    )
     for (dp, w), served in r["served"].items():
         name = f"decode processes {dp}" if dp is not None else "decode processes: the server's default"
         name += f", {w} workers" if w > 1 else ""
         tag = f"[{r['arch']}, {name}]" if len(r["served"]) > 1 else f"[{r['arch']}]"
         print(f"-- server with {name}")
-        print(f"{'clients':>8} {'offline/s':>10} {'served/s':>9} {'ratio':>7} {'p50 ms':>9} {'p99 ms':>9} "
-              f"{'errors':>7}  {'CPU ms/img: offline':>19} {'server':>7} {'client':>7}  {'cores: server':>13} "
-              f"{'client':>7}")  # fmt: skip
+        print(
+            f"{'clients':>8} {'offline/s':>10} {'served/s':>9} {'ratio':>7} {'p50 ms':>9} {'p99 ms':>9} "
+            f"{'errors':>7}  {'CPU ms/img: offline':>19} {'server':>7} {'client':>7}  {'cores: server':>13} "
+            f"{'client':>7}"
+        )
         for c in LEVELS:
             o, s = limits[c], served[c]
-            print(f"{c:>8} {o['rate']:>10.1f} {s['rps']:>9.1f} {s['rps'] / o['rate']:>6.2f}x {s['p50']:>9.2f} "
-                  f"{s['p99']:>9.2f} {s['errors']:>7}  {o['cpu_ms']:>19.2f} {s['server_ms']:>7.2f} "
-                  f"{s['client_ms']:>7.2f}  {s['server_cores']:>13.2f} {s['client_cores']:>7.2f}")  # fmt: skip
+            print(
+                f"{c:>8} {o['rate']:>10.1f} {s['rps']:>9.1f} {s['rps'] / o['rate']:>6.2f}x {s['p50']:>9.2f} "
+                f"{s['p99']:>9.2f} {s['errors']:>7}  {o['cpu_ms']:>19.2f} {s['server_ms']:>7.2f} "
+                f"{s['client_ms']:>7.2f}  {s['server_cores']:>13.2f} {s['client_cores']:>7.2f}"
+            )
         for c in LEVELS:
             s = served[c]
             print(
@@ -469,18 +508,24 @@ def print_throughput(r: dict[str, Any], image_bytes: int) -> list[tuple[str, str
             )
         overhead = served[0] - r["single_ms"]
         curve, top = r["curve"], r["curve"][r["batch"]]
-        print("offline rate by batch size (c clients form batches of <= c): " + ", ".join(
-            f"{b}: {v:.0f}/s ({v / top:.2f} of batch {r['batch']})" for b, v in curve.items()))  # fmt: skip
-        print(f"single request, one at a time, alternating: model time (decode+preprocess+encode of 1 image) p50 "
-              f"{r['single_ms']:.2f} ms, served p50 {served[0]:.2f} ms")  # fmt: skip
+        print(
+            "offline rate by batch size (c clients form batches of <= c): "
+            + ", ".join(f"{b}: {v:.0f}/s ({v / top:.2f} of batch {r['batch']})" for b, v in curve.items())
+        )
+        print(
+            f"single request, one at a time, alternating: model time (decode+preprocess+encode of 1 image) p50 "
+            f"{r['single_ms']:.2f} ms, served p50 {served[0]:.2f} ms"
+        )
         ratio16, ratio64 = served[16]["rps"] / limits[16]["rate"], served[64]["rps"] / limits[64]["rate"]
         rows += [
             (f"{tag} served / offline at 16 clients", f"{ratio16:.2f}x", ">= 0.8x", ratio16 >= 0.8),
             (f"{tag} served / offline at 64 clients", f"{ratio64:.2f}x", ">= 0.8x", ratio64 >= 0.8),
             (f"{tag} single-request p50 overhead", f"{overhead:.2f} ms", "<= 10 ms", overhead <= 10),
         ]
-    print("CPU ms/img: CPU time spent per image (offline: this process; server: the uvicorn process and its "
-          "decode workers, all threads; client: the load generator); cores: CPU seconds per second")  # fmt: skip
+    print(
+        "CPU ms/img: CPU time spent per image (offline: this process; server: the uvicorn process and its "
+        "decode workers, all threads; client: the load generator); cores: CPU seconds per second"
+    )
     return rows
 
 
@@ -571,7 +616,7 @@ def main() -> None:
             f"{uncached:.1f} / {cached:.1f} ms = {uncached / cached:.1f}x",
             ">= 5x",
             uncached / cached >= 5,
-        )  # fmt: skip
+        )
     )
     if soaked is not None:
         half = rss[len(rss) // 2 :]
@@ -583,20 +628,22 @@ def main() -> None:
                 f"{soaked['n']} req, {soaked['errors']} errors",
                 "0 errors",
                 soaked["errors"] == 0 and alive,
-            ),  # fmt: skip
+            ),
             (
                 "soak server (+ decode workers) RSS start / peak / end",
                 f"{rss[0]:.0f} / {max(rss):.0f} / {rss[-1]:.0f} MB",
                 "bounded",
                 bounded,
-            ),  # fmt: skip
+            ),
         ]
     print(f"\n{'check':<56} {'measured':<34} {'target':<10} result")
     for name, got, target, ok in rows:
         print(f"{name:<56} {got:<34} {target:<10} {'PASS' if ok else 'FAIL'}")
     if soaked is not None:
-        print(f"(soak p50 {soaked['p50']:.1f} ms, p99 {soaked['p99']:.1f} ms; RSS growth over the second half "
-              f"{growth:.1f} MB)")  # fmt: skip
+        print(
+            f"(soak p50 {soaked['p50']:.1f} ms, p99 {soaked['p99']:.1f} ms; RSS growth over the second half "
+            f"{growth:.1f} MB)"
+        )
 
 
 if __name__ == "__main__":

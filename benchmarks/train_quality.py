@@ -58,12 +58,15 @@ def main() -> None:
         for seed in a.seeds:
             common = dict(arch=a.arch, samples=a.samples, batch=128, lr=1e-3, wd=0.1, warmup=30, workers=1, seed=seed)
             ours = evaluate_bundle(run_ours(data, out=Path(tmp), **common)["bundle"], data["zeroshot"])
-            theirs = evaluate_openclip_checkpoint(run_openclip(data, out=Path(tmp), env=env, **common)["checkpoint"],
-                                                  a.arch, data["zeroshot"])  # fmt: skip
+            theirs = evaluate_openclip_checkpoint(
+                run_openclip(data, out=Path(tmp), env=env, **common)["checkpoint"], a.arch, data["zeroshot"]
+            )
             rows.append((seed, ours, theirs))
-            print(f"seed {seed}: top-1 clipforge {ours['zeroshot_top1']:.3f} (held-out {ours['zeroshot_top1_heldout']:.3f})"
-                  f" | open_clip_train {theirs['zeroshot_top1']:.3f} (held-out {theirs['zeroshot_top1_heldout']:.3f})",
-                  flush=True)  # fmt: skip
+            print(
+                f"seed {seed}: top-1 clipforge {ours['zeroshot_top1']:.3f} (held-out {ours['zeroshot_top1_heldout']:.3f})"
+                f" | open_clip_train {theirs['zeroshot_top1']:.3f} (held-out {theirs['zeroshot_top1_heldout']:.3f})",
+                flush=True,
+            )
     o = statistics.mean(r[1]["zeroshot_top1"] for r in rows)
     t = statistics.mean(r[2]["zeroshot_top1"] for r in rows)
     print(f"\n{a.arch}, {a.samples} samples seen, seeds {a.seeds}; 30 classes, chance 0.033")

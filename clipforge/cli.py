@@ -150,8 +150,13 @@ def cmd_quickstart(a: argparse.Namespace) -> int:
     if not (data / "synth.json").is_file():
         print(f"[1/5] synthesizing the coloured-shapes set into {data}", flush=True)
         write_synth(data)
-    overrides = [f"out_dir={a.out}", f"data.train=['{data}/train/shard-{{000000..000019}}.tar']",
-                 f"data.val={data}/val/shard-000000.tar", f"data.zeroshot={data}/zeroshot", *a.set]  # fmt: skip
+    overrides = [
+        f"out_dir={a.out}",
+        f"data.train=['{data}/train/shard-{{000000..000019}}.tar']",
+        f"data.val={data}/val/shard-000000.tar",
+        f"data.zeroshot={data}/zeroshot",
+        *a.set,
+    ]
     cfg = load_config("cpu-small", overrides)
     if not (cfg.data.val and cfg.data.zeroshot):  # found now, not after the training
         raise ValueError("quickstart evaluates and indexes with data.val and data.zeroshot: they cannot be null")

@@ -89,13 +89,24 @@ FORBIDDEN = {
     "clipforge.data": ("clipforge.training", "clipforge.index", "clipforge.service", "clipforge.fusion"),
     "clipforge.index": ("clipforge.training", "clipforge.service", "clipforge.fusion"),
     "clipforge.training": ("clipforge.service", "clipforge.index", "clipforge.fusion"),
-    "clipforge.fusion": ("clipforge.service", "clipforge.training.loop", "clipforge.training.step",
-                         "clipforge.training.setup", "clipforge.training.state"),
+    "clipforge.fusion": (
+        "clipforge.service",
+        "clipforge.training.loop",
+        "clipforge.training.step",
+        "clipforge.training.setup",
+        "clipforge.training.state",
+    ),
     "clipforge.service": ("clipforge.training",),
-}  # fmt: skip
+}
 
 
 def test_dependencies_point_one_way():
-    bad = [f"{m} imports {t}" for m, ts in graph().items() for src, banned in FORBIDDEN.items()
-           if m.startswith(src) for t in sorted(ts) if t.startswith(banned)]  # fmt: skip
+    bad = [
+        f"{m} imports {t}"
+        for m, ts in graph().items()
+        for src, banned in FORBIDDEN.items()
+        if m.startswith(src)
+        for t in sorted(ts)
+        if t.startswith(banned)
+    ]
     assert not bad, "; ".join(bad)

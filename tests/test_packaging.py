@@ -31,8 +31,11 @@ def test_the_wheel_holds_only_clipforge_and_imports_outside_the_checkout(tmp_pat
     assert {n.split("/")[0] for n in names if ".dist-info/" not in n} == {"clipforge"}
     assert top_level.split() == ["clipforge"]
     # every data file the code reads at run time (presets, model configs, the web page) is in the wheel
-    data = {p.relative_to(ROOT).as_posix() for p in (ROOT / "clipforge").rglob("*")
-            if p.is_file() and p.suffix not in (".py", ".pyc", ".md")}  # fmt: skip
+    data = {
+        p.relative_to(ROOT).as_posix()
+        for p in (ROOT / "clipforge").rglob("*")
+        if p.is_file() and p.suffix not in (".py", ".pyc", ".md")
+    }
     assert data and data <= names, sorted(data - names)
 
     target = tmp_path / "site"

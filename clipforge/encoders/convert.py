@@ -51,8 +51,14 @@ def import_open_clip(arch: str, weights: str | Path, out: str | Path, *, quick_g
         raise ValueError(f"{weights} is not a state dict of tensors")
     model = build_model(cfg, init_logit_bias=0.0 if "logit_bias" in state else None)
     load_weights(model, state, f"{weights} ({arch})")
-    return save_bundle(model, out, arch=name, model_cfg=cfg, loss="siglip" if "logit_bias" in state else "clip",
-                       provenance={"imported_from": str(weights), "format": "open_clip"})  # fmt: skip
+    return save_bundle(
+        model,
+        out,
+        arch=name,
+        model_cfg=cfg,
+        loss="siglip" if "logit_bias" in state else "clip",
+        provenance={"imported_from": str(weights), "format": "open_clip"},
+    )
 
 
 def hf_clip_config(hf: dict[str, Any]) -> dict[str, Any]:
@@ -60,21 +66,36 @@ def hf_clip_config(hf: dict[str, Any]) -> dict[str, Any]:
     return {
         "embed_dim": hf["projection_dim"],
         "quick_gelu": v.get("hidden_act", "quick_gelu") == "quick_gelu",
-        "vision_cfg": {"image_size": v["image_size"], "patch_size": v["patch_size"], "width": v["hidden_size"],
-                       "layers": v["num_hidden_layers"], "head_width": v["hidden_size"] // v["num_attention_heads"],
-                       "mlp_ratio": v["intermediate_size"] / v["hidden_size"]},
-        "text_cfg": {"context_length": t["max_position_embeddings"], "vocab_size": t["vocab_size"],
-                     "width": t["hidden_size"], "heads": t["num_attention_heads"], "layers": t["num_hidden_layers"],
-                     "mlp_ratio": t["intermediate_size"] / t["hidden_size"]},
-    }  # fmt: skip
+        "vision_cfg": {
+            "image_size": v["image_size"],
+            "patch_size": v["patch_size"],
+            "width": v["hidden_size"],
+            "layers": v["num_hidden_layers"],
+            "head_width": v["hidden_size"] // v["num_attention_heads"],
+            "mlp_ratio": v["intermediate_size"] / v["hidden_size"],
+        },
+        "text_cfg": {
+            "context_length": t["max_position_embeddings"],
+            "vocab_size": t["vocab_size"],
+            "width": t["hidden_size"],
+            "heads": t["num_attention_heads"],
+            "layers": t["num_hidden_layers"],
+            "mlp_ratio": t["intermediate_size"] / t["hidden_size"],
+        },
+    }
 
 
 def _hf_block(src: dict[str, torch.Tensor], hf: str, oc: str, out: dict[str, torch.Tensor]) -> None:
     a = f"{hf}.self_attn"
     out[f"{oc}.attn.in_proj_weight"] = torch.cat([src[f"{a}.{p}_proj.weight"] for p in "qkv"])
     out[f"{oc}.attn.in_proj_bias"] = torch.cat([src[f"{a}.{p}_proj.bias"] for p in "qkv"])
-    for hf_name, oc_name in (("self_attn.out_proj", "attn.out_proj"), ("layer_norm1", "ln_1"), ("layer_norm2", "ln_2"),
-                             ("mlp.fc1", "mlp.c_fc"), ("mlp.fc2", "mlp.c_proj")):  # fmt: skip
+    for hf_name, oc_name in (
+        ("self_attn.out_proj", "attn.out_proj"),
+        ("layer_norm1", "ln_1"),
+        ("layer_norm2", "ln_2"),
+        ("mlp.fc1", "mlp.c_fc"),
+        ("mlp.fc2", "mlp.c_proj"),
+    ):
         for p in ("weight", "bias"):
             out[f"{oc}.{oc_name}.{p}"] = src[f"{hf}.{hf_name}.{p}"]
 
@@ -158,8 +179,14 @@ def import_hf_clip(directory: str | Path, out: str | Path) -> str:
     pp = preprocess_cfg(
         cfg, {k: v for k, v in {"mean": pre.get("image_mean"), "std": pre.get("image_std")}.items() if v}
     )
-    fp = save_bundle(model, out, arch=f"hf-clip:{directory.name}", model_cfg=cfg, preprocess=pp,
-                     provenance={"imported_from": str(directory), "format": "transformers"})  # fmt: skip
+    fp = save_bundle(
+        model,
+        out,
+        arch=f"hf-clip:{directory.name}",
+        model_cfg=cfg,
+        preprocess=pp,
+        provenance={"imported_from": str(directory), "format": "transformers"},
+    )
     tok_files = [
         f
         for f in directory.iterdir()
@@ -186,9 +213,16 @@ def export_open_clip(bundle_dir: str | Path, out: str | Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in b.model.state_dict().items()}, str(out / "open_clip_model.safetensors"))
     pp = b.meta["preprocess"]
-    config = {"model_cfg": b.meta["model_cfg"],
-              "preprocess_cfg": {"size": pp["image_size"], "mean": pp["mean"], "std": pp["std"],
-                                 "interpolation": pp["interpolation"], "resize_mode": pp["resize_mode"]}}  # fmt: skip
+    config = {
+        "model_cfg": b.meta["model_cfg"],
+        "preprocess_cfg": {
+            "size": pp["image_size"],
+            "mean": pp["mean"],
+            "std": pp["std"],
+            "interpolation": pp["interpolation"],
+            "resize_mode": pp["resize_mode"],
+        },
+    }
     (out / "open_clip_config.json").write_text(json.dumps(config, indent=2))
     return out
 
@@ -224,10 +258,20 @@ def export_onnx(bundle_dir: str | Path, out: str | Path | None = None, opset: in
     pixels = torch.zeros(2, 3, *size)
     tokens = b.tokenizer(["a photo", "of something"])
     try:
-        for module, args, name, inp, outp in ((ImageEncoder(), (pixels,), "image_encoder", "pixel_values", "image_embeds"),
-                                              (TextEncoder(), (tokens,), "text_encoder", "input_ids", "text_embeds")):  # fmt: skip
-            torch.onnx.export(module, args, str(tmp / f"{name}.onnx"), input_names=[inp], output_names=[outp],
-                              dynamic_axes={inp: {0: "batch"}, outp: {0: "batch"}}, opset_version=opset, dynamo=False)  # fmt: skip
+        for module, args, name, inp, outp in (
+            (ImageEncoder(), (pixels,), "image_encoder", "pixel_values", "image_embeds"),
+            (TextEncoder(), (tokens,), "text_encoder", "input_ids", "text_embeds"),
+        ):
+            torch.onnx.export(
+                module,
+                args,
+                str(tmp / f"{name}.onnx"),
+                input_names=[inp],
+                output_names=[outp],
+                dynamic_axes={inp: {0: "batch"}, outp: {0: "batch"}},
+                opset_version=opset,
+                dynamo=False,
+            )
         (tmp / "onnx.json").write_text(json.dumps({"weights_sha256": b.fingerprint, "opset": opset}, indent=2))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

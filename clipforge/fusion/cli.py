@@ -17,8 +17,14 @@ def cmd_fuse_train(a: argparse.Namespace) -> int:
     from clipforge.fusion.train import train_head
 
     run = train_head(load_fuse_config(a.config, a.set))
-    print(json.dumps({k: v for k, v in run.items() if k not in ("history", "full_metrics", "module", "metrics")}
-                     | {"metrics": _short(run["metrics"])}, indent=2, default=str))  # fmt: skip
+    print(
+        json.dumps(
+            {k: v for k, v in run.items() if k not in ("history", "full_metrics", "module", "metrics")}
+            | {"metrics": _short(run["metrics"])},
+            indent=2,
+            default=str,
+        )
+    )
     return 0
 
 
@@ -40,12 +46,21 @@ def cmd_fuse_eval(a: argparse.Namespace) -> int:
     if not bundle:
         raise ValueError("give --bundle (the head does not record the bundle it was trained with)")
     head = load_head(path, fingerprint=str(read_bundle_meta(bundle)["weights_sha256"]))
-    data = load_pairs(a.data, bundle, image_key=a.image_key, text_key=a.text_key, label_key=a.label_key,
-                      group_keys=tuple(a.group), cache_dir=a.cache_dir, device=a.device)  # fmt: skip
+    data = load_pairs(
+        a.data,
+        bundle,
+        image_key=a.image_key,
+        text_key=a.text_key,
+        label_key=a.label_key,
+        group_keys=tuple(a.group),
+        cache_dir=a.cache_dir,
+        device=a.device,
+    )
     zi, zt = data.pairs()
     probs = head.predict(zi, zt)
-    metrics = evaluate_groups(probs, encode_targets(data.labels, head.task, head.labels), head.task, head.labels,
-                              data.groups)  # fmt: skip
+    metrics = evaluate_groups(
+        probs, encode_targets(data.labels, head.task, head.labels), head.task, head.labels, data.groups
+    )
     out = {"head": str(path), "kind": head.kind, "pairs": len(data), **_short(metrics)}
     if a.full:
         out |= {k: v for k, v in metrics.items() if isinstance(v, dict | list)}

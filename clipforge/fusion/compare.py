@@ -77,17 +77,24 @@ def compare(cfg: FuseConfig, kinds: list[str], *, progress: bool = True, boot: i
         correct[kind] = correct_vector(probs, y_val, cfg.head.task)
         m = run["full_metrics"]
         head_dir = Path(run["head"])
-        rows.append({
-            "kind": kind, "width": width if width is not None else (0 if kind == "late" else cfg.head.width),
-            "params": run["n_params"], "accuracy": m["accuracy"], "auroc": m["auroc"], "macro_f1": m["macro_f1"],
-            "ece": m["reliability"]["ece"],
-            **{f"{g}/accuracy": m.get(f"{g}/accuracy") for g in val.groups},
-            "train_s": run["train_seconds"], "pairs_per_s": run["pairs_per_s"],
-            "us_numpy_1": latency_us(head_dir, train.dim, "numpy", 1, 300),
-            "us_torch_1": latency_us(head_dir, train.dim, "torch", 1, 300),
-            "us_numpy_1024": latency_us(head_dir, train.dim, "numpy", 1024, 30),
-            "us_torch_1024": latency_us(head_dir, train.dim, "torch", 1024, 30),
-        })  # fmt: skip
+        rows.append(
+            {
+                "kind": kind,
+                "width": width if width is not None else (0 if kind == "late" else cfg.head.width),
+                "params": run["n_params"],
+                "accuracy": m["accuracy"],
+                "auroc": m["auroc"],
+                "macro_f1": m["macro_f1"],
+                "ece": m["reliability"]["ece"],
+                **{f"{g}/accuracy": m.get(f"{g}/accuracy") for g in val.groups},
+                "train_s": run["train_seconds"],
+                "pairs_per_s": run["pairs_per_s"],
+                "us_numpy_1": latency_us(head_dir, train.dim, "numpy", 1, 300),
+                "us_torch_1": latency_us(head_dir, train.dim, "torch", 1, 300),
+                "us_numpy_1024": latency_us(head_dir, train.dim, "numpy", 1024, 30),
+                "us_torch_1024": latency_us(head_dir, train.dim, "torch", 1024, 30),
+            }
+        )
     if "additive" in correct:
         for r in rows:
             if r["kind"] in INTERACTION_KINDS:
@@ -97,13 +104,21 @@ def compare(cfg: FuseConfig, kinds: list[str], *, progress: bool = True, boot: i
                         r[f"{g}/gain_vs_additive"] = bootstrap_gain(
                             correct[r["kind"]][mask], correct["additive"][mask], n_boot=boot
                         )
-    result = {"config": cfg.to_dict(), "train_pairs": len(train), "val_pairs": len(val), "dim": train.dim,
-              "labels": labels, "task": cfg.head.task, "feature_cache_hit": train.cache_hit and val.cache_hit,
-              "feature_seconds": feature_seconds, "groups": {g: int(m.sum()) for g, m in val.groups.items()},
-              "rows": rows,
-              "history": {k: r["history"] for k, r in runs.items()},
-              "reliability": {k: r["full_metrics"]["reliability"] for k, r in runs.items()},
-              "confusion": {k: r["full_metrics"].get("confusion") for k, r in runs.items()}}  # fmt: skip
+    result = {
+        "config": cfg.to_dict(),
+        "train_pairs": len(train),
+        "val_pairs": len(val),
+        "dim": train.dim,
+        "labels": labels,
+        "task": cfg.head.task,
+        "feature_cache_hit": train.cache_hit and val.cache_hit,
+        "feature_seconds": feature_seconds,
+        "groups": {g: int(m.sum()) for g, m in val.groups.items()},
+        "rows": rows,
+        "history": {k: r["history"] for k, r in runs.items()},
+        "reliability": {k: r["full_metrics"]["reliability"] for k, r in runs.items()},
+        "confusion": {k: r["full_metrics"].get("confusion") for k, r in runs.items()},
+    }
     (out / "compare.json").write_text(json.dumps(result, indent=2))
     (out / "compare.md").write_text(table_markdown(result) + "\n")
     from clipforge.fusion.report import write_compare_report
@@ -124,16 +139,34 @@ def table_markdown(result: dict[str, Any]) -> str:
     groups = list(result["groups"])
     head = ["kind", "width", "params", "acc %", "AUROC %", "macro-F1 %", "ECE %"]
     head += [f"{g} acc %" for g in groups] + ["gain vs additive (95% CI)"]
-    head += [f"{g} gain (95% CI)" for g in groups] + ["train s", "pairs/s", "µs/pred (numpy, N=1)",
-                                                      "µs/pred (torch, N=1)", "µs/pred (numpy, N=1024)",
-                                                      "µs/pred (torch, N=1024)"]  # fmt: skip
+    head += [f"{g} gain (95% CI)" for g in groups] + [
+        "train s",
+        "pairs/s",
+        "µs/pred (numpy, N=1)",
+        "µs/pred (torch, N=1)",
+        "µs/pred (numpy, N=1024)",
+        "µs/pred (torch, N=1024)",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in result["rows"]:
-        cells = [r["kind"], str(r["width"]), str(r["params"]), _pct(r["accuracy"]), _pct(r["auroc"]),
-                 _pct(r["macro_f1"]), _pct(r["ece"])]  # fmt: skip
+        cells = [
+            r["kind"],
+            str(r["width"]),
+            str(r["params"]),
+            _pct(r["accuracy"]),
+            _pct(r["auroc"]),
+            _pct(r["macro_f1"]),
+            _pct(r["ece"]),
+        ]
         cells += [_pct(r.get(f"{g}/accuracy")) for g in groups] + [_ci(r.get("gain_vs_additive"))]
         cells += [_ci(r.get(f"{g}/gain_vs_additive")) for g in groups]
-        cells += [f"{r['train_s']:.2f}", f"{r['pairs_per_s']:,.0f}", f"{r['us_numpy_1']:.1f}",
-                  f"{r['us_torch_1']:.1f}", f"{r['us_numpy_1024']:.2f}", f"{r['us_torch_1024']:.2f}"]  # fmt: skip
+        cells += [
+            f"{r['train_s']:.2f}",
+            f"{r['pairs_per_s']:,.0f}",
+            f"{r['us_numpy_1']:.1f}",
+            f"{r['us_torch_1']:.1f}",
+            f"{r['us_numpy_1024']:.2f}",
+            f"{r['us_torch_1024']:.2f}",
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -66,9 +66,19 @@ class FuseConfig:
         return dataclasses.asdict(self)
 
 
-MINIMUM = {"fit.epochs": 1, "fit.batch_size": 1, "fit.lr": 0, "fit.weight_decay": 0, "fit.threads": 0,
-           "head.width": 0, "head.width_text": 0, "head.rank": 1, "head.hidden": 1, "head.budget": 0,
-           "data.batch_size": 1}  # fmt: skip
+MINIMUM = {
+    "fit.epochs": 1,
+    "fit.batch_size": 1,
+    "fit.lr": 0,
+    "fit.weight_decay": 0,
+    "fit.threads": 0,
+    "head.width": 0,
+    "head.width_text": 0,
+    "head.rank": 1,
+    "head.hidden": 1,
+    "head.budget": 0,
+    "data.batch_size": 1,
+}
 
 
 def check(cfg: FuseConfig) -> FuseConfig:

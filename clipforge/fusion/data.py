@@ -66,7 +66,7 @@ def table_rows(
                 " ".join(str(rec[text_key]).split()),
                 rec[label_key],
                 {g: _truthy(rec.get(g, False)) for g in group_keys},
-            )  # fmt: skip
+            )
         )
     return rows
 
@@ -89,8 +89,15 @@ def shard_rows(spec: str, text_key: str, label_key: str, group_keys: tuple[str, 
             stats["incomplete"] += 1
             continue
         data = sample[ext]
-        rows.append(Row(hashlib.sha1(data).hexdigest(), " ".join(text.split()), meta[label_key],
-                        {g: _truthy(meta.get(g, False)) for g in group_keys}, data))  # fmt: skip
+        rows.append(
+            Row(
+                hashlib.sha1(data).hexdigest(),
+                " ".join(text.split()),
+                meta[label_key],
+                {g: _truthy(meta.get(g, False)) for g in group_keys},
+                data,
+            )
+        )
     return rows
 
 

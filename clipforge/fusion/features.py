@@ -107,8 +107,10 @@ def _embed(
     bundle = load_bundle(bundle_path, device=device)
     images = list(dict.fromkeys(r.image for r in rows))  # unique, in first-seen order
     data = {r.image: r.data for r in rows if r.data is not None}
-    records = (Record(key=im, caption=None, source="fusion", path=None if im in data else im, data=data.get(im))
-               for im in images)  # fmt: skip
+    records = (
+        Record(key=im, caption=None, source="fusion", path=None if im in data else im, data=data.get(im))
+        for im in images
+    )
     feats: dict[str, np.ndarray] = {}
     for batch in embed_records(
         bundle, records, batch_size=batch_size, stats=stats, total=len(images), progress=progress
@@ -117,8 +119,9 @@ def _embed(
             feats[item.key] = f
     kept = [r for r in rows if r.image in feats]
     if len(kept) < len(rows):
-        log.warning("%d of %d pairs dropped: their image did not decode (%s)", len(rows) - len(kept), len(rows),
-                    dict(stats))  # fmt: skip
+        log.warning(
+            "%d of %d pairs dropped: their image did not decode (%s)", len(rows) - len(kept), len(rows), dict(stats)
+        )
     if not kept:
         raise ValueError("no image of the data set could be decoded")
     images = [im for im in images if im in feats]

@@ -73,9 +73,14 @@ def evaluate(probs: np.ndarray, targets: np.ndarray, task: str, labels: list[str
         per = [auroc(probs[:, c], t[:, c]) for c in range(n)]
         f1 = [f1_per_class(pred[:, c].astype(int), t[:, c].astype(int), 2)[1] for c in range(n)]
         conf = np.where(pred, probs, 1 - probs).ravel()
-        return {"accuracy": float((pred == t).mean()), "exact_match": float((pred == t).all(1).mean()),
-                "auroc": float(np.nanmean(per)), "macro_f1": float(np.mean(f1)),
-                "reliability": reliability(conf, (pred == t).ravel()), "n": len(probs)}  # fmt: skip
+        return {
+            "accuracy": float((pred == t).mean()),
+            "exact_match": float((pred == t).all(1).mean()),
+            "auroc": float(np.nanmean(per)),
+            "macro_f1": float(np.mean(f1)),
+            "reliability": reliability(conf, (pred == t).ravel()),
+            "n": len(probs),
+        }
     t = targets.astype(np.int64)
     pred = probs.argmax(1)
     aucs = [auroc(probs[:, 1], t == 1)] if task == "binary" else [auroc(probs[:, c], t == c) for c in range(n)]

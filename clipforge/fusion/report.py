@@ -26,8 +26,10 @@ def _figure(fig: Any, title: str, data: Any) -> str:
     fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
     plt.close(fig)
     b64 = base64.b64encode(buf.getvalue()).decode()
-    return (f'<figure><img alt="{html.escape(title)}" data-title="{html.escape(title)}" '
-            f"data-series='{html.escape(json.dumps(data))}' src=\"data:image/png;base64,{b64}\"></figure>")  # fmt: skip
+    return (
+        f'<figure><img alt="{html.escape(title)}" data-title="{html.escape(title)}" '
+        f"data-series='{html.escape(json.dumps(data))}' src=\"data:image/png;base64,{b64}\"></figure>"
+    )
 
 
 def curves(history: dict[str, list[dict[str, Any]]], key: str, title: str, from_val: bool) -> str:
@@ -53,8 +55,14 @@ def reliability_plot(rel: dict[str, dict[str, Any]]) -> str:
     for kind, r in rel.items():
         pts = [(c, a) for c, a in zip(r["confidence"], r["accuracy"], strict=True) if c is not None]
         if pts:
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3, linewidth=1,
-                    label=f"{kind} (ECE {100 * r['ece']:.1f}%)")  # fmt: skip
+            ax.plot(
+                [p[0] for p in pts],
+                [p[1] for p in pts],
+                marker="o",
+                markersize=3,
+                linewidth=1,
+                label=f"{kind} (ECE {100 * r['ece']:.1f}%)",
+            )
         data[kind] = r
     ax.set_xlim(0.45 if all(c is None or c >= 0.45 for r in rel.values() for c in r["confidence"]) else 0, 1)
     ax.set_ylim(0, 1)
@@ -75,8 +83,15 @@ def confusion_plot(kind: str, labels: list[str], matrix: list[list[int]]) -> str
     for i in range(n):
         for j in range(n):
             if n <= 12:
-                ax.text(j, i, str(matrix[i][j]), ha="center", va="center", fontsize=9,
-                        color="white" if matrix[i][j] > mid else "black")  # fmt: skip
+                ax.text(
+                    j,
+                    i,
+                    str(matrix[i][j]),
+                    ha="center",
+                    va="center",
+                    fontsize=9,
+                    color="white" if matrix[i][j] > mid else "black",
+                )
     ax.set_xticks(range(n), labels, rotation=90 if n > 4 else 0)
     ax.set_yticks(range(n), labels)
     ax.set_xlabel("predicted")
@@ -87,13 +102,37 @@ def confusion_plot(kind: str, labels: list[str], matrix: list[list[int]]) -> str
 
 def table_html(result: dict[str, Any]) -> str:
     groups = list(result["groups"])
-    cols = ["kind", "width", "params", "accuracy", "auroc", "macro_f1", "ece", *[f"{g}/accuracy" for g in groups],
-            "gain_vs_additive", *[f"{g}/gain_vs_additive" for g in groups], "train_s", "pairs_per_s",
-            "us_numpy_1", "us_torch_1", "us_numpy_1024", "us_torch_1024"]  # fmt: skip
-    names = {"accuracy": "acc %", "auroc": "AUROC %", "macro_f1": "macro-F1 %", "ece": "ECE %",
-             "gain_vs_additive": "gain vs additive (95% CI)", "train_s": "train s", "pairs_per_s": "pairs/s",
-             "us_numpy_1": "µs/pred numpy N=1", "us_torch_1": "µs/pred torch N=1",
-             "us_numpy_1024": "µs/pred numpy N=1024", "us_torch_1024": "µs/pred torch N=1024"}  # fmt: skip
+    cols = [
+        "kind",
+        "width",
+        "params",
+        "accuracy",
+        "auroc",
+        "macro_f1",
+        "ece",
+        *[f"{g}/accuracy" for g in groups],
+        "gain_vs_additive",
+        *[f"{g}/gain_vs_additive" for g in groups],
+        "train_s",
+        "pairs_per_s",
+        "us_numpy_1",
+        "us_torch_1",
+        "us_numpy_1024",
+        "us_torch_1024",
+    ]
+    names = {
+        "accuracy": "acc %",
+        "auroc": "AUROC %",
+        "macro_f1": "macro-F1 %",
+        "ece": "ECE %",
+        "gain_vs_additive": "gain vs additive (95% CI)",
+        "train_s": "train s",
+        "pairs_per_s": "pairs/s",
+        "us_numpy_1": "µs/pred numpy N=1",
+        "us_torch_1": "µs/pred torch N=1",
+        "us_numpy_1024": "µs/pred numpy N=1024",
+        "us_torch_1024": "µs/pred torch N=1024",
+    }
     best = max(result["rows"], key=lambda r: r["accuracy"])["kind"]
 
     def cell(r: dict[str, Any], c: str) -> str:
@@ -130,8 +169,10 @@ def write_compare_report(result: dict[str, Any], path: str | Path) -> Path:
     best = max(rows, key=lambda r: r["accuracy"])["kind"]
     fused = [r for r in rows if r["kind"] in INTERACTION_KINDS and r["kind"] != "concat"]
     best_fused = max(fused, key=lambda r: r["accuracy"])["kind"] if fused else best
-    figs = [curves(result["history"], "accuracy", "held-out accuracy per epoch", True),
-            curves(result["history"], "loss", "training loss per epoch", False)]  # fmt: skip
+    figs = [
+        curves(result["history"], "accuracy", "held-out accuracy per epoch", True),
+        curves(result["history"], "loss", "training loss per epoch", False),
+    ]
     for g in result["groups"]:
         figs.append(curves(result["history"], f"{g}/accuracy", f"{g} accuracy per epoch", True))
     shown = {k: v for k, v in result["reliability"].items() if k in (best, best_fused, "additive", "late", "concat")}
@@ -141,8 +182,11 @@ def write_compare_report(result: dict[str, Any], path: str | Path) -> Path:
             figs.append(confusion_plot(kind, result["labels"], result["confusion"][kind]))
     cfg = result["config"]
     budget = cfg["head"]["budget"]
-    note = (f"Every kind but <code>late</code> got the largest projection width within {budget:,} parameters."
-            if budget else "Kinds use the configured width (no parameter budget).")  # fmt: skip
+    note = (
+        f"Every kind but <code>late</code> got the largest projection width within {budget:,} parameters."
+        if budget
+        else "Kinds use the configured width (no parameter budget)."
+    )
     groups = ", ".join(f"{g}: {n:,} pairs" for g, n in result["groups"].items())
     body = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>clipforge fusion comparison</title>

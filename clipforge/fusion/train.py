@@ -192,8 +192,16 @@ def load_sets(cfg: FuseConfig, progress: bool = True) -> tuple[PairSet, PairSet 
     d = cfg.data
     if not d.bundle or not d.train:
         raise ValueError("give data.bundle and data.train (e.g. --set data.bundle=runs/quickstart/bundle)")
-    kw = dict(image_key=d.image_key, text_key=d.text_key, label_key=d.label_key, group_keys=d.group_keys,
-              cache_dir=d.cache_dir or None, batch_size=d.batch_size, device=d.device, progress=progress)  # fmt: skip
+    kw = dict(
+        image_key=d.image_key,
+        text_key=d.text_key,
+        label_key=d.label_key,
+        group_keys=d.group_keys,
+        cache_dir=d.cache_dir or None,
+        batch_size=d.batch_size,
+        device=d.device,
+        progress=progress,
+    )
     train = load_pairs(d.train, d.bundle, **kw)  # type: ignore[arg-type]
     val = load_pairs(d.val, d.bundle, **kw) if d.val else None  # type: ignore[arg-type]
     return train, val
@@ -219,16 +227,36 @@ def train_head(
         metrics = evaluate_groups(predict(module, val, cfg.head.task), y_val, cfg.head.task, labels, val.groups)
     summary_metrics = {k: v for k, v in metrics.items() if isinstance(v, float | int)}
     head_dir = save_head(
-        out / "head", module, task=cfg.head.task, labels=labels, bundle_fingerprint=train.fingerprint,
-        metrics=summary_metrics, name=cfg.name or cfg.head.kind,
-        provenance={"train": cfg.data.train, "val": cfg.data.val, "bundle": cfg.data.bundle, "pairs": len(train),
-                    "epochs": cfg.fit.epochs, "config": cfg.to_dict()},
-    )  # fmt: skip
-    return {"head": str(head_dir), "kind": cfg.head.kind, "n_params": module.n_params(), "pairs": len(train),
-            "feature_cache_hit": train.cache_hit, "feature_seconds": feature_seconds,
-            "train_seconds": result["train_seconds"], "pairs_per_s": result["pairs_per_s"],
-            "metrics": summary_metrics, "full_metrics": metrics, "history": result["history"],
-            "module": module}  # fmt: skip
+        out / "head",
+        module,
+        task=cfg.head.task,
+        labels=labels,
+        bundle_fingerprint=train.fingerprint,
+        metrics=summary_metrics,
+        name=cfg.name or cfg.head.kind,
+        provenance={
+            "train": cfg.data.train,
+            "val": cfg.data.val,
+            "bundle": cfg.data.bundle,
+            "pairs": len(train),
+            "epochs": cfg.fit.epochs,
+            "config": cfg.to_dict(),
+        },
+    )
+    return {
+        "head": str(head_dir),
+        "kind": cfg.head.kind,
+        "n_params": module.n_params(),
+        "pairs": len(train),
+        "feature_cache_hit": train.cache_hit,
+        "feature_seconds": feature_seconds,
+        "train_seconds": result["train_seconds"],
+        "pairs_per_s": result["pairs_per_s"],
+        "metrics": summary_metrics,
+        "full_metrics": metrics,
+        "history": result["history"],
+        "module": module,
+    }
 
 
 def with_kind(cfg: FuseConfig, kind: str, out_dir: str | Path, width: int | None = None) -> FuseConfig:

@@ -139,8 +139,9 @@ def build_one(
     else:
         params, recall = tuning.tune(index, queries, truth.ids)
     if not 0.0 <= recall <= 1.0:  # NaN or the tuner's -1 (no setting answered): never publish such an index
-        raise IndexInputError(f"the {factory!r} index answers no query (measured recall@10 {recall}): "
-                              "choose another factory")  # fmt: skip
+        raise IndexInputError(
+            f"the {factory!r} index answers no query (measured recall@10 {recall}): choose another factory"
+        )
     section = {
         "factory": factory,
         "count": int(index.ntotal),
@@ -171,8 +172,10 @@ def build_from_parts(
     infos = check_parts(dirs)
     paths = [Path(d) for d in dirs]
     if fingerprint is not None and infos[0]["fingerprint"] != fingerprint:
-        raise IndexMismatchError(f"the parts were embedded with bundle {infos[0]['fingerprint'][:12]}, "
-                                 f"not the one given ({fingerprint[:12]})")  # fmt: skip
+        raise IndexMismatchError(
+            f"the parts were embedded with bundle {infos[0]['fingerprint'][:12]}, "
+            f"not the one given ({fingerprint[:12]})"
+        )
     dim = int(infos[0]["dim"])
     if factory is not None:
         faiss_index.check_factory(factory, dim)  # before the metadata merge and any training
@@ -195,8 +198,11 @@ def build_from_parts(
         if n and factory and n < 2 * _min_train(chosen, dim):
             chosen = "Flat"  # e.g. few captions: an IVF cannot be trained on them, exact search is right anyway
         refine_to = vdir / rx.segment_name(name, 0) if refine else None
-        index, sections[name] = (build_one(parts, chosen, dim, refine_to=refine_to, rows=total) if n
-                                 else (faiss_index.make_index("Flat", dim), _empty()))  # fmt: skip
+        index, sections[name] = (
+            build_one(parts, chosen, dim, refine_to=refine_to, rows=total)
+            if n
+            else (faiss_index.make_index("Flat", dim), _empty())
+        )
         faiss_index.write(index, str(vdir / f"{name}.faiss"))
     return {
         "dim": dim,
@@ -218,5 +224,13 @@ def _min_train(factory: str, dim: int) -> int:
 
 
 def _empty() -> dict[str, Any]:
-    return {"factory": "Flat", "count": 0, "search_params": {}, "recall@10": 1.0, "recall_queries": 0,
-            "train_vectors": 0, "build_seconds": 0.0, "tombstones": 0}  # fmt: skip
+    return {
+        "factory": "Flat",
+        "count": 0,
+        "search_params": {},
+        "recall@10": 1.0,
+        "recall_queries": 0,
+        "train_vectors": 0,
+        "build_seconds": 0.0,
+        "tombstones": 0,
+    }

@@ -27,14 +27,29 @@ def _hit_json(hit: Any) -> dict[str, Any]:
 def cmd_build(a: argparse.Namespace) -> int:
     from clipforge.index import Index
 
-    idx = Index.build(load_bundle_arg(a.bundle, a.device), a.data, a.out, factory=a.factory,
-                      memory_budget_mb=a.memory_budget_mb, batch_size=a.batch_size, caption_key=a.caption_key,
-                      progress=not a.quiet, refine=not a.no_refine)  # fmt: skip
+    idx = Index.build(
+        load_bundle_arg(a.bundle, a.device),
+        a.data,
+        a.out,
+        factory=a.factory,
+        memory_budget_mb=a.memory_budget_mb,
+        batch_size=a.batch_size,
+        caption_key=a.caption_key,
+        progress=not a.quiet,
+        refine=not a.no_refine,
+    )
     info = idx.info()
-    print_json({"index": str(idx.path), "counts": info["counts"],
-                **{n: {k: info[n].get(k) for k in ("factory", "count", "recall@10", "search_params")}
-                      | ({"refine_k_factor": info[n]["refine"]["k_factor"]} if info[n].get("refine") else {})
-                   for n in ("images", "captions")}})  # fmt: skip
+    print_json(
+        {
+            "index": str(idx.path),
+            "counts": info["counts"],
+            **{
+                n: {k: info[n].get(k) for k in ("factory", "count", "recall@10", "search_params")}
+                | ({"refine_k_factor": info[n]["refine"]["k_factor"]} if info[n].get("refine") else {})
+                for n in ("images", "captions")
+            },
+        }
+    )
     return 0
 
 
@@ -57,8 +72,13 @@ def cmd_search(a: argparse.Namespace) -> int:
     given = [x for x in (a.text, a.image, a.id) if x is not None]
     if len(given) != 1:
         raise ValueError("give exactly one of --text, --image or --id")
-    kw = {"target": a.target, "filters": _filters(a.filter), "threshold": a.threshold, "offset": a.offset,
-          "collapse": a.collapse}  # fmt: skip
+    kw = {
+        "target": a.target,
+        "filters": _filters(a.filter),
+        "threshold": a.threshold,
+        "offset": a.offset,
+        "collapse": a.collapse,
+    }
     if a.id is not None:
         hits = Index.open(a.index, mmap=a.mmap).search_id(a.id, a.k, **kw)
     else:
@@ -127,9 +147,12 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     s.add_argument("--caption-key", default="txt", help="'txt' or 'json:<field>'")
     s.add_argument("--device", default="auto")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
-    s.add_argument("--no-refine", action="store_true",
-                   help="a compressed index keeps only its codes (default: also float16 copies of the vectors "
-                        "on disk, 2 B/dimension, to re-rank candidates exactly)")  # fmt: skip
+    s.add_argument(
+        "--no-refine",
+        action="store_true",
+        help="a compressed index keeps only its codes (default: also float16 copies of the vectors "
+        "on disk, 2 B/dimension, to re-rank candidates exactly)",
+    )
     s.set_defaults(func=cmd_build)
 
     s = sub.add_parser("search", help="search by --text, --image or stored --id; prints JSON hits")

@@ -80,10 +80,12 @@ class Index:
         try:
             with versions.writer_lock(root), versions.new_version(root, 1) as vdir:
                 work = vdir / "_parts"
-                embed_to_parts(bundle, str(data), work, batch_size=batch_size, caption_key=caption_key,
-                               progress=progress)  # fmt: skip
-                sections = build_from_parts([work], vdir, factory=factory, memory_budget_mb=memory_budget_mb,
-                                            refine=refine)  # fmt: skip
+                embed_to_parts(
+                    bundle, str(data), work, batch_size=batch_size, caption_key=caption_key, progress=progress
+                )
+                sections = build_from_parts(
+                    [work], vdir, factory=factory, memory_budget_mb=memory_budget_mb, refine=refine
+                )
                 shutil.rmtree(work)
             versions.publish(root, versions.first_manifest(bundle, sections, time.perf_counter() - t0))
         except BaseException:
@@ -113,8 +115,14 @@ class Index:
         root.mkdir(parents=True, exist_ok=True)
         try:
             with versions.writer_lock(root), versions.new_version(root, 1) as vdir:
-                sections = build_from_parts(parts, vdir, factory=factory, memory_budget_mb=memory_budget_mb,
-                                            refine=refine, fingerprint=bundle.fingerprint)  # fmt: skip
+                sections = build_from_parts(
+                    parts,
+                    vdir,
+                    factory=factory,
+                    memory_budget_mb=memory_budget_mb,
+                    refine=refine,
+                    fingerprint=bundle.fingerprint,
+                )
             versions.publish(root, versions.first_manifest(bundle, sections, time.perf_counter() - t0))
         except BaseException:
             if not (root / versions.MANIFEST).exists():
@@ -187,8 +195,17 @@ class Index:
         sx.check_paging(k, offset, threshold, collapse, target)
         st = self._current()
         queries = sx.check_query(vectors, int(st.manifest["dim"]))
-        return sx.search(st, queries, int(k), target=target, filters=filters, threshold=threshold,
-                         offset=int(offset), collapse=collapse, exclude=exclude)  # fmt: skip
+        return sx.search(
+            st,
+            queries,
+            int(k),
+            target=target,
+            filters=filters,
+            threshold=threshold,
+            offset=int(offset),
+            collapse=collapse,
+            exclude=exclude,
+        )
 
     def search_text(self, bundle: Any, text: str, k: int = 10, **kw: Any) -> list[Hit]:
         if not isinstance(text, str) or not text.strip():
@@ -252,12 +269,19 @@ class Index:
                 raise IndexInputError(f"item {n}: {exn}") from exn
         image_features = bundle.encode_images(bundle.preprocess(images)).numpy()  # [n, D]
         captions = [caption for _, caption, _ in checked if caption]
-        caption_features = (bundle.encode_texts(captions).numpy() if captions
-                            else np.zeros((0, image_features.shape[1]), np.float32))  # [m, D]  # fmt: skip
+        caption_features = (
+            bundle.encode_texts(captions).numpy() if captions else np.zeros((0, image_features.shape[1]), np.float32)
+        )  # [m, D]
         return self.add_vectors(checked, image_features, caption_features, fingerprint=bundle.fingerprint)
 
-    def add_vectors(self, items: list[tuple[bytes, str | None, dict]], image_features: np.ndarray,
-                    caption_features: np.ndarray, *, fingerprint: str | None = None) -> list[int]:  # fmt: skip
+    def add_vectors(
+        self,
+        items: list[tuple[bytes, str | None, dict]],
+        image_features: np.ndarray,
+        caption_features: np.ndarray,
+        *,
+        fingerprint: str | None = None,
+    ) -> list[int]:
         """Add items already encoded, as one atomic new version; returns their ids. `image_features` [n, D]:
         one row per item; `caption_features` [m, D]: one row per item whose caption is not empty after
         `update.clean_caption`, in order. `fingerprint`: the bundle that encoded them, checked against the
@@ -266,8 +290,10 @@ class Index:
 
         def update(st: State) -> dict[str, Any]:
             if fingerprint is not None and fingerprint != st.manifest["fingerprint"]:
-                raise IndexMismatchError(f"the vectors come from bundle {fingerprint[:12]}, index {self.path} "
-                                         f"holds {str(st.manifest['fingerprint'])[:12]}")  # fmt: skip
+                raise IndexMismatchError(
+                    f"the vectors come from bundle {fingerprint[:12]}, index {self.path} "
+                    f"holds {str(st.manifest['fingerprint'])[:12]}"
+                )
             return ux.add_vectors(self.path, st, checked, image_features, caption_features, mmap=self.mmap)
 
         manifest = self._write(update)

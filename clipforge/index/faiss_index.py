@@ -31,8 +31,9 @@ def check_factory(factory: Any, dim: int) -> faiss.Index:
     if "IDMap" in factory:
         raise IndexInputError(f"factory {factory!r}: leave out IDMap, ids are added by clipforge")
     if any(int(n) == 0 for n in re.findall(r"\d+", factory)):
-        raise IndexInputError(f"factory {factory!r}: every size in it (lists, links, sub-quantizers, bits, "
-                              "dimensions) must be at least 1")  # fmt: skip
+        raise IndexInputError(
+            f"factory {factory!r}: every size in it (lists, links, sub-quantizers, bits, dimensions) must be at least 1"
+        )
     if any(int(m) < 2 for m in re.findall(r"HNSW(\d+)", factory)):
         raise IndexInputError(f"factory {factory!r}: an HNSW graph needs at least 2 links per node (e.g. HNSW32)")
     try:

@@ -51,8 +51,9 @@ class Parts:
     """Read side: chunks of (ids, vectors) across one or more parts directories, ids re-based."""
 
     def __init__(self, dirs: list[Path], name: str, offsets: list[int]) -> None:
-        self.files = [(d, p, off) for d, off in zip(dirs, offsets, strict=True)
-                      for p in sorted(d.glob(f"{name}-*.ids.npy"))]  # fmt: skip
+        self.files = [
+            (d, p, off) for d, off in zip(dirs, offsets, strict=True) for p in sorted(d.glob(f"{name}-*.ids.npy"))
+        ]
         self.sizes = [int(np.load(p, mmap_mode="r").shape[0]) for _, p, _ in self.files]
 
     def __len__(self) -> int:
@@ -79,8 +80,15 @@ class Parts:
         return np.concatenate(ids), np.concatenate(vecs).astype(np.float32)
 
 
-INFO_SHAPE: dict[str, type | tuple[type, ...]] = {"data": str, "fingerprint": str, "dim": int, "items": int,
-                                                  "captions": int, "skipped": dict, "embed_seconds": (int, float)}  # fmt: skip
+INFO_SHAPE: dict[str, type | tuple[type, ...]] = {
+    "data": str,
+    "fingerprint": str,
+    "dim": int,
+    "items": int,
+    "captions": int,
+    "skipped": dict,
+    "embed_seconds": (int, float),
+}
 
 
 def read_parts_info(d: Path) -> dict[str, Any]:
@@ -98,11 +106,14 @@ def read_parts_info(d: Path) -> dict[str, Any]:
         if key not in info:
             raise IndexInputError(f"{path}: {key!r} is missing: corrupt or not written by clipforge")
         if not isinstance(info[key], kind) or isinstance(info[key], bool):
-            raise IndexInputError(f"{path}: {key!r} should be {getattr(kind, '__name__', 'a number')}, "
-                                  f"not {type(info[key]).__name__}: corrupt")  # fmt: skip
+            raise IndexInputError(
+                f"{path}: {key!r} should be {getattr(kind, '__name__', 'a number')}, "
+                f"not {type(info[key]).__name__}: corrupt"
+            )
     if info["dim"] <= 0 or info["items"] < 0 or not 0 <= info["captions"] <= info["items"]:
-        raise IndexInputError(f"{path}: dim {info['dim']}, {info['items']} items and {info['captions']} captions "
-                              "do not add up: corrupt")  # fmt: skip
+        raise IndexInputError(
+            f"{path}: dim {info['dim']}, {info['items']} items and {info['captions']} captions do not add up: corrupt"
+        )
     if not all(isinstance(v, int) and not isinstance(v, bool) for v in info["skipped"].values()):
         raise IndexInputError(f"{path}: 'skipped' should count images by reason: corrupt")
     return info
@@ -120,24 +131,29 @@ def check_files(d: Path, info: dict[str, Any]) -> None:
             try:
                 ids, vecs = np.load(ids_path, mmap_mode="r"), np.load(vecs_path, mmap_mode="r")
             except (OSError, ValueError) as exn:
-                raise IndexInputError(f"{ids_path.parent / ids_path.name.split('.')[0]} cannot be read ({exn}): "
-                                      "truncated or corrupt") from exn  # fmt: skip
+                raise IndexInputError(
+                    f"{ids_path.parent / ids_path.name.split('.')[0]} cannot be read ({exn}): truncated or corrupt"
+                ) from exn
             if (
                 ids.dtype != np.int64
                 or ids.ndim != 1
                 or vecs.dtype != np.float32
                 or vecs.shape != (len(ids), info["dim"])
             ):
-                raise IndexInputError(f"{ids_path}: ids {ids.dtype} {list(ids.shape)} and vectors {vecs.dtype} "
-                                      f"{list(vecs.shape)} do not match [n] int64 and [n, {info['dim']}] float32")  # fmt: skip
+                raise IndexInputError(
+                    f"{ids_path}: ids {ids.dtype} {list(ids.shape)} and vectors {vecs.dtype} "
+                    f"{list(vecs.shape)} do not match [n] int64 and [n, {info['dim']}] float32"
+                )
             if len(ids) and (
                 ids[0] <= last or (len(ids) > 1 and np.any(np.diff(ids) <= 0)) or ids[-1] >= info["items"]
             ):
                 raise IndexInputError(f"{ids_path}: ids are out of order or outside [0, {info['items']}): corrupt")
             rows, last = rows + len(ids), int(ids[-1]) if len(ids) else last
         if rows != count:
-            raise IndexInputError(f"{d}: parts.json records {count} {name}, its chunk files hold {rows}: "
-                                  "a chunk file is missing or the directory is incomplete")  # fmt: skip
+            raise IndexInputError(
+                f"{d}: parts.json records {count} {name}, its chunk files hold {rows}: "
+                "a chunk file is missing or the directory is incomplete"
+            )
     meta = d / "meta.sqlite"
     if not meta.is_file():
         raise IndexInputError(f"{meta} is missing: the parts directory is incomplete")
@@ -190,7 +206,8 @@ def check_parts(dirs: Any) -> list[dict[str, Any]]:
     for p, info in zip(paths, infos, strict=True):
         for source in sorted(_sources(info["data"])):
             if source in owner:
-                raise IndexInputError(f"{owner[source]} and {p} both embedded {source}: its items would be "
-                                      "indexed twice")  # fmt: skip
+                raise IndexInputError(
+                    f"{owner[source]} and {p} both embedded {source}: its items would be indexed twice"
+                )
             owner[source] = p
     return infos

@@ -59,8 +59,9 @@ class Vectors:
             except (OSError, ValueError) as exn:
                 raise IndexInputError(f"{path} cannot be read ({exn}): truncated or corrupt") from exn
             if arr.dtype != DTYPE or arr.ndim != 2 or arr.shape != (int(seg["rows"]), dim):
-                raise IndexInputError(f"{path} holds {arr.dtype} {list(arr.shape)}, the manifest says "
-                                  f"float16 [{seg['rows']}, {dim}]")  # fmt: skip
+                raise IndexInputError(
+                    f"{path} holds {arr.dtype} {list(arr.shape)}, the manifest says float16 [{seg['rows']}, {dim}]"
+                )
             starts.append(int(seg["first_id"]))
             arrays.append(arr)
         return cls(starts, arrays)
@@ -100,9 +101,13 @@ def search(
 
 
 def tune(
-    index: faiss.Index, vectors: Vectors, queries: np.ndarray, truth: np.ndarray,
-    target: float = tuning.RECALL_TARGET, k: int = 10,
-) -> tuple[dict[str, int], int, float]:  # fmt: skip
+    index: faiss.Index,
+    vectors: Vectors,
+    queries: np.ndarray,
+    truth: np.ndarray,
+    target: float = tuning.RECALL_TARGET,
+    k: int = 10,
+) -> tuple[dict[str, int], int, float]:
     """The cheapest (nprobe, k_factor) whose re-ranked recall@k reaches `target`: (params, factor, recall).
     For each nprobe from 1 up (doubling), factors 1..16: a deeper re-rank reads k × factor more float16
     rows, while each doubling of nprobe doubles the codes scanned, so depth is tried before probes."""
@@ -125,8 +130,9 @@ def tune(
     return best
 
 
-def write_segment(path: Path, first_id: int, rows: int, dim: int,
-                  chunks: Iterable[tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]:  # fmt: skip
+def write_segment(
+    path: Path, first_id: int, rows: int, dim: int, chunks: Iterable[tuple[np.ndarray, np.ndarray]]
+) -> dict[str, Any]:
     """A float16 segment for ids [first_id, first_id + rows) from (ids, vectors) chunks; rows with no
     vector stay zero. Returns its manifest entry."""
     if path.exists():  # it may be a hard link shared with a live version: never write through it
@@ -149,8 +155,9 @@ def carry(src: Path, dst: Path, refine: dict[str, Any]) -> None:
             shutil.copyfile(src / seg["file"], dst / seg["file"])
 
 
-def append(vdir: Path, name: str, refine: dict[str, Any], first_id: int, rows: int, dim: int,
-           ids: np.ndarray, vecs: np.ndarray) -> dict[str, Any]:  # fmt: skip
+def append(
+    vdir: Path, name: str, refine: dict[str, Any], first_id: int, rows: int, dim: int, ids: np.ndarray, vecs: np.ndarray
+) -> dict[str, Any]:
     """The refine section after adding rows [first_id, first_id + rows) in a new segment of `vdir` (which
     already holds the carried ones). Past MAX_SEGMENTS, every segment but the first (the build's) is merged
     into one, so lookups stay a handful of files however many small adds come through the service."""
@@ -170,8 +177,13 @@ def append(vdir: Path, name: str, refine: dict[str, Any], first_id: int, rows: i
         merged_name = segment_name(name, n)
         span = np.arange(lo, hi, dtype=np.int64)
         step = 65_536
-        merged = write_segment(vdir / merged_name, lo, hi - lo, dim,
-                               ((span[i : i + step], old.get(span[i : i + step])) for i in range(0, len(span), step)))  # fmt: skip
+        merged = write_segment(
+            vdir / merged_name,
+            lo,
+            hi - lo,
+            dim,
+            ((span[i : i + step], old.get(span[i : i + step])) for i in range(0, len(span), step)),
+        )
         del old
         for s in tail:
             (vdir / s["file"]).unlink()

@@ -130,8 +130,14 @@ def _exhausted(scores: np.ndarray, ids: np.ndarray, threshold: float | None) -> 
     return bool((ids < 0).any() or (threshold is not None and len(scores) and scores[-1] < threshold))
 
 
-def _rank(state: State, scores: np.ndarray, ids: np.ndarray, threshold: float | None, collapse: float | None,
-          exclude: set[int] | None) -> list[tuple[int, float]]:  # fmt: skip
+def _rank(
+    state: State,
+    scores: np.ndarray,
+    ids: np.ndarray,
+    threshold: float | None,
+    collapse: float | None,
+    exclude: set[int] | None,
+) -> list[tuple[int, float]]:
     pairs = [(int(i), float(s)) for i, s in zip(ids, scores, strict=True) if i >= 0]
     if threshold is not None:
         pairs = [(i, s) for i, s in pairs if s >= threshold]

@@ -95,8 +95,9 @@ def check_features(features: Any, rows: int, dim: int, what: str) -> np.ndarray:
     return out
 
 
-def add_vectors(root: Path, st: State, items: list[NewItem], image_features: Any, caption_features: Any,
-                *, mmap: bool) -> dict[str, Any]:  # fmt: skip
+def add_vectors(
+    root: Path, st: State, items: list[NewItem], image_features: Any, caption_features: Any, *, mmap: bool
+) -> dict[str, Any]:
     """Publish the version after `st` with `items` added (checked by `check_items`) and their vectors:
     `image_features` [n, D] one row per item, `caption_features` [m, D] one row per item with a caption,
     in order. Returns the new manifest."""
@@ -116,11 +117,24 @@ def add_vectors(root: Path, st: State, items: list[NewItem], image_features: Any
     images, captions = writable_copies(root, st, mmap)
     faiss_index.add_chunks(images, [(ids, image_features)])
     faiss_index.add_chunks(captions, [(caption_ids, text_features)])
-    counts = {**manifest["counts"], "items": manifest["counts"]["items"] + len(new),
-              "images": int(images.ntotal), "captions": int(captions.ntotal)}  # fmt: skip
+    counts = {
+        **manifest["counts"],
+        "items": manifest["counts"]["items"] + len(new),
+        "images": int(images.ntotal),
+        "captions": int(captions.ntotal),
+    }
     added = {"images": (ids, image_features), "captions": (caption_ids, text_features)}
-    return _commit(root, st, images, captions, lambda w: w.insert(row_for(it) for it in new), counts,
-                   next_id=first + len(new), change={"added": len(new)}, added=(first, len(new), added))  # fmt: skip
+    return _commit(
+        root,
+        st,
+        images,
+        captions,
+        lambda w: w.insert(row_for(it) for it in new),
+        counts,
+        next_id=first + len(new),
+        change={"added": len(new)},
+        added=(first, len(new), added),
+    )
 
 
 def check_ids(ids: Any) -> list[int]:
@@ -149,16 +163,38 @@ def remove_ids(root: Path, st: State, wanted: list[int], *, mmap: bool) -> dict[
     ):
         if len(drop) and not faiss_index.remove(index_, drop):
             sections[name]["tombstones"] = int(sections[name].get("tombstones", 0)) + len(drop)  # e.g. HNSW
-    counts = {**manifest["counts"], "items": manifest["counts"]["items"] - len(wanted),
-              "images": manifest["counts"]["images"] - len(wanted),
-              "captions": manifest["counts"]["captions"] - len(with_caption)}  # fmt: skip
-    return _commit(root, st, images, captions, lambda w: w.delete(wanted), counts, next_id=int(manifest["next_id"]),
-                   change={"removed": len(wanted)}, sections=sections)  # fmt: skip
+    counts = {
+        **manifest["counts"],
+        "items": manifest["counts"]["items"] - len(wanted),
+        "images": manifest["counts"]["images"] - len(wanted),
+        "captions": manifest["counts"]["captions"] - len(with_caption),
+    }
+    return _commit(
+        root,
+        st,
+        images,
+        captions,
+        lambda w: w.delete(wanted),
+        counts,
+        next_id=int(manifest["next_id"]),
+        change={"removed": len(wanted)},
+        sections=sections,
+    )
 
 
-def _commit(root: Path, st: State, images: faiss.Index, captions: faiss.Index, edit: Callable[[MetaWriter], None],
-            counts: dict, *, next_id: int, change: dict, sections: dict | None = None,
-            added: tuple | None = None) -> dict[str, Any]:  # fmt: skip
+def _commit(
+    root: Path,
+    st: State,
+    images: faiss.Index,
+    captions: faiss.Index,
+    edit: Callable[[MetaWriter], None],
+    counts: dict,
+    *,
+    next_id: int,
+    change: dict,
+    sections: dict | None = None,
+    added: tuple | None = None,
+) -> dict[str, Any]:
     """Write the next version: meta edited by `edit`, both FAISS indexes, the re-rank segments carried
     over (hard links) plus one for `added` = (first id, rows, {name: (ids, vectors)}); then publish it."""
     manifest = st.manifest
@@ -170,16 +206,23 @@ def _commit(root: Path, st: State, images: faiss.Index, captions: faiss.Index, e
                 rx.carry(root / manifest["version_dir"], vdir, section["refine"])
                 if added is not None:
                     first, rows, vectors = added
-                    section["refine"] = rx.append(vdir, name, section["refine"], first, rows,
-                                                  int(manifest["dim"]), *vectors[name])  # fmt: skip
+                    section["refine"] = rx.append(
+                        vdir, name, section["refine"], first, rows, int(manifest["dim"]), *vectors[name]
+                    )
         shutil.copyfile(root / manifest["version_dir"] / "meta.sqlite", vdir / "meta.sqlite")
         writer = MetaWriter(vdir / "meta.sqlite")
         edit(writer)
         writer.close()
         faiss_index.write(images, str(vdir / "images.faiss"))
         faiss_index.write(captions, str(vdir / "captions.faiss"))
-    new = {**manifest, **sections, "version": number, "version_dir": versions.version_name(number),
-           "counts": counts, "next_id": next_id}  # fmt: skip
+    new = {
+        **manifest,
+        **sections,
+        "version": number,
+        "version_dir": versions.version_name(number),
+        "counts": counts,
+        "next_id": next_id,
+    }
     for name, idx in (("images", images), ("captions", captions)):
         new[name] = {**new[name], "count": int(idx.ntotal)}
     new["provenance"] = {**manifest["provenance"], "updated": versions.now(), "last_change": change}

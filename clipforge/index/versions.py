@@ -60,8 +60,19 @@ def atomic_write(path: Path, data: bytes) -> None:
     fsync_dir(path.parent)
 
 
-MANIFEST_SHAPE = {"version": int, "version_dir": str, "fingerprint": str, "dim": int, "next_id": int, "counts": dict,
-                  "files": dict, "images": dict, "captions": dict, "bundle": dict, "provenance": dict}  # fmt: skip
+MANIFEST_SHAPE = {
+    "version": int,
+    "version_dir": str,
+    "fingerprint": str,
+    "dim": int,
+    "next_id": int,
+    "counts": dict,
+    "files": dict,
+    "images": dict,
+    "captions": dict,
+    "bundle": dict,
+    "provenance": dict,
+}
 
 
 REQUIRED = ("version_dir", "dim", "fingerprint", "images", "captions")
@@ -97,7 +108,7 @@ def first_manifest(bundle: Any, sections: dict[str, Any], seconds: float) -> dic
             "path": str(getattr(bundle, "path", "")),
             "arch": bundle.meta.get("arch"),
             "fingerprint": bundle.fingerprint,
-        },  # fmt: skip
+        },
         "provenance": {
             "created": now(),
             "updated": now(),

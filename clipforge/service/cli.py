@@ -19,8 +19,10 @@ def preflight(settings: Any) -> None:
         fingerprint = index.fingerprint
         index.close()
         if fingerprint != meta["weights_sha256"]:
-            raise ValueError(f"index {settings.index} was built with another bundle (fingerprint {fingerprint[:12]}), "
-                             f"not {settings.bundle} ({meta['weights_sha256'][:12]})")  # fmt: skip
+            raise ValueError(
+                f"index {settings.index} was built with another bundle (fingerprint {fingerprint[:12]}), "
+                f"not {settings.bundle} ({meta['weights_sha256'][:12]})"
+            )
     if settings.heads:  # missing, corrupt, of another bundle, or two of one name: HeadError (a ValueError)
         from clipforge.service.fusion import load_heads
 
@@ -43,8 +45,15 @@ def settings_or_one_line(settings_cls: Any, overrides: dict[str, Any]) -> Any:
 
 
 # the settings `serve` takes as flags: setting -> the flag's argparse dest
-FLAGS = {"bundle": "bundle", "index": "index", "host": "host", "port": "port", "device": "device", "workers": "workers",
-         "heads": "head"}  # fmt: skip
+FLAGS = {
+    "bundle": "bundle",
+    "index": "index",
+    "host": "host",
+    "port": "port",
+    "device": "device",
+    "workers": "workers",
+    "heads": "head",
+}
 
 
 def cmd_serve(a: argparse.Namespace) -> int:
@@ -68,16 +77,25 @@ def serve(settings: Any, log_level: str = "info", access_log: bool = True) -> in
     if settings.bundle is None:
         raise ValueError("no bundle: give --bundle DIR or set CLIPFORGE_BUNDLE")
     preflight(settings)
-    run = {"host": settings.host, "port": settings.port, "log_level": log_level, "access_log": access_log,
-           "timeout_graceful_shutdown": 10}  # fmt: skip
+    run = {
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": log_level,
+        "access_log": access_log,
+        "timeout_graceful_shutdown": 10,
+    }
     overrides = {k: getattr(settings, k) for k in FLAGS if getattr(settings, k) is not None}
     if settings.workers == 1:  # one process, one model: batching across requests happens inside it
         uvicorn.run(create_app(settings), **run)
         return 0
     # several processes, each building its app from the environment: pass the flags on through it, and give
     # the workers one directory for their metrics (a scrape of any of them adds all up)
-    os.environ.update({f"CLIPFORGE_{k.upper()}": json.dumps([str(h) for h in v]) if k == "heads" else str(v)
-                       for k, v in overrides.items()})  # fmt: skip
+    os.environ.update(
+        {
+            f"CLIPFORGE_{k.upper()}": json.dumps([str(h) for h in v]) if k == "heads" else str(v)
+            for k, v in overrides.items()
+        }
+    )
     with tempfile.TemporaryDirectory(prefix="clipforge-metrics-") as metrics_dir:
         os.environ.setdefault(MULTIPROC_ENV, metrics_dir)
         uvicorn.run("clipforge.service.app:create_app", factory=True, workers=settings.workers, **run)
@@ -97,8 +115,12 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     s.add_argument("--host", help="bind address (default 127.0.0.1, or CLIPFORGE_HOST)")
     s.add_argument("--port", type=int, help="port (default 8000, or CLIPFORGE_PORT)")
     s.add_argument("--device", help="auto, cpu, cuda, cuda:1, mps (default auto)")
-    s.add_argument("--head", action="append", metavar="DIR",
-                   help="a fusion head trained on this bundle, served under /v1/heads (repeatable; or CLIPFORGE_HEADS)")  # fmt: skip
+    s.add_argument(
+        "--head",
+        action="append",
+        metavar="DIR",
+        help="a fusion head trained on this bundle, served under /v1/heads (repeatable; or CLIPFORGE_HEADS)",
+    )
     s.add_argument("--workers", type=int, help="server processes, each with its own model copy (default 1)")
     s.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     s.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=True)

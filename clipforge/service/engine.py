@@ -130,8 +130,9 @@ class Engine:
     def start_decode_pool(self) -> None:
         """Blocking (the first worker imports torch): run from a worker thread before `start`."""
         if self.settings.decode_processes > 0 and self.decode_pool is None:
-            pool = DecodePool(self.bundle.meta["preprocess"], self.settings.max_image_pixels,
-                              self.settings.decode_processes)  # fmt: skip
+            pool = DecodePool(
+                self.bundle.meta["preprocess"], self.settings.max_image_pixels, self.settings.decode_processes
+            )
             try:
                 pool.start()
             except BaseException:

@@ -64,8 +64,13 @@ class EmbedFastPath:
             await self.app(scope, _replay(body, receive), send)
             return
         scope["route"] = ROUTE  # /metrics labels these requests like the route's own
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]})  # fmt: skip
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())],
+            }
+        )
         await send({"type": "http.response.body", "body": payload})
 
     async def _embed(self, body: bytes, settings: Any, engine: Any) -> bytes:

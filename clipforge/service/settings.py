@@ -96,6 +96,17 @@ class Settings(BaseSettings):
         return self.read_api_key is not None and bool(self.read_api_key.get_secret_value())
 
     def limits(self) -> dict[str, int]:
-        names = ("max_request_bytes", "max_upload_bytes", "max_image_pixels", "max_images", "max_texts",
-                 "max_labels", "max_templates", "max_text_chars", "max_k", "max_offset", "max_pairs")  # fmt: skip
+        names = (
+            "max_request_bytes",
+            "max_upload_bytes",
+            "max_image_pixels",
+            "max_images",
+            "max_texts",
+            "max_labels",
+            "max_templates",
+            "max_text_chars",
+            "max_k",
+            "max_offset",
+            "max_pairs",
+        )
         return {n: getattr(self, n) for n in names}

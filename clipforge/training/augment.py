@@ -43,8 +43,13 @@ def crop_box(
 class TrainTransform:
     """PIL RGB image -> uint8 tensor [3, S, S] with a random resized crop."""
 
-    def __init__(self, size: int, interpolation: str = "bicubic", scale: tuple[float, float] = (0.9, 1.0),
-                 ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> None:  # fmt: skip
+    def __init__(
+        self,
+        size: int,
+        interpolation: str = "bicubic",
+        scale: tuple[float, float] = (0.9, 1.0),
+        ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    ) -> None:
         self.size, self.scale, self.ratio = size, scale, ratio
         self.resample = INTERPOLATIONS.get(interpolation, Image.Resampling.BICUBIC)
         self.rng = random.Random()

@@ -105,11 +105,26 @@ def resolve_preset(name_or_path: str) -> Path:
 
 # the smallest sensible value of each numeric setting that has one (anything less would divide by zero,
 # train zero steps or loop forever)
-MINIMUM = {"train.batch_size": 1, "train.accum": 1, "train.samples": 1, "train.log_every": 1, "train.ckpt_every": 0,
-           "train.keep_ckpts": 1, "train.threads": 0, "optim.warmup_steps": 0, "optim.grad_clip": 0,
-           "optim.weight_decay": 0, "data.workers": 0, "data.sample_shuffle": 0, "data.max_pixels": 1,
-           "data.max_caption_chars": 1, "eval.every": 0, "eval.val_samples": 1, "eval.batch_size": 1,
-           "loss.max_logit_scale": 1}  # fmt: skip
+MINIMUM = {
+    "train.batch_size": 1,
+    "train.accum": 1,
+    "train.samples": 1,
+    "train.log_every": 1,
+    "train.ckpt_every": 0,
+    "train.keep_ckpts": 1,
+    "train.threads": 0,
+    "optim.warmup_steps": 0,
+    "optim.grad_clip": 0,
+    "optim.weight_decay": 0,
+    "data.workers": 0,
+    "data.sample_shuffle": 0,
+    "data.max_pixels": 1,
+    "data.max_caption_chars": 1,
+    "eval.every": 0,
+    "eval.val_samples": 1,
+    "eval.batch_size": 1,
+    "loss.max_logit_scale": 1,
+}
 
 
 def check_ranges(cfg: Config) -> Config:

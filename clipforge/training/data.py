@@ -68,8 +68,16 @@ class StreamSpec:
         if len(weights) != len(sources):
             raise ValueError(f"data.weights has {len(weights)} entries for {len(sources)} sources")
         same = ("resampled", "shard_shuffle", "sample_shuffle", "caption_key", "max_pixels", "max_caption_chars")
-        return cls(sources=sources, weights=weights, seed=seed, rank=rank, world_size=world_size,
-                   resume=state.positions, first_worker=state.first_worker, **{k: getattr(data, k) for k in same})  # fmt: skip
+        return cls(
+            sources=sources,
+            weights=weights,
+            seed=seed,
+            rank=rank,
+            world_size=world_size,
+            resume=state.positions,
+            first_worker=state.first_worker,
+            **{k: getattr(data, k) for k in same},
+        )
 
 
 class ShardStream(IterableDataset):

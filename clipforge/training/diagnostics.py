@@ -87,8 +87,11 @@ def coordination_diagnostics(
     }
     n = img.shape[0]
     # uniformity needs distinct pairs, CCA a covariance (n - 1 > 0); an SVD of degenerate data may also fail
-    needs_pairs = {"uniformity_image": lambda: uniformity(img), "uniformity_text": lambda: uniformity(txt),
-                   "cca_top": lambda: canonical_correlations(img, txt)}  # fmt: skip
+    needs_pairs = {
+        "uniformity_image": lambda: uniformity(img),
+        "uniformity_text": lambda: uniformity(txt),
+        "cca_top": lambda: canonical_correlations(img, txt),
+    }
     failed: dict[str, str] = {}
     for key, compute in needs_pairs.items():
         try:

@@ -99,8 +99,7 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True) -> dict
     encoder = as_encoder(model, model_cfg, rt.device, rt.precision)
     preprocess = eval_preprocess(preprocess_cfg(model_cfg))
     watch, meter = FiniteWatch(rt.device, state.step), Throughput()
-    bar = tqdm(total=total_steps, initial=state.step, disable=not (progress and rt.info.is_main), unit="step",
-               dynamic_ncols=True)  # fmt: skip
+    bar = tqdm(total=total_steps, initial=state.step, disable=not (progress and rt.info.is_main), unit="step")
     model.train()
     while state.step < total_steps:
         images, texts = next(batches)
@@ -128,12 +127,18 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True) -> dict
     bar.close()
     watch.check(state.step)
     checkpointer.save(state)
-    summary: dict[str, Any] = {"run_dir": str(run_dir), "steps": state.step, "samples_seen": state.samples_seen,
-                               "skipped": state.data.skipped, "samples_per_s": meter.last}  # fmt: skip
+    summary: dict[str, Any] = {
+        "run_dir": str(run_dir),
+        "steps": state.step,
+        "samples_seen": state.samples_seen,
+        "skipped": state.data.skipped,
+        "samples_per_s": meter.last,
+    }
     if rt.info.is_main:  # the bundle first: a final evaluation that fails costs no weights
-        fingerprint = save_bundle(model, run_dir / "bundle", arch=arch, model_cfg=model_cfg, loss=cfg.loss.kind,
-                                  provenance=provenance(cfg, state))  # fmt: skip
-        summary.update({"bundle": str(run_dir / "bundle"), "fingerprint": fingerprint})
+        meta = {"arch": arch, "model_cfg": model_cfg, "loss": cfg.loss.kind, "provenance": provenance(cfg, state)}
+        summary.update(
+            {"bundle": str(run_dir / "bundle"), "fingerprint": save_bundle(model, run_dir / "bundle", **meta)}
+        )
         summary.update(evaluate_and_log(cfg, encoder, preprocess, metrics, state, final=True))
     if rt.info.enabled:
         torch.distributed.barrier()
@@ -162,15 +167,29 @@ class Throughput:
 def log_record(state: TrainState, out: StepOut, lr: float, rate: float, bar: tqdm) -> dict[str, Any]:
     loss, scale = out.loss.item(), out.logit_scale.item()  # syncs with the device: only at log steps
     skipped = state.data.skipped
-    bar.set_postfix(loss=f"{loss:.3f}", scale=f"{scale:.1f}", lr=f"{lr:.1e}", sps=f"{rate:.0f}",
-                    skipped=sum(skipped.values()))  # fmt: skip
-    return {"step": state.step, "samples_seen": state.samples_seen, "loss": loss, "logit_scale": scale, "lr": lr,
-            "samples_per_s": rate, "skipped": skipped, "time": time.time()}  # fmt: skip
+    bar.set_postfix(
+        loss=f"{loss:.3f}", scale=f"{scale:.1f}", lr=f"{lr:.1e}", sps=f"{rate:.0f}", skipped=sum(skipped.values())
+    )
+    return {
+        "step": state.step,
+        "samples_seen": state.samples_seen,
+        "loss": loss,
+        "logit_scale": scale,
+        "lr": lr,
+        "samples_per_s": rate,
+        "skipped": skipped,
+        "time": time.time(),
+    }
 
 
 def provenance(cfg: Config, state: TrainState) -> dict[str, Any]:
-    return {"steps": state.step, "samples_seen": state.samples_seen, "data": list(cfg.data.train),
-            "config": cfg.to_dict(), "skipped": state.data.skipped}  # fmt: skip
+    return {
+        "steps": state.step,
+        "samples_seen": state.samples_seen,
+        "data": list(cfg.data.train),
+        "config": cfg.to_dict(),
+        "skipped": state.data.skipped,
+    }
 
 
 def evaluate_and_log(

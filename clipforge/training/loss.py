@@ -44,8 +44,10 @@ class FiniteWatch:
     def check(self, step: int) -> None:
         if not bool(self.ok):
             steps = f"step {step}" if step == self.checked + 1 else f"one of steps {self.checked + 1}..{step}"
-            raise NonFiniteLossError(f"loss or gradient not finite at {steps}: stopping; the last checkpoint is "
-                                     f"intact (none is written after step {self.checked})")  # fmt: skip
+            raise NonFiniteLossError(
+                f"loss or gradient not finite at {steps}: stopping; the last checkpoint is "
+                f"intact (none is written after step {self.checked})"
+            )
         self.checked = step
 
 

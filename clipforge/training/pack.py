@@ -84,8 +84,9 @@ def pack_shards(
 ) -> dict:
     source, out = Path(source), Path(out)
     if shard_size < 1 or max_size < 16 or not 1 <= quality <= 100:
-        raise ValueError(f"need shard_size >= 1, max_size >= 16 and 1 <= quality <= 100; got {shard_size}, "
-                         f"{max_size}, {quality}")  # fmt: skip
+        raise ValueError(
+            f"need shard_size >= 1, max_size >= 16 and 1 <= quality <= 100; got {shard_size}, {max_size}, {quality}"
+        )
     out.mkdir(parents=True, exist_ok=True)
     if source.is_dir():
         rows = list(iter_folder(source))

@@ -76,8 +76,10 @@ def build_training_model(cfg: Config) -> tuple[torch.nn.Module, str, dict[str, A
         try:
             model.load_state_dict(init.model.state_dict())
         except RuntimeError:  # PyTorch lists every mismatched tensor: one line says what to change
-            raise ValueError(f"model.init_bundle {cfg.model.init_bundle} is a {init.meta.get('arch')!r} bundle, "
-                             f"which does not fit model.arch {cfg.model.arch!r}: set model.arch to match") from None  # fmt: skip
+            raise ValueError(
+                f"model.init_bundle {cfg.model.init_bundle} is a {init.meta.get('arch')!r} bundle, "
+                f"which does not fit model.arch {cfg.model.arch!r}: set model.arch to match"
+            ) from None
         arch, model_cfg = init.meta["arch"], init.meta["model_cfg"]
     if cfg.model.lock_image:  # open_clip's own tower locking: frozen weights and BatchNorm statistics
         model.lock_image_tower(unlocked_groups=cfg.model.lock_image_unlocked_groups, freeze_bn_stats=True)

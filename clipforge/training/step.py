@@ -34,8 +34,14 @@ class StepCfg:
 
     @classmethod
     def from_config(cls, cfg: Config, rt: Runtime) -> StepCfg:
-        return cls(ContrastiveLoss(cfg.loss.kind, rt.info), rt.device, rt.precision, cfg.loss.max_logit_scale,
-                   cfg.optim.grad_clip, cfg.train.accum)  # fmt: skip
+        return cls(
+            ContrastiveLoss(cfg.loss.kind, rt.info),
+            rt.device,
+            rt.precision,
+            cfg.loss.max_logit_scale,
+            cfg.optim.grad_clip,
+            cfg.train.accum,
+        )
 
 
 @dataclass(frozen=True)

@@ -172,12 +172,15 @@ def _question_rows(color: str, shape: str, rng: random.Random, allowed: list[tup
         "shape_only": [(c, s) for c, s in allowed if c != color and s == shape],
         "neither": [(c, s) for c, s in allowed if c != color and s != shape],
     }
-    rows: list[dict] = [{"q_color": color, "q_shape": shape, "label": "yes", "negative": None, "wording": w}
-            for w in rng.sample(range(len(QUESTIONS)), 3)]  # fmt: skip
+    rows: list[dict] = [
+        {"q_color": color, "q_shape": shape, "label": "yes", "negative": None, "wording": w}
+        for w in rng.sample(range(len(QUESTIONS)), 3)
+    ]
     for negative, combos in misses.items():
         c, s = rng.choice(combos)
-        rows.append({"q_color": c, "q_shape": s, "label": "no", "negative": negative,
-                     "wording": rng.randrange(len(QUESTIONS))})  # fmt: skip
+        rows.append(
+            {"q_color": c, "q_shape": s, "label": "no", "negative": negative, "wording": rng.randrange(len(QUESTIONS))}
+        )
     for r in rows:
         r["text"] = QUESTIONS[r.pop("wording")].format(color=r["q_color"], shape=r["q_shape"])
     return rows
@@ -206,7 +209,12 @@ def write_questions(out: str | Path, *, train: int = 1500, test: int = 600, seed
                 lines.append(json.dumps({"image": name, **attrs, **r, "heldout": held}))
         (out / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
         counts[split] = len(lines)
-    summary = {"train": str(out / "train.jsonl"), "test": str(out / "test.jsonl"), "pairs": counts,
-               "images": {"train": train, "test": test}, "wordings": len(QUESTIONS)}  # fmt: skip
+    summary = {
+        "train": str(out / "train.jsonl"),
+        "test": str(out / "test.jsonl"),
+        "pairs": counts,
+        "images": {"train": train, "test": test},
+        "wordings": len(QUESTIONS),
+    }
     (out / "questions.json").write_text(json.dumps(summary, indent=2))
     return summary

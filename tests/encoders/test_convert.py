@@ -76,13 +76,27 @@ def tiny_hf_clip(directory):
     tok.save_pretrained(directory)
     eot = vocab["<|endoftext|>"]
     cfg = CLIPConfig(
-        text_config=dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, max_position_embeddings=16, bos_token_id=eot - 1,
-                         eos_token_id=eot, pad_token_id=eot),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                           image_size=32, patch_size=8),
+        text_config=dict(
+            vocab_size=len(vocab),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            max_position_embeddings=16,
+            bos_token_id=eot - 1,
+            eos_token_id=eot,
+            pad_token_id=eot,
+        ),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+        ),
         projection_dim=24,
-    )  # fmt: skip
+    )
     torch.manual_seed(2)
     model = CLIPModel(cfg).eval()
     model.save_pretrained(directory)
@@ -247,9 +261,16 @@ def test_weights_of_another_architecture_name_the_keys_with_counts(tmp_path, mic
     """PyTorch's load_state_dict message lists every key (38 lines for these); one line with counts instead."""
     err = _one_line_error(
         capsys,
-        ["bundle", "import", "--arch", "cf-tiny-vit", "--weights", str(micro_bundle / "model.safetensors"),
-         str(tmp_path / "b")],
-    )  # fmt: skip
+        [
+            "bundle",
+            "import",
+            "--arch",
+            "cf-tiny-vit",
+            "--weights",
+            str(micro_bundle / "model.safetensors"),
+            str(tmp_path / "b"),
+        ],
+    )
     assert "does not fit the architecture" in err and "mis-shaped (" in err and " != " in err, err
     assert "missing (" in err or "unexpected (" in err, err
 

@@ -21,8 +21,12 @@ def test_one_default_list_for_training_eval_and_the_service():
 def test_class_embedding_is_the_renormalised_mean_of_its_prompts(micro_bundle):
     b = load_bundle(micro_bundle, device="cpu", backend="torch")
     templates = ("a photo of a {}.", "{} {{not a field}}")
-    assert fill(templates, ["cat", "dog"]) == ["a photo of a cat.", "cat {{not a field}}", "a photo of a dog.",
-                                                "dog {{not a field}}"]  # fmt: skip
+    assert fill(templates, ["cat", "dog"]) == [
+        "a photo of a cat.",
+        "cat {{not a field}}",
+        "a photo of a dog.",
+        "dog {{not a field}}",
+    ]
     got = class_embeddings(b, ["cat", "dog"], templates)  # [2, D]
     per_prompt = b.encode_texts(["a photo of a dog.", "dog {{not a field}}"]).numpy()
     want = per_prompt.mean(0) / np.linalg.norm(per_prompt.mean(0))

@@ -10,13 +10,28 @@ from clipforge.encoders.tokenizer import ClipBpe, Tokenizer
 REF, FAST = SimpleTokenizer(), ClipBpe()
 
 AWKWARD = [
-    "", "   ", "a red circle", "A  Red\tCIRCLE\r\non blue", "Tom &amp; Jerry", "fish &amp;amp; chips", "a < b & c",
-    "caf\u00e9 cr\u00e8me br\u00fbl\u00e9e", "Ã©tÃ© mojibake", "\u201ccurly quotes\u201d and \u2018these\u2019",
-    "non\u00a0breaking", "\x1b[31mterminal\x1b[0m", "ctrl\x00chars\x07here\x0b\x0c", "ﬁne ligature", "ｆｕｌｌ width",
-    "東京タワー の 写真", "emoji 🐱🚀 cat", "it's they're I'm we'll you'd", "1234567890 3.14 -5",
+    "",
+    "   ",
+    "a red circle",
+    "A  Red\tCIRCLE\r\non blue",
+    "Tom &amp; Jerry",
+    "fish &amp;amp; chips",
+    "a < b & c",
+    "caf\u00e9 cr\u00e8me br\u00fbl\u00e9e",
+    "Ã©tÃ© mojibake",
+    "\u201ccurly quotes\u201d and \u2018these\u2019",
+    "non\u00a0breaking",
+    "\x1b[31mterminal\x1b[0m",
+    "ctrl\x00chars\x07here\x0b\x0c",
+    "ﬁne ligature",
+    "ｆｕｌｌ width",
+    "東京タワー の 写真",
+    "emoji 🐱🚀 cat",
+    "it's they're I'm we'll you'd",
+    "1234567890 3.14 -5",
     "word " * 100,  # longer than the context: truncated, EOT last
     "<start_of_text> literal specials <end_of_text>",
-]  # fmt: skip
+]
 
 
 def test_same_ids_as_open_clip_on_awkward_text():

@@ -20,5 +20,13 @@ def xor_set(n: int = 1200, dim: int = 16, seed: int = 0) -> PairSet:
     zi[:, 0], zt[:, 1] = si, st
     zi[:, 1], zt[:, 0] = 0, 0
     labels = ["yes" if a == b else "no" for a, b in zip(si, st, strict=True)]
-    return PairSet(unit(zi), unit(zt), np.arange(n), np.arange(n), labels, {"first": np.arange(n) < n // 4},
-                   [str(i) for i in range(n)], "f" * 64)  # fmt: skip
+    return PairSet(
+        unit(zi),
+        unit(zt),
+        np.arange(n),
+        np.arange(n),
+        labels,
+        {"first": np.arange(n) < n // 4},
+        [str(i) for i in range(n)],
+        "f" * 64,
+    )

@@ -16,9 +16,13 @@ def test_presets_and_overrides() -> None:
         assert cfg.head.kind in KINDS and cfg.fit.epochs >= 1
     cfg = load_fuse_config("smoke", ["head.kind=tensor", "fit.lr=1e-3", "data.group_keys=[a, b]"])
     assert (cfg.head.kind, cfg.fit.lr, cfg.data.group_keys) == ("tensor", 1e-3, ("a", "b"))
-    for bad, match in (("head.kind=xor", "head.kind"), ("head.task=regression", "head.task"),
-                       ("fit.epochs=0", "fit.epochs"), ("head.colour=1", "unknown config key"),
-                       ("head.labels=[a, b, c]", "two labels")):  # fmt: skip
+    for bad, match in (
+        ("head.kind=xor", "head.kind"),
+        ("head.task=regression", "head.task"),
+        ("fit.epochs=0", "fit.epochs"),
+        ("head.colour=1", "unknown config key"),
+        ("head.labels=[a, b, c]", "two labels"),
+    ):
         with pytest.raises(ConfigError, match=match):
             load_fuse_config("smoke", [bad])
 

@@ -56,8 +56,10 @@ def test_feature_cache_reused_and_invalidated(
 ) -> None:
     table = tmp_path / "t.jsonl"
     rows = (questions / "train.jsonl").read_text().splitlines()
-    table.write_text("\n".join(json.dumps({**json.loads(r), "image": str(questions / json.loads(r)["image"])})
-                               for r in rows[:60]) + "\n")  # fmt: skip
+    table.write_text(
+        "\n".join(json.dumps({**json.loads(r), "image": str(questions / json.loads(r)["image"])}) for r in rows[:60])
+        + "\n"
+    )
     kw = {"cache_dir": tmp_path / "cache", "group_keys": ("heldout",), "progress": False}
     first = load_pairs(str(table), micro_bundle, **kw)
     assert not first.cache_hit and encoder_calls["images"] > 0 and encoder_calls["texts"] > 0
@@ -82,9 +84,17 @@ def test_feature_cache_reused_and_invalidated(
 
 
 def _cfg(questions: Path, bundle: Path, tmp: Path, *extra: str):  # type: ignore[no-untyped-def]
-    return load_fuse_config("smoke", [f"out_dir={tmp / 'run'}", f"data.bundle={bundle}",
-                                      f"data.train={questions / 'train.jsonl'}", f"data.val={questions / 'test.jsonl'}",
-                                      f"data.cache_dir={tmp / 'cache'}", *extra])  # fmt: skip
+    return load_fuse_config(
+        "smoke",
+        [
+            f"out_dir={tmp / 'run'}",
+            f"data.bundle={bundle}",
+            f"data.train={questions / 'train.jsonl'}",
+            f"data.val={questions / 'test.jsonl'}",
+            f"data.cache_dir={tmp / 'cache'}",
+            *extra,
+        ],
+    )
 
 
 @pytest.mark.parametrize("kind", ["tensor", "gated"])
@@ -103,9 +113,11 @@ def test_saved_head_predicts_the_same_in_a_fresh_process(
     np.save(tmp_path / "zt.npy", zt)
     here = load_head(head_dir).predict(zi, zt)
     assert here.shape == (9, 2) and here.dtype == np.float32 and np.allclose(here.sum(1), 1)
-    code = ("import sys, numpy as np; from clipforge.fusion.head import load_head; d = sys.argv[1]; "
-            "h = load_head(d + '/head'); np.save(d + '/out.npy', h.predict(np.load(d + '/zi.npy'), np.load(d + '/zt.npy'))); "
-            "np.save(d + '/out_torch.npy', load_head(d + '/head', backend='torch').predict(np.load(d + '/zi.npy'), np.load(d + '/zt.npy')))")  # fmt: skip
+    code = (
+        "import sys, numpy as np; from clipforge.fusion.head import load_head; d = sys.argv[1]; "
+        "h = load_head(d + '/head'); np.save(d + '/out.npy', h.predict(np.load(d + '/zi.npy'), np.load(d + '/zt.npy'))); "
+        "np.save(d + '/out_torch.npy', load_head(d + '/head', backend='torch').predict(np.load(d + '/zi.npy'), np.load(d + '/zt.npy')))"
+    )
     (tmp_path / "head").symlink_to(head_dir)
     subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert np.array_equal(np.load(tmp_path / "out.npy"), here)
@@ -136,25 +148,72 @@ def test_cli_train_eval_compare(
 ) -> None:  # type: ignore[no-untyped-def]
     from clipforge.cli import main
 
-    common = [f"data.bundle={micro_bundle}", f"data.train={questions / 'train.jsonl'}",
-              f"data.val={questions / 'test.jsonl'}", f"data.cache_dir={tmp_path / 'cache'}"]  # fmt: skip
+    common = [
+        f"data.bundle={micro_bundle}",
+        f"data.train={questions / 'train.jsonl'}",
+        f"data.val={questions / 'test.jsonl'}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+    ]
     sets = [x for kv in common for x in ("--set", kv)]
     assert main(["fuse", "train", "smoke", "--set", f"out_dir={tmp_path / 'run'}", *sets]) == 0
     assert (tmp_path / "run" / "config.yaml").is_file()
     assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 3  # one record per epoch
     capsys.readouterr()
-    assert main(["fuse", "eval", str(tmp_path / "run"), "--data", str(questions / "test.jsonl"),
-                 "--cache-dir", str(tmp_path / "cache")]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "fuse",
+                "eval",
+                str(tmp_path / "run"),
+                "--data",
+                str(questions / "test.jsonl"),
+                "--cache-dir",
+                str(tmp_path / "cache"),
+            ]
+        )
+        == 0
+    )
     ev = json.loads(capsys.readouterr().out)
     stored = json.loads((tmp_path / "run" / "head" / "head.json").read_text())["metrics"]
     assert ev["accuracy"] == pytest.approx(stored["accuracy"], abs=1e-4) and ev["pairs"] == 96
-    assert main(["fuse", "eval", str(tmp_path / "run"), "--data", str(questions / "test.jsonl"),
-                 "--bundle", str(other_bundle), "--cache-dir", str(tmp_path / "cache")]) == 1  # fmt: skip
+    assert (
+        main(
+            [
+                "fuse",
+                "eval",
+                str(tmp_path / "run"),
+                "--data",
+                str(questions / "test.jsonl"),
+                "--bundle",
+                str(other_bundle),
+                "--cache-dir",
+                str(tmp_path / "cache"),
+            ]
+        )
+        == 1
+    )
     err = capsys.readouterr().err.strip()
     assert "trained on bundle" in err and "\n" not in err
 
-    assert main(["fuse", "compare", "smoke", "--kinds", "late,additive,lowrank", "--bootstrap", "200",
-                 "--set", f"out_dir={tmp_path / 'cmp'}", "--set", "head.budget=3000", *sets]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "fuse",
+                "compare",
+                "smoke",
+                "--kinds",
+                "late,additive,lowrank",
+                "--bootstrap",
+                "200",
+                "--set",
+                f"out_dir={tmp_path / 'cmp'}",
+                "--set",
+                "head.budget=3000",
+                *sets,
+            ]
+        )
+        == 0
+    )
     result = json.loads((tmp_path / "cmp" / "compare.json").read_text())
     assert [r["kind"] for r in result["rows"]] == ["late", "additive", "lowrank"]
     assert result["feature_cache_hit"]  # the features train computed are reused

@@ -17,8 +17,10 @@ D = 12
 
 def features(n: int = 7, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return (torch.nn.functional.normalize(torch.randn(n, D, generator=g), dim=-1),
-            torch.nn.functional.normalize(torch.randn(n, D, generator=g), dim=-1))  # fmt: skip
+    return (
+        torch.nn.functional.normalize(torch.randn(n, D, generator=g), dim=-1),
+        torch.nn.functional.normalize(torch.randn(n, D, generator=g), dim=-1),
+    )
 
 
 @pytest.mark.parametrize("kind", list(KINDS))

@@ -23,8 +23,12 @@ def test_questions_are_balanced_and_hold_out_combinations(questions: Path) -> No
         for r in split:
             same_colour, same_shape = r["q_color"] == r["color"], r["q_shape"] == r["shape"]
             assert (r["label"] == "yes") == (same_colour and same_shape)  # the answer needs both
-            assert r["negative"] in (None, {(True, False): "colour_only", (False, True): "shape_only",
-                                            (False, False): "neither"}.get((same_colour, same_shape)))  # fmt: skip
+            assert r["negative"] in (
+                None,
+                {(True, False): "colour_only", (False, True): "shape_only", (False, False): "neither"}.get(
+                    (same_colour, same_shape)
+                ),
+            )
             assert r["q_color"] in r["text"] and r["q_shape"] in r["text"]
             assert (questions / r["image"]).is_file()
     held = set(HELDOUT)
@@ -40,8 +44,11 @@ def test_write_synth_other_outputs_do_not_change(tmp_path: Path) -> None:
     a = write_synth(tmp_path / "a", train=12, val=4, per_class=1, shard_size=10, seed=2, questions=0)
     b = write_synth(tmp_path / "b", train=12, val=4, per_class=1, shard_size=10, seed=2, questions=5)
     assert b["questions"]["pairs"]["train"] == 30 and a["questions"]["pairs"]["train"] == 0
-    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file()
-                   and "questions" not in p.parts and p.name != "synth.json")  # fmt: skip
+    files = sorted(
+        p.relative_to(tmp_path / "a")
+        for p in (tmp_path / "a").rglob("*")
+        if p.is_file() and "questions" not in p.parts and p.name != "synth.json"
+    )
     assert len(files) > 30
     for f in files:
         assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f

@@ -23,16 +23,40 @@ def test_shards_multiclass_with_json_text(micro_bundle: Path, tmp_path: Path) ->
         for i in range(30):
             color, shape = rng.choice(["red", "blue"]), rng.choice(["circle", "square", "cross"])
             im, _ = draw_shape(color, shape, rng)
-            sink.write({"__key__": f"{i:04d}", "jpg": jpeg_bytes(im),
-                        "json": json.dumps({"q": f"what shape is the {color} thing?", "answer": shape,
-                                            "heldout": i % 5 == 0})})  # fmt: skip
+            sink.write(
+                {
+                    "__key__": f"{i:04d}",
+                    "jpg": jpeg_bytes(im),
+                    "json": json.dumps(
+                        {"q": f"what shape is the {color} thing?", "answer": shape, "heldout": i % 5 == 0}
+                    ),
+                }
+            )
     spec = str(tmp_path / "s-{00..01}.tar")
-    pairs = load_pairs(spec, micro_bundle, text_key="json:q", label_key="answer", group_keys=("heldout",),
-                       cache_dir=tmp_path / "cache", progress=False)  # fmt: skip
+    pairs = load_pairs(
+        spec,
+        micro_bundle,
+        text_key="json:q",
+        label_key="answer",
+        group_keys=("heldout",),
+        cache_dir=tmp_path / "cache",
+        progress=False,
+    )
     assert len(pairs) == 30 and len(pairs.texts) == 2 and pairs.groups["heldout"].sum() == 6
-    cfg = load_fuse_config("smoke", [f"out_dir={tmp_path / 'run'}", f"data.bundle={micro_bundle}", f"data.train={spec}",
-                                     f"data.val={spec}", "data.text_key=json:q", "data.label_key=answer",
-                                     f"data.cache_dir={tmp_path / 'cache'}", "head.task=multiclass", "head.kind=lowrank"])  # fmt: skip
+    cfg = load_fuse_config(
+        "smoke",
+        [
+            f"out_dir={tmp_path / 'run'}",
+            f"data.bundle={micro_bundle}",
+            f"data.train={spec}",
+            f"data.val={spec}",
+            "data.text_key=json:q",
+            "data.label_key=answer",
+            f"data.cache_dir={tmp_path / 'cache'}",
+            "head.task=multiclass",
+            "head.kind=lowrank",
+        ],
+    )
     run = train_head(cfg, progress=False)
     assert run["feature_cache_hit"]
     head = load_head(run["head"])
@@ -54,10 +78,22 @@ def test_csv_multilabel(micro_bundle: Path, tmp_path: Path) -> None:
             draw_shape(color, shape, rng)[0].save(tmp_path / "img" / f"{i}.jpg")
             w.writerow([f"img/{i}.jpg", "which tags?", f"{color}|{shape}" if i % 2 else color])
     table = str(tmp_path / "t.csv")
-    cfg = load_fuse_config("smoke", [f"out_dir={tmp_path / 'run'}", f"data.bundle={micro_bundle}", f"data.train={table}",
-                                     f"data.val={table}", "data.image_key=path", "data.text_key=question",
-                                     "data.label_key=tags", "data.group_keys=[]", f"data.cache_dir={tmp_path / 'cache'}",
-                                     "head.task=multilabel", "head.kind=gated"])  # fmt: skip
+    cfg = load_fuse_config(
+        "smoke",
+        [
+            f"out_dir={tmp_path / 'run'}",
+            f"data.bundle={micro_bundle}",
+            f"data.train={table}",
+            f"data.val={table}",
+            "data.image_key=path",
+            "data.text_key=question",
+            "data.label_key=tags",
+            "data.group_keys=[]",
+            f"data.cache_dir={tmp_path / 'cache'}",
+            "head.task=multilabel",
+            "head.kind=gated",
+        ],
+    )
     run = train_head(cfg, progress=False)
     head = load_head(run["head"])
     assert head.labels == ["blue", "circle", "red", "ring"] and head.task == "multilabel"

@@ -186,8 +186,19 @@ def test_a_bad_factory_is_refused_before_embedding(trained_bundle, synth_data, t
 def test_cli_build_with_an_unsearchable_factory_fails_with_one_line(trained_bundle, synth_data, tmp_path, capsys):
     from clipforge.cli import main
 
-    argv = ["index", "build", "--bundle", str(trained_bundle.path), "--data", synth_data["val"], "--out",
-            str(tmp_path / "o"), "--factory", "IVF0,Flat", "--quiet"]  # fmt: skip
+    argv = [
+        "index",
+        "build",
+        "--bundle",
+        str(trained_bundle.path),
+        "--data",
+        synth_data["val"],
+        "--out",
+        str(tmp_path / "o"),
+        "--factory",
+        "IVF0,Flat",
+        "--quiet",
+    ]
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "IVF0,Flat" in err and not (tmp_path / "o").exists()
@@ -201,6 +212,7 @@ def test_an_index_whose_recall_is_not_a_number_is_never_published(trained_bundle
     for bad in (float("nan"), -1.0):
         monkeypatch.setattr(tuning, "tune", lambda *a, bad=bad, **k: ({}, bad))
         with pytest.raises(IndexInputError, match="answers no query") as info:
-            Index.build(trained_bundle, synth_data["train"], tmp_path / "o", factory="IVF8,Flat", progress=False,
-                        refine=False)  # fmt: skip
+            Index.build(
+                trained_bundle, synth_data["train"], tmp_path / "o", factory="IVF8,Flat", progress=False, refine=False
+            )
         assert "\n" not in str(info.value) and not (tmp_path / "o").exists()

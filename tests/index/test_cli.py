@@ -29,8 +29,24 @@ def test_cli_build_search_add_remove_info(trained_bundle, synth_data, tmp_path, 
     image = tmp_path / "q.png"
     Image.new("RGB", (32, 32), (40, 80, 220)).save(image)
     (tmp_path / "q.txt").write_text("a blue block")
-    assert run(["index", "search", str(out), "--image", str(image), "--bundle", bundle, "-k", "2",
-                "--filter", "color=blue"]) == 0  # fmt: skip
+    assert (
+        run(
+            [
+                "index",
+                "search",
+                str(out),
+                "--image",
+                str(image),
+                "--bundle",
+                bundle,
+                "-k",
+                "2",
+                "--filter",
+                "color=blue",
+            ]
+        )
+        == 0
+    )
     assert all(h["color"] == "blue" for h in json.loads(capsys.readouterr().out))
 
     assert run(["index", "add", str(out), str(image)]) == 0

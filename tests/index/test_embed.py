@@ -51,8 +51,13 @@ def test_a_sidecar_that_could_not_be_stored_is_dropped_not_fatal(micro_bundle, t
     and the index's filtered searches keep working (they used to fail on json_extract)."""
     from clipforge.index import Index
 
-    sidecars = ['{"x": NaN}', '{"x": 1e400}', '{"note": "a\\ud800b"}', '{"x": 1180591620717411303424}',
-                '{"color": "red"}']  # fmt: skip
+    sidecars = [
+        '{"x": NaN}',
+        '{"x": 1e400}',
+        '{"note": "a\\ud800b"}',
+        '{"x": 1180591620717411303424}',
+        '{"color": "red"}',
+    ]
     folder = tmp_path / "data"
     folder.mkdir()
     for i, text in enumerate(sidecars):

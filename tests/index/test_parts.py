@@ -78,7 +78,7 @@ def test_empty_or_malformed_part_lists_are_refused(trained_bundle, parts, tmp_pa
         "captions>items",
         "items",
         "captions",
-    ],  # fmt: skip
+    ],
 )
 def test_a_parts_json_of_the_wrong_shape_or_counts_is_refused(trained_bundle, parts, tmp_path, edit, match):
     bad = tmp_path / "bad"

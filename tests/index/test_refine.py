@@ -77,8 +77,9 @@ def test_refined_index_through_build_adds_merges_removes_and_reopen(trained_bund
     dim = trained_bundle.embed_dim
     factory = f"IVF8,PQ{dim // 4}x4"
     idx = Index.build(trained_bundle, synth_data["train"], root, factory=factory, progress=False)
-    plain = Index.build(trained_bundle, synth_data["train"], tmp_path / "plain", factory=factory, progress=False,
-                        refine=False)  # fmt: skip
+    plain = Index.build(
+        trained_bundle, synth_data["train"], tmp_path / "plain", factory=factory, progress=False, refine=False
+    )
     section = idx.manifest["images"]
     assert "refine" not in plain.manifest["images"]
     assert section["refine"]["segments"] == [{"file": "images.vectors-0000.npy", "first_id": 0, "rows": 600}]

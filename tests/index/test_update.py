@@ -16,8 +16,10 @@ def png_bytes(colour: tuple[int, int, int]) -> bytes:
 
 def test_add_remove_reopen_round_trip(index_copy, trained_bundle):
     idx = Index.open(index_copy, bundle=trained_bundle)
-    ids = idx.add(trained_bundle, [(png_bytes((220, 40, 40)), "a plain red picture", {"tag": "new"}),
-                                   (png_bytes((40, 80, 220)), None, {})])  # fmt: skip
+    ids = idx.add(
+        trained_bundle,
+        [(png_bytes((220, 40, 40)), "a plain red picture", {"tag": "new"}), (png_bytes((40, 80, 220)), None, {})],
+    )
     assert ids == [600, 601] and len(idx) == 602
     item = idx.get(600)
     assert (item.caption, item.width, item.height, item.extra) == ("a plain red picture", 40, 30, {"tag": "new"})
@@ -60,8 +62,9 @@ def test_add_vectors_stores_what_it_is_given_and_add_is_its_wrapper(index_copy, 
     go straight to `add_vectors`, which checks their shape, values and model before anything is written."""
     idx = Index.open(index_copy, bundle=trained_bundle)
     red, blue = png_bytes((220, 40, 40)), png_bytes((40, 80, 220))
-    image_features = trained_bundle.encode_images(trained_bundle.preprocess(
-        [trained_bundle.load_image(b) for b in (red, blue)])).numpy()  # fmt: skip
+    image_features = trained_bundle.encode_images(
+        trained_bundle.preprocess([trained_bundle.load_image(b) for b in (red, blue)])
+    ).numpy()
     caption_features = trained_bundle.encode_texts(["a red one"]).numpy()
     items = [(red, " a  red one ", {"via": "vectors"}), (blue, None, {})]
     for bad, match in (

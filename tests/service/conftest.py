@@ -48,9 +48,15 @@ def fake_index(bundle: Any) -> FakeIndex:
 
 AppFactory = Callable[..., tuple[FastAPI, TestClient]]
 DEFAULTS: dict[str, Any] = {
-    "api_key": WRITE_KEY, "label_sets": {"shapes": ["circle", "square", "triangle"]}, "max_labels": 8,
-    "max_images": 4, "max_text_chars": 50, "max_k": 20, "max_image_pixels": 200_000, "max_upload_bytes": 64_000,
-}  # fmt: skip
+    "api_key": WRITE_KEY,
+    "label_sets": {"shapes": ["circle", "square", "triangle"]},
+    "max_labels": 8,
+    "max_images": 4,
+    "max_text_chars": 50,
+    "max_k": 20,
+    "max_image_pixels": 200_000,
+    "max_upload_bytes": 64_000,
+}
 
 
 @contextmanager

@@ -15,8 +15,13 @@ COLORS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "
 SHAPES = ("circle", "square")
 
 
-def png_bytes(color: tuple[int, int, int] = (200, 30, 30), size: tuple[int, int] = (48, 48), shape: str = "circle",
-              fmt: str = "PNG", mode: str = "RGB") -> bytes:  # fmt: skip
+def png_bytes(
+    color: tuple[int, int, int] = (200, 30, 30),
+    size: tuple[int, int] = (48, 48),
+    shape: str = "circle",
+    fmt: str = "PNG",
+    mode: str = "RGB",
+) -> bytes:
     im = Image.new("RGB", size, (128, 128, 128))
     d = ImageDraw.Draw(im)
     box = (size[0] // 4, size[1] // 4, 3 * size[0] // 4, 3 * size[1] // 4)
@@ -60,22 +65,40 @@ class FakeIndex:
             im = bundle.load_image(data)
             image_vec = bundle.encode_images(bundle.preprocess([im]))[0].numpy()
             text_vec = bundle.encode_texts([caption])[0].numpy() if caption else None
-            self._rows[self._next] = {"bytes": data, "caption": caption, "meta": dict(meta), "size": im.size,
-                                      "images": image_vec, "captions": text_vec}  # fmt: skip
+            self._rows[self._next] = {
+                "bytes": data,
+                "caption": caption,
+                "meta": dict(meta),
+                "size": im.size,
+                "images": image_vec,
+                "captions": text_vec,
+            }
             ids.append(self._next)
             self._next += 1
         return ids
 
-    def add_vectors(self, items: list[tuple[bytes, str | None, dict[str, Any]]], image_features: np.ndarray,
-                    caption_features: np.ndarray, *, fingerprint: str | None = None) -> list[int]:  # fmt: skip
+    def add_vectors(
+        self,
+        items: list[tuple[bytes, str | None, dict[str, Any]]],
+        image_features: np.ndarray,
+        caption_features: np.ndarray,
+        *,
+        fingerprint: str | None = None,
+    ) -> list[int]:
         assert fingerprint in (None, self.fingerprint)
         texts = iter(caption_features)
         ids = []
         for (data, caption, meta), image_vec in zip(items, image_features, strict=True):
             with Image.open(io.BytesIO(data)) as im:
                 size = im.size
-            self._rows[self._next] = {"bytes": data, "caption": caption, "meta": dict(meta), "size": size,
-                                      "images": image_vec, "captions": next(texts) if caption else None}  # fmt: skip
+            self._rows[self._next] = {
+                "bytes": data,
+                "caption": caption,
+                "meta": dict(meta),
+                "size": size,
+                "images": image_vec,
+                "captions": next(texts) if caption else None,
+            }
             ids.append(self._next)
             self._next += 1
         return ids
@@ -94,11 +117,30 @@ class FakeIndex:
             raise FakeNotFound(id)
         return self._rows[id]["bytes"], "image/png"
 
-    def search_vectors(self, vectors: np.ndarray, k: int = 10, *, target: str = "images",
-                       filters: dict | None = None, threshold: float | None = None, offset: int = 0,
-                       collapse: Any = None) -> list[list[Hit]]:  # fmt: skip
-        self.calls.append(("search_vectors", {"k": k, "target": target, "filters": filters, "threshold": threshold,
-                                              "offset": offset, "shape": vectors.shape}))  # fmt: skip
+    def search_vectors(
+        self,
+        vectors: np.ndarray,
+        k: int = 10,
+        *,
+        target: str = "images",
+        filters: dict | None = None,
+        threshold: float | None = None,
+        offset: int = 0,
+        collapse: Any = None,
+    ) -> list[list[Hit]]:
+        self.calls.append(
+            (
+                "search_vectors",
+                {
+                    "k": k,
+                    "target": target,
+                    "filters": filters,
+                    "threshold": threshold,
+                    "offset": offset,
+                    "shape": vectors.shape,
+                },
+            )
+        )
         assert vectors.dtype == np.float32 and vectors.ndim == 2 and vectors.shape[1] == self.dim
         out = []
         for q in vectors:

@@ -47,8 +47,18 @@ def test_health_ready_info_page_docs(client: TestClient, bundle: Any) -> None:
     assert client.get("/static/app.js").status_code == 200
     assert client.get("/docs").status_code == 200
     paths = client.get("/openapi.json").json()["paths"]
-    for p in ("/v1/classify", "/v1/embed", "/v1/search", "/v1/items", "/v1/items/{item_id}", "/v1/items/{item_id}/image",
-              "/v1/info", "/healthz", "/readyz", "/metrics"):  # fmt: skip
+    for p in (
+        "/v1/classify",
+        "/v1/embed",
+        "/v1/search",
+        "/v1/items",
+        "/v1/items/{item_id}",
+        "/v1/items/{item_id}/image",
+        "/v1/info",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+    ):
         assert p in paths
     body = paths["/v1/classify"]["post"]["requestBody"]["content"]
     assert set(body) == {"application/json", "multipart/form-data"}
@@ -162,8 +172,14 @@ def test_search_options_reach_the_index(client: TestClient, fake_index: FakeInde
     assert r.status_code == 200 and r.json()["target"] == "captions"
     assert all(h["metadata"]["shape"] == "square" for h in r.json()["results"]) and len(r.json()["results"]) == 3
     call = fake_index.calls[-1][1]
-    assert call == {"k": 5, "target": "captions", "filters": {"shape": "square"}, "threshold": -1.0, "offset": 1,
-                    "shape": (1, 32)}  # fmt: skip
+    assert call == {
+        "k": 5,
+        "target": "captions",
+        "filters": {"shape": "square"},
+        "threshold": -1.0,
+        "offset": 1,
+        "shape": (1, 32),
+    }
     r = client.post("/v1/search", json={"text": "square", "threshold": 0.999})
     assert r.status_code == 200 and r.json()["results"] == []
 
@@ -183,8 +199,12 @@ def test_items_get_image_add_delete(client: TestClient, fake_index: FakeIndex) -
     assert r.status_code == 201, r.text
     (new_id,) = r.json()["ids"]
     assert len(fake_index) == 9 and client.get(f"/v1/items/{new_id}").json()["caption"] == "new red"
-    r = client.post("/v1/items", headers=key, files=[("images", ("x.jpg", BLUE_SQUARE, "image/jpeg"))],
-                    data={"captions": ["uploaded"]})  # fmt: skip
+    r = client.post(
+        "/v1/items",
+        headers=key,
+        files=[("images", ("x.jpg", BLUE_SQUARE, "image/jpeg"))],
+        data={"captions": ["uploaded"]},
+    )
     assert r.status_code == 201 and len(fake_index) == 10
 
     r = client.delete(f"/v1/items/{new_id}", headers=key)

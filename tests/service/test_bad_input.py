@@ -149,12 +149,18 @@ def test_bad_embed_requests(shared_client: TestClient) -> None:
 
 def test_transport_level_mistakes(shared_client: TestClient) -> None:
     c = shared_client
-    assert_error(c.post("/v1/classify", content=b'{"labels": ["a"', headers={"content-type": "application/json"}),
-                 400, "invalid_json")  # fmt: skip
+    assert_error(
+        c.post("/v1/classify", content=b'{"labels": ["a"', headers={"content-type": "application/json"}),
+        400,
+        "invalid_json",
+    )
     assert_error(c.post("/v1/embed", content=b"\xff\xfe", headers={"content-type": "application/json"}), 400)
     # NaN and Infinity are not JSON (RFC 8259), though Python's json reads them
-    assert_error(c.post("/v1/embed", content=b'{"vector": [NaN]}', headers={"content-type": "application/json"}),
-                 400, "invalid_json")  # fmt: skip
+    assert_error(
+        c.post("/v1/embed", content=b'{"vector": [NaN]}', headers={"content-type": "application/json"}),
+        400,
+        "invalid_json",
+    )
     nan = b'{"vector": [' + b",".join([b"NaN"] * 32) + b"]}"
     assert_error(c.post("/v1/search", content=nan, headers={"content-type": "application/json"}), 400, "invalid_json")
     big = b'{"vector": [' + b",".join([b"1e400"] * 32) + b"]}"  # JSON, but infinite as a float
@@ -163,8 +169,9 @@ def test_transport_level_mistakes(shared_client: TestClient) -> None:
     deep = b'{"texts": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
     assert_error(c.post("/v1/embed", content=deep, headers={"content-type": "application/json"}), (400, 422))
     assert_error(c.post("/v1/embed", content=b"texts=a", headers={"content-type": "text/plain"}), 415)
-    assert_error(c.post("/v1/embed", content=b"texts=a", headers={"content-type": "application/x-www-form-urlencoded"}),
-                 415)  # fmt: skip
+    assert_error(
+        c.post("/v1/embed", content=b"texts=a", headers={"content-type": "application/x-www-form-urlencoded"}), 415
+    )
     assert_error(c.post("/v1/embed", content=b""), 415, "unsupported_media_type")
     assert_error(c.post("/v1/classify", files=upload(GOOD, "text/plain"), data=LABELS), 415, "unsupported_media_type")
     bad_multipart = {"content-type": "multipart/form-data; boundary=xyz"}

@@ -83,9 +83,11 @@ def test_kinds_are_batched_separately_and_stop_fails_pending() -> None:
 
     async def main() -> None:
         b = MicroBatcher(
-            {"text": _encode, "image": _encode}, max_batch=16, max_wait_s=0.01,
+            {"text": _encode, "image": _encode},
+            max_batch=16,
+            max_wait_s=0.01,
             on_batch=lambda k, n, s: seen.append((k, n)),
-        )  # fmt: skip
+        )
         b.start()
         await asyncio.gather(b.encode("text", [1.0, 2.0]), b.encode("image", [3.0]), b.encode("text", [4.0]))
         assert b.queue_depth() == 0
@@ -162,9 +164,11 @@ def test_prepare_failures_fail_only_their_own_items() -> None:
         b.start()
         try:
             mixed, good, after = await asyncio.gather(
-                b.encode("image", [1.0, -2.0, -3.0]), b.encode("image", [4.0]), b.encode("image", [5.0]),
+                b.encode("image", [1.0, -2.0, -3.0]),
+                b.encode("image", [4.0]),
+                b.encode("image", [5.0]),
                 return_exceptions=True,
-            )  # fmt: skip
+            )
             assert b.queue_depth() == 0
             return mixed, good, after  # type: ignore[return-value]
         finally:
@@ -195,8 +199,10 @@ def test_prepare_runs_on_its_own_thread_while_the_encoder_works() -> None:
     async def main() -> None:
         b = MicroBatcher(
             {"image": timed("encode", lambda xs: np.array([[x, -x] for x in xs], np.float32))},
-            prepare={"image": timed("prepare", lambda xs: list(xs))}, max_batch=4, max_wait_s=0.0,
-        )  # fmt: skip
+            prepare={"image": timed("prepare", lambda xs: list(xs))},
+            max_batch=4,
+            max_wait_s=0.0,
+        )
         b.start()
         try:
             await asyncio.gather(*(b.encode("image", [float(i)]) for i in range(16)))
@@ -215,8 +221,11 @@ def test_stop_fails_items_on_the_prepare_thread_and_in_the_encoder() -> None:
         return list(items)
 
     async def main() -> None:
-        b = MicroBatcher({"image": _encode, "text": lambda xs: _encode([time.sleep(0.05) or x for x in xs])},
-                         prepare={"image": slow}, max_wait_s=0.0)  # fmt: skip
+        b = MicroBatcher(
+            {"image": _encode, "text": lambda xs: _encode([time.sleep(0.05) or x for x in xs])},
+            prepare={"image": slow},
+            max_wait_s=0.0,
+        )
         b.start()
         preparing = asyncio.ensure_future(b.encode("image", [1.0]))
         encoding = asyncio.ensure_future(b.encode("text", [2.0]))

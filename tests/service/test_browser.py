@@ -81,8 +81,11 @@ def test_classify_through_the_page(page: Any, live_server: str, tmp_path: Path) 
         " parseFloat(e.querySelector('.fill').style.width)])",
     )
     # the bars show what the API answers for the same upload, best first, widths proportional to scores
-    api = httpx.post(f"{live_server}/v1/classify", files=[("images", ("red.png", image.read_bytes(), "image/png"))],
-                     data={"labels": labels}).json()["results"][0]["labels"]  # fmt: skip
+    api = httpx.post(
+        f"{live_server}/v1/classify",
+        files=[("images", ("red.png", image.read_bytes(), "image/png"))],
+        data={"labels": labels},
+    ).json()["results"][0]["labels"]
     assert [s[0] for s in shown] == [x["label"] for x in api]
     assert [s[1] for s in shown] == pytest.approx([x["score"] for x in api], abs=1e-6)
     assert [s[2] for s in shown] == pytest.approx([100 * x["score"] for x in api], abs=0.06)

@@ -90,8 +90,12 @@ def test_pool_refuses_bad_images_and_bombs_with_the_in_process_errors(prep: Imag
     got = pool.decode(bad)
     assert got == prep.chunk(bad)
     assert pool.decode([]) == []
-    assert [f[:2] for f in got] == [(400, "empty_image"), (400, "invalid_image"), (400, "invalid_image"),
-                                    (413, "image_too_large")]  # fmt: skip
+    assert [f[:2] for f in got] == [
+        (400, "empty_image"),
+        (400, "invalid_image"),
+        (400, "invalid_image"),
+        (413, "image_too_large"),
+    ]
 
 
 def test_a_crashing_image_fails_alone_and_the_pool_comes_back(pool: DecodePool) -> None:

@@ -53,8 +53,11 @@ def test_fast_path_answers_like_the_route(pair: tuple[Any, Any, list[str]]) -> N
     assert a.content == b.content  # the same bytes, not just the same JSON values
     assert len(a.json()["image_embeddings"]) == 2 and len(a.json()["text_embeddings"]) == 2
     # a multipart upload of the same images goes to the route, with the same vectors
-    m = fast.post("/v1/embed", files=[("images", ("r.png", RED, "image/png")), ("images", ("b.jpg", BLUE, "image/jpeg"))],
-                  data={"texts": ["a red circle", "a blue square"]})  # fmt: skip
+    m = fast.post(
+        "/v1/embed",
+        files=[("images", ("r.png", RED, "image/png")), ("images", ("b.jpg", BLUE, "image/jpeg"))],
+        data={"texts": ["a red circle", "a blue square"]},
+    )
     assert m.json() == a.json() and outcomes == ["answered"]
 
 

@@ -20,15 +20,23 @@ from tests.service.fakes import COLORS, FakeIndex, encode_reference, png_bytes, 
 BINARY, MULTICLASS = "red-circle", "shape"
 
 
-def make_head(out: Path, kind: str, task: str, labels: list[str], fingerprint: str, dim: int, seed: int,
-              name: str | None = None) -> Path:  # fmt: skip
+def make_head(
+    out: Path, kind: str, task: str, labels: list[str], fingerprint: str, dim: int, seed: int, name: str | None = None
+) -> Path:
     torch.manual_seed(seed)
     module = build_fusion(kind, dim=dim, out=1 if task == "binary" else len(labels), width=8, hidden=16)
     with torch.no_grad():  # larger weights than the init's, so that probabilities differ visibly between pairs
         for p in module.parameters():
             p.mul_(4.0)
-    return save_head(out, module, task=task, labels=labels, bundle_fingerprint=fingerprint,
-                     metrics={"accuracy": 0.5, "n_eval": 10}, name=name)  # fmt: skip
+    return save_head(
+        out,
+        module,
+        task=task,
+        labels=labels,
+        bundle_fingerprint=fingerprint,
+        metrics={"accuracy": 0.5, "n_eval": 10},
+        name=name,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +47,7 @@ def heads(bundle: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Pa
         BINARY: make_head(root / BINARY, "concat", "binary", ["no", "yes"], fp, dim, seed=1),
         MULTICLASS: make_head(
             root / MULTICLASS, "multiplicative", "multiclass", ["circle", "square", "none"], fp, dim, seed=2
-        ),  # fmt: skip
+        ),
         "other-bundle": make_head(root / "other", "concat", "binary", ["no", "yes"], "0" * 64, dim, seed=3),
         "same-name": make_head(root / "dup", "concat", "binary", ["no", "yes"], fp, dim, seed=4, name=BINARY),
     }
@@ -49,8 +57,9 @@ def heads(bundle: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Pa
 def hclient(micro_bundle: Path, bundle: Any, heads: dict[str, Path]) -> Iterator[TestClient]:
     """The default test server (fake index, small limits) serving the binary and the multiclass head."""
     with client_factory(micro_bundle) as make:
-        yield make(index=FakeIndex(bundle, shape_items()), heads=[heads[BINARY], heads[MULTICLASS]], max_pairs=4,
-                   **DEFAULTS)[1]  # fmt: skip
+        yield make(
+            index=FakeIndex(bundle, shape_items()), heads=[heads[BINARY], heads[MULTICLASS]], max_pairs=4, **DEFAULTS
+        )[1]
 
 
 IMAGES = [png_bytes(COLORS["red"]), png_bytes(COLORS["blue"], shape="square"), png_bytes(COLORS["green"])]
@@ -172,13 +181,13 @@ JPEG_TEXT = ("images", ("x.png", b"definitely not an image", "image/png"))
             {"content": b"{nope", "headers": {"content-type": "application/json"}},
             400,
             "invalid_json",
-        ),  # fmt: skip
+        ),
         (
             f"/v1/heads/{BINARY}/predict",
             {"content": b"ids=0", "headers": {"content-type": "text/plain"}},
             415,
             "unsupported_media_type",
-        ),  # fmt: skip
+        ),
         (f"/v1/heads/{BINARY}/predict", {"json": {"images": ["!!"], "texts": ["x"]}}, 400, "invalid_base64"),
         (f"/v1/heads/{BINARY}/predict", {"files": [JPEG_TEXT], "data": {"texts": ["x"]}}, 400, "invalid_image"),
         (
@@ -186,19 +195,19 @@ JPEG_TEXT = ("images", ("x.png", b"definitely not an image", "image/png"))
             {"files": [("images", ("a.txt", b"hi", "text/plain"))], "data": {"texts": ["x"]}},
             415,
             "unsupported_media_type",
-        ),  # fmt: skip
+        ),
         (
             f"/v1/heads/{BINARY}/predict",
             {"json": {"images": [base64.b64encode(IMAGES[0]).decode()], "ids": [0], "texts": ["x"]}},
             422,
             "invalid_pairs",
-        ),  # fmt: skip
+        ),
         (
             f"/v1/heads/{BINARY}/predict",
             {"json": {"images": [base64.b64encode(IMAGES[0]).decode()] * 5, "texts": ["x"] * 5}},
             422,
             "too_many_images",
-        ),  # fmt: skip
+        ),
     ],
 )
 def test_bad_input_is_a_4xx_and_the_server_stays_up(
@@ -248,8 +257,9 @@ def serve(*args: str) -> int:
     ("which", "message"),
     [("other-bundle", "trained on bundle"), ("missing", "is not a clipforge head"), ("corrupt", "does not match")],
 )
-def test_serve_refuses_a_bad_head(micro_bundle: Path, heads: dict[str, Path], tmp_path: Path, capsys: Any,
-                                  which: str, message: str) -> None:  # fmt: skip
+def test_serve_refuses_a_bad_head(
+    micro_bundle: Path, heads: dict[str, Path], tmp_path: Path, capsys: Any, which: str, message: str
+) -> None:
     import shutil
 
     path = heads.get(which, tmp_path / which)
@@ -335,8 +345,14 @@ def test_predict_fuzzed_against_its_schema(micro_bundle: Path, bundle: Any, head
         for mode in ("positive", "negative"):
 
             @given(case=operation.as_strategy(generation_mode=GenerationMode(mode)))
-            @settings(max_examples=40, deadline=None, derandomize=True, database=None,
-                      phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))  # fmt: skip
+            @settings(
+                max_examples=40,
+                deadline=None,
+                derandomize=True,
+                database=None,
+                phases=[Phase.explicit, Phase.generate],
+                suppress_health_check=list(HealthCheck),
+            )
             def run(case: Any) -> None:
                 case.path_parameters = {"name": BINARY}
                 response = case.call_and_validate(
@@ -354,7 +370,10 @@ def test_predict_fuzzed_against_its_schema(micro_bundle: Path, bundle: Any, head
 def test_heads_are_reads_behind_the_read_key(make_client: Any, heads: dict[str, Path]) -> None:
     _, c = make_client(heads=[heads[BINARY]], read_api_key="reader")
     files = [("images", ("a.png", IMAGES[0], "image/png"))]
-    for method, path, kw in [("GET", "/v1/heads", {}), ("GET", f"/v1/heads/{BINARY}", {}),
-                             ("POST", f"/v1/heads/{BINARY}/predict", {"files": files, "data": {"texts": ["x"]}})]:  # fmt: skip
+    for method, path, kw in [
+        ("GET", "/v1/heads", {}),
+        ("GET", f"/v1/heads/{BINARY}", {}),
+        ("POST", f"/v1/heads/{BINARY}/predict", {"files": files, "data": {"texts": ["x"]}}),
+    ]:
         assert c.request(method, path, **kw).status_code == 401
         assert c.request(method, path, headers={"X-API-Key": "reader"}, **kw).status_code == 200

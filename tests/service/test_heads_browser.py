@@ -95,8 +95,11 @@ def test_ask_about_an_image(chromium: Any, micro_bundle: Path, head_dirs: list[P
             "els => els.map(e => [e.querySelector('.label').textContent, Number(e.dataset.score),"
             " parseFloat(e.querySelector('.fill').style.width), e.classList.contains('top')])",
         )
-        api = httpx.post(f"{url}/v1/heads/shape/predict", files=[("images", ("red.png", image.read_bytes(), "image/png"))],
-                         data={"texts": ["what shape is it?"]}).json()  # fmt: skip
+        api = httpx.post(
+            f"{url}/v1/heads/shape/predict",
+            files=[("images", ("red.png", image.read_bytes(), "image/png"))],
+            data={"texts": ["what shape is it?"]},
+        ).json()
         result = api["results"][0]
         # one bar per label, in the head's order, its width the API's probability; the top label marked
         assert [s[0] for s in shown] == api["labels"] == ["circle", "square", "none"]

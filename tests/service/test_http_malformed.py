@@ -48,8 +48,19 @@ def exchange(port: int, raw: bytes) -> bytes:
 @pytest.fixture(scope="module")
 def served(micro_bundle: Path):
     port = free_port()
-    cmd = [sys.executable, "-m", "clipforge", "serve", "--bundle", str(micro_bundle), "--port", str(port),
-           "--log-level", "critical", "--no-access-log"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "clipforge",
+        "serve",
+        "--bundle",
+        str(micro_bundle),
+        "--port",
+        str(port),
+        "--log-level",
+        "critical",
+        "--no-access-log",
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     server = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120

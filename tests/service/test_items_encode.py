@@ -35,8 +35,13 @@ def small_index(bundle: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def batch_totals(text: str, kind: str) -> tuple[float, float]:
     """(batches, items) the encoder ran for `kind`, from the Prometheus text."""
-    values = {s.name: s.value for f in text_string_to_metric_families(text) if f.name == "clipforge_batch_size"
-              for s in f.samples if s.labels.get("kind") == kind}  # fmt: skip
+    values = {
+        s.name: s.value
+        for f in text_string_to_metric_families(text)
+        if f.name == "clipforge_batch_size"
+        for s in f.samples
+        if s.labels.get("kind") == kind
+    }
     return values.get("clipforge_batch_size_count", 0.0), values.get("clipforge_batch_size_sum", 0.0)
 
 
@@ -62,8 +67,9 @@ def test_add_decodes_each_image_once_in_the_batcher(
     monkeypatch.setattr(images_module, "decode_image", counting)  # load_image
     monkeypatch.setattr(bundle_module, "decode_image", counting)  # Bundle.decode_image
     monkeypatch.setattr(pixels_module, "decode_image", counting)  # ImagePrep: the service's and the index's path
-    app = create_app(Settings(bundle=micro_bundle, index=index_dir, api_key=WRITE_KEY, max_wait_ms=1.0,
-                              decode_processes=0))  # fmt: skip
+    app = create_app(
+        Settings(bundle=micro_bundle, index=index_dir, api_key=WRITE_KEY, max_wait_ms=1.0, decode_processes=0)
+    )
     blobs = [png_bytes((10, 200, 200), shape="square"), png_bytes((200, 120, 10), size=(40, 30))]
     with TestClient(app) as c:
         before = batch_totals(c.get("/metrics").text, "image")

@@ -35,8 +35,9 @@ def test_index_of_another_bundle_is_refused(micro_bundle: Path, synth_data: dict
     assert "built with another bundle" in capsys.readouterr().err
 
 
-def test_corrupt_index_or_weights_are_one_line_errors(micro_bundle: Path, synth_data: dict, tmp_path: Path,
-                                                      capsys) -> None:  # fmt: skip
+def test_corrupt_index_or_weights_are_one_line_errors(
+    micro_bundle: Path, synth_data: dict, tmp_path: Path, capsys
+) -> None:
     """Found before uvicorn starts (its lifespan failure would print a traceback and exit 3)."""
     import shutil
 

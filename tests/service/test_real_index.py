@@ -136,8 +136,9 @@ def test_values_that_could_be_stored_but_not_sent_back_are_refused(
             r = c.post("/v1/items", files=files, data={"metadata": meta}, headers={"X-API-Key": WRITE_KEY})
             assert_error(r, status)
         # too many filter fields would overflow SQLite's expression depth: refused before the query
-        assert_error(c.post("/v1/search", json={"text": "a", "filters": {f"k{i}": 1 for i in range(999)}}), 422,
-                     "invalid_filter")  # fmt: skip
+        assert_error(
+            c.post("/v1/search", json={"text": "a", "filters": {f"k{i}": 1 for i in range(999)}}), 422, "invalid_filter"
+        )
         assert c.post("/v1/search", json={"text": "a", "filters": {f"k{i}": 1 for i in range(64)}}).status_code == 200
 
         assert c.get("/v1/info").json()["index"]["count"] == 8  # nothing was added
@@ -166,10 +167,21 @@ def test_a_client_that_leaves_mid_body_is_not_a_server_error(micro_bundle: Path,
         async def send(message: dict[str, Any]) -> None:
             sent.append(message)
 
-        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "path": path,
-                 "raw_path": path.encode(), "root_path": "", "scheme": "http", "query_string": b"",
-                 "headers": [(b"content-length", str(len(body)).encode()), *headers],
-                 "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80), "app": app}  # fmt: skip
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "POST",
+            "path": path,
+            "raw_path": path.encode(),
+            "root_path": "",
+            "scheme": "http",
+            "query_string": b"",
+            "headers": [(b"content-length", str(len(body)).encode()), *headers],
+            "client": ("127.0.0.1", 1),
+            "server": ("127.0.0.1", 80),
+            "app": app,
+        }
         await app(scope, receive, send)
         return sent
 

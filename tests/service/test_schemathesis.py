@@ -61,8 +61,14 @@ def test_api_conforms_to_its_schema(api_schema: Any) -> None:
         for mode in MODES:
 
             @given(case=operation.as_strategy(generation_mode=GenerationMode(mode)))
-            @settings(max_examples=10, deadline=None, derandomize=True, database=None,
-                      phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))  # fmt: skip
+            @settings(
+                max_examples=10,
+                deadline=None,
+                derandomize=True,
+                database=None,
+                phases=[Phase.explicit, Phase.generate],
+                suppress_health_check=list(HealthCheck),
+            )
             def run(case: Any) -> None:
                 # with the write key, so the write endpoints are exercised past authentication too
                 response = case.call_and_validate(headers={"X-API-Key": WRITE_KEY}, checks=CHECKS)

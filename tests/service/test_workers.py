@@ -59,9 +59,29 @@ def test_two_workers_share_port_metrics_and_index(micro_bundle: Path, bundle: An
 
     port, metrics_dir = free_port(), tmp_path / "metrics"
     metrics_dir.mkdir()
-    env = {**os.environ, "CLIPFORGE_API_KEY": WRITE_KEY, "CLIPFORGE_MAX_WAIT_MS": "1", "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}  # fmt: skip
-    cmd = [sys.executable, "-m", "clipforge", "serve", "--bundle", str(micro_bundle), "--index", str(tmp_path / "idx"),
-           "--port", str(port), "--workers", "2", "--log-level", "warning", "--no-access-log"]  # fmt: skip
+    env = {
+        **os.environ,
+        "CLIPFORGE_API_KEY": WRITE_KEY,
+        "CLIPFORGE_MAX_WAIT_MS": "1",
+        "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "clipforge",
+        "serve",
+        "--bundle",
+        str(micro_bundle),
+        "--index",
+        str(tmp_path / "idx"),
+        "--port",
+        str(port),
+        "--workers",
+        "2",
+        "--log-level",
+        "warning",
+        "--no-access-log",
+    ]
     server = subprocess.Popen(cmd, env=env, cwd=ROOT)
     base = f"http://127.0.0.1:{port}"
     try:

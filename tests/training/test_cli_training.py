@@ -15,8 +15,21 @@ def test_eval_of_one_pair_warns_what_cannot_be_computed(synth_data, micro_bundle
         "clipforge: warning: diagnostics uniformity_image, uniformity_text, cca_top not computable from 1 pair(s) "
         "(need at least 2)"
     ]
-    assert main(["eval", str(micro_bundle), "--val", str(synth_data["root"] / "val" / "shard-000000.tar"),
-                 "--limit", "1", "--device", "cpu"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "eval",
+                str(micro_bundle),
+                "--val",
+                str(synth_data["root"] / "val" / "shard-000000.tar"),
+                "--limit",
+                "1",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
 
 
 def test_quickstart_checks_its_whole_configuration_before_training(synth_data, tmp_path, capsys):
@@ -35,10 +48,13 @@ def test_quickstart_checks_its_whole_configuration_before_training(synth_data, t
 
 def test_training_checks_its_held_out_and_zero_shot_sets_before_the_first_step(synth_data, tmp_path, capsys):
     run = tmp_path / "run"
-    for bad, said in ((f"data.val={tmp_path}/nope-{{0..3}}.tar", "data.val: none of the 4 shard file(s)"),
-                      (f"data.zeroshot={tmp_path}", "needs at least 2 class folders")):  # fmt: skip
-        args = ["train", "smoke"] + [x for s in [f"out_dir={run}", f"data.train=['{synth_data['train']}']", bad]
-                                     for x in ("--set", s)]  # fmt: skip
+    for bad, said in (
+        (f"data.val={tmp_path}/nope-{{0..3}}.tar", "data.val: none of the 4 shard file(s)"),
+        (f"data.zeroshot={tmp_path}", "needs at least 2 class folders"),
+    ):
+        args = ["train", "smoke"] + [
+            x for s in [f"out_dir={run}", f"data.train=['{synth_data['train']}']", bad] for x in ("--set", s)
+        ]
         assert main(args) == 1
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and said in err, err
@@ -67,7 +83,11 @@ def test_quickstart_serves_through_a_function_with_its_settings(tmp_path):
 
     settings = quickstart_settings(Settings(host="127.0.0.1", port=1), tmp_path / "nope", tmp_path / "idx")
     assert (settings.bundle, settings.index, settings.port, settings.workers) == (
-        tmp_path / "nope", tmp_path / "idx", 1, 1)  # fmt: skip
+        tmp_path / "nope",
+        tmp_path / "idx",
+        1,
+        1,
+    )
     with pytest.raises(ValueError, match="not a clipforge bundle"):
         serve(settings, log_level="warning", access_log=False)
 

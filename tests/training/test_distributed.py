@@ -21,8 +21,17 @@ def test_two_process_gloo_step_equals_single_process(tmp_path, accum):
     With accum=2 each rank splits its 8 samples into 2 micro-batches of 4 (feature-cached accumulation
     under DDP): the update must still equal the single process's one batch of 16. Tolerance: atol 2e-6 / rtol 1e-5 on weights after an SGD step with lr 1 (i.e. on the gradients)."""
     out = tmp_path / "ddp.pt"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(ROOT / "tests" / "training" / "ddp_step.py"), str(out), str(accum)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(ROOT / "tests" / "training" / "ddp_step.py"),
+        str(out),
+        str(accum),
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -38,11 +47,32 @@ def test_torchrun_training_run_with_accumulation_evaluates_checkpoints_and_expor
     """`clipforge train` under torchrun (2 gloo ranks, accum 2): no deadlock at evaluation or the end of the
     data, one writer (rank 0) for metrics, checkpoints and the bundle."""
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "clipforge", "train", "smoke", "--set", f"out_dir={run}",
-           "--set", f"data.train=['{synth_data['train']}']", "--set", f"data.val={synth_data['val']}",
-           "--set", f"data.zeroshot={synth_data['zeroshot']}", "--set", "train.accum=2",
-           "--set", "train.samples=320", "--set", "eval.every=6"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "clipforge",
+        "train",
+        "smoke",
+        "--set",
+        f"out_dir={run}",
+        "--set",
+        f"data.train=['{synth_data['train']}']",
+        "--set",
+        f"data.val={synth_data['val']}",
+        "--set",
+        f"data.zeroshot={synth_data['zeroshot']}",
+        "--set",
+        "train.accum=2",
+        "--set",
+        "train.samples=320",
+        "--set",
+        "eval.every=6",
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=400, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -57,8 +57,11 @@ def test_non_finite_values_are_null_in_the_data_series_and_gaps_in_the_plot(tmp_
     import re
 
     (tmp_path / "metrics.jsonl").write_text(
-        "".join(json.dumps({"step": s, "loss": v}) + "\n" for s, v in [(1, 2.0), (2, float("nan")), (3, float("inf")), (4, 1.5)])
-    )  # fmt: skip
+        "".join(
+            json.dumps({"step": s, "loss": v}) + "\n"
+            for s, v in [(1, 2.0), (2, float("nan")), (3, float("inf")), (4, 1.5)]
+        )
+    )
     page = write_report(tmp_path, examples=False).read_text()
     series = [json.loads(html.unescape(m)) for m in re.findall(r"data-series='([^']*)'", page)]
     assert {"loss": {"step": [1, 2, 3, 4], "value": [2.0, None, None, 1.5]}} in series

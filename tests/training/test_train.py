@@ -156,16 +156,27 @@ def test_a_final_evaluation_that_cannot_be_computed_still_ends_with_bundle_and_c
     from clipforge.cli import main
 
     run, val = tmp_path / "run", one_pair_shard(synth_data, tmp_path / "one.tar")
-    args = ["train", "smoke", "--set", f"out_dir={run}", "--set", f"data.train=['{synth_data['train']}']",
-            "--set", f"data.val={val}", "--set", "train.samples=32"]  # fmt: skip
+    args = [
+        "train",
+        "smoke",
+        "--set",
+        f"out_dir={run}",
+        "--set",
+        f"data.train=['{synth_data['train']}']",
+        "--set",
+        f"data.val={val}",
+        "--set",
+        "train.samples=32",
+    ]
     assert main(args) == 0
     assert "evaluation at step 2: diagnostics uniformity_image, uniformity_text, cca_top not computable" in caplog.text
     assert (run / "bundle" / "bundle.json").is_file()
     assert int(latest_valid_checkpoint(run)[1]["step"]) == 2
     final = read_metrics(run)[-1]
     assert final["final"] and final["eval"]["retrieval_pairs"] == 1 and final["eval"]["diag_cca_top"] is None
-    assert final["eval"]["warnings"] == ["diagnostics uniformity_image, uniformity_text, cca_top not computable "
-                                         "from 1 pair(s) (need at least 2)"]  # fmt: skip
+    assert final["eval"]["warnings"] == [
+        "diagnostics uniformity_image, uniformity_text, cca_top not computable from 1 pair(s) (need at least 2)"
+    ]
 
 
 def test_an_evaluation_that_fails_keeps_the_weights_and_says_why(synth_data, tmp_path, monkeypatch, caplog):
@@ -234,8 +245,18 @@ def test_lit_style_tuning_from_a_bundle_keeps_the_locked_tower(synth_data, tmp_p
     first = tmp_path / "first"
     train(smoke_cfg(synth_data, first, "train.samples=32", "data.zeroshot=null", "data.val=null"), progress=False)
     tuned = tmp_path / "tuned"
-    train(smoke_cfg(synth_data, tuned, "train.samples=64", "data.zeroshot=null", "data.val=null",
-                    f"model.init_bundle={first / 'bundle'}", "model.lock_image=true"), progress=False)  # fmt: skip
+    train(
+        smoke_cfg(
+            synth_data,
+            tuned,
+            "train.samples=64",
+            "data.zeroshot=null",
+            "data.val=null",
+            f"model.init_bundle={first / 'bundle'}",
+            "model.lock_image=true",
+        ),
+        progress=False,
+    )
     a = load_bundle(first / "bundle").model.state_dict()
     b = load_bundle(tuned / "bundle").model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a if k.startswith("visual."))
@@ -253,8 +274,10 @@ def test_a_bad_resume_file_or_init_bundle_is_a_one_line_error(synth_data, tmp_pa
     first = tmp_path / "first"
     train(smoke_cfg(synth_data, first, "train.samples=16", "data.zeroshot=null", "data.val=null"), progress=False)
     with pytest.raises(ValueError, match="does not fit model.arch 'cf-tiny-vit'") as info:
-        train(smoke_cfg(synth_data, tmp_path / "run2", "model.arch=cf-tiny-vit", f"model.init_bundle={first / 'bundle'}"),
-              progress=False)  # fmt: skip
+        train(
+            smoke_cfg(synth_data, tmp_path / "run2", "model.arch=cf-tiny-vit", f"model.init_bundle={first / 'bundle'}"),
+            progress=False,
+        )
     assert "\n" not in str(info.value)
 
 
@@ -267,8 +290,20 @@ def test_gradient_checkpointing_and_channels_last_give_the_same_loss(synth_data,
     losses = []
     for extra in ((), ("train.grad_checkpointing=true", "train.channels_last=true")):
         run = tmp_path / f"r{len(extra)}"
-        train(smoke_cfg(synth_data, run, "train.samples=16", "model.arch=cf-tiny-rn", "data.zeroshot=null",
-                        "data.val=null", "data.sample_shuffle=0", "train.log_every=1", "train.precision=fp32", *extra),
-                  progress=False)  # fmt: skip
+        train(
+            smoke_cfg(
+                synth_data,
+                run,
+                "train.samples=16",
+                "model.arch=cf-tiny-rn",
+                "data.zeroshot=null",
+                "data.val=null",
+                "data.sample_shuffle=0",
+                "train.log_every=1",
+                "train.precision=fp32",
+                *extra,
+            ),
+            progress=False,
+        )
         losses.append(read_metrics(run)[0]["loss"])
     assert losses[0] == pytest.approx(losses[1], abs=1e-5)

@@ -67,8 +67,14 @@ class Fusion(nn.Module):
 
     def config(self) -> dict[str, int]:
         """Everything `build_fusion` needs to rebuild this module (stored in head.json)."""
-        return {"dim": self.dim, "out": self.out, "width": self.width, "width_text": self.width_text,
-                "rank": self.rank, "hidden": self.hidden}  # fmt: skip
+        return {
+            "dim": self.dim,
+            "out": self.out,
+            "width": self.width,
+            "width_text": self.width_text,
+            "rank": self.rank,
+            "hidden": self.hidden,
+        }
 
     def param(self, name: str, *shape: int, scale: float | None = None, value: float | None = None) -> None:
         t = torch.empty(*shape)

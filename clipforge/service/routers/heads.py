@@ -61,10 +61,14 @@ class PredictResponse(BaseModel):
 
 def head_out(head: Head) -> HeadOut:
     return HeadOut(
-        name=head.name, kind=head.kind, task=head.task, labels=list(head.labels),
-        bundle_fingerprint=head.bundle_fingerprint, dim=int(head.dim),
+        name=head.name,
+        kind=head.kind,
+        task=head.task,
+        labels=list(head.labels),
+        bundle_fingerprint=head.bundle_fingerprint,
+        dim=int(head.dim),
         metrics=json.loads(json.dumps(head.metrics, default=str)),  # numpy scalars and the like as JSON
-    )  # fmt: skip
+    )
 
 
 async def get_head(name: HeadName, heads: HeadsDep) -> Head:

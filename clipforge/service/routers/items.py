@@ -62,9 +62,14 @@ async def get_item(item_id: ItemId, request: Request, index: IndexDep) -> ItemOu
     """An item's caption, size and metadata (its file path on the server is never exposed)."""
     item = await lookup_item(index, item_id)
     return ItemOut(
-        id=item.id, key=item.key, caption=item.caption, width=item.width, height=item.height,
-        metadata=dict(item.extra or {}), image_url=image_url(request, item.id),
-    )  # fmt: skip
+        id=item.id,
+        key=item.key,
+        caption=item.caption,
+        width=item.width,
+        height=item.height,
+        metadata=dict(item.extra or {}),
+        image_url=image_url(request, item.id),
+    )
 
 
 @router.get(
@@ -120,8 +125,9 @@ async def add_items(request: Request, settings: SettingsDep, engine: EngineDep, 
     caption_features = await engine.encode_texts(texts) if texts else np.zeros((0, engine.embed_dim), np.float32)
     items = list(zip(blobs, captions, metadata, strict=True))
     fingerprint = engine.fingerprint
-    ids = await run_query(index, lambda idx: idx.add_vectors(items, image_features, caption_features,
-                                                             fingerprint=fingerprint))  # fmt: skip
+    ids = await run_query(
+        index, lambda idx: idx.add_vectors(items, image_features, caption_features, fingerprint=fingerprint)
+    )
     return AddItemsResponse(ids=[int(i) for i in ids])
 
 

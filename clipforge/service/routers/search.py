@@ -113,8 +113,13 @@ async def search(request: Request, settings: SettingsDep, engine: EngineDep, ind
     if len(kinds) != 1 or len(blobs) > 1:
         raise APIError(422, "invalid_query", "give exactly one of text, image, vector or id")
     check_limits(req, settings)
-    kw: dict[str, Any] = {"k": req.k, "target": req.target, "filters": req.filters or None,
-                          "threshold": req.threshold, "offset": req.offset}  # fmt: skip
+    kw: dict[str, Any] = {
+        "k": req.k,
+        "target": req.target,
+        "filters": req.filters or None,
+        "threshold": req.threshold,
+        "offset": req.offset,
+    }
     kind = kinds[0]
     if kind == "id":
         item_id = int(req.id or 0)
