@@ -148,7 +148,7 @@ def cmd_quickstart(a: argparse.Namespace) -> int:
 
     data = Path(a.data)
     if not (data / "synth.json").is_file():
-        print(f"[1/5] synthesizing the coloured-shapes set into {data}", flush=True)
+        print(f"[1/6] synthesizing the coloured-shapes set into {data}", flush=True)
         write_synth(data)
     overrides = [
         f"out_dir={a.out}",
@@ -161,11 +161,11 @@ def cmd_quickstart(a: argparse.Namespace) -> int:
     if not (cfg.data.val and cfg.data.zeroshot):  # found now, not after the training
         raise ValueError("quickstart evaluates and indexes with data.val and data.zeroshot: they cannot be null")
     settings = settings_or_one_line(Settings, {"host": a.host, "port": a.port})  # serve's, checked before training
-    print(f"[2/5] training {cfg.model.arch} for {cfg.train.samples} samples -> {cfg.out_dir}", flush=True)
+    print(f"[2/6] training {cfg.model.arch} for {cfg.train.samples} samples -> {cfg.out_dir}", flush=True)
     summary = train(cfg, resume="auto")
     ev = summary.get("eval")
     run = Path(cfg.out_dir)
-    print("[3/5] evaluation of the exported bundle", flush=True)
+    print("[3/6] evaluation of the exported bundle", flush=True)
     if ev is None:  # a diagnostic: the job goes on with the bundle
         print(f"  {summary['eval_error']}")
     else:
@@ -178,16 +178,16 @@ def cmd_quickstart(a: argparse.Namespace) -> int:
     print(f"  report (curves, diagnostics, confusion matrix, retrieval examples): {write_report(run)}")
     export_onnx(summary["bundle"])  # the ONNX Runtime backend: the fastest encoder on CPU (benchmarks/RESULTS.md)
     index_dir = run / "index"
-    print(f"[4/5] indexing the held-out images and captions -> {index_dir}", flush=True)
+    print(f"[4/6] indexing the held-out images and captions -> {index_dir}", flush=True)
     shutil.rmtree(index_dir, ignore_errors=True)
     idx = Index.build(load_bundle(summary["bundle"]), f"{data}/val/shard-000000.tar", index_dir)
     print(f"  {len(idx)} items; recall@10 vs exact search: {idx.info().get('images', {}).get('recall@10', 'n/a')}")
     from clipforge.fusion.quickstart import quickstart_fusion
 
-    print(f"[4/5] fusion head: yes/no questions that need colour AND shape -> {run / 'fusion'}", flush=True)
+    print(f"[5/6] fusion head: yes/no questions that need colour AND shape -> {run / 'fusion'}", flush=True)
     head_dir = quickstart_fusion(summary["bundle"], data, run / "fusion")
     url = f"http://{a.host}:{a.port}"
-    print(f"[5/5] serving on {url}  (web page: {url}/ , API docs: {url}/docs)")
+    print(f"[6/6] serving on {url}  (web page: {url}/ , API docs: {url}/docs)")
     print(f'  curl -s {url}/v1/search -H \'Content-Type: application/json\' -d \'{{"text": "a red circle", "k": 3}}\'')
     print(
         f"  curl -s {url}/v1/classify -F images=@{data}/zeroshot/red_square/0000.jpg -F labels='red square' -F labels='blue circle'"
