@@ -39,7 +39,8 @@ def settings_or_one_line(settings_cls: Any, overrides: dict[str, Any]) -> Any:
     except ValidationError as exn:
         first = exn.errors()[0]
         name = str(first["loc"][0]) if first["loc"] else "settings"
-        where = f"--{name.replace('_', '-')}" if name in overrides else f"CLIPFORGE_{name.upper()}"
+        flag = FLAGS.get(name, name).replace("_", "-")  # the setting `heads` is the repeatable flag --head
+        where = f"--{flag}" if name in overrides else f"CLIPFORGE_{name.upper()}"
         more = f" (and {exn.error_count() - 1} more)" if exn.error_count() > 1 else ""
         raise ValueError(f"{where}: {first['msg']}, got {first.get('input')!r}{more}") from None
 

@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+import pytest
+
 from clipforge.cli import main
 
 
@@ -92,3 +94,13 @@ def test_a_bad_flag_value_is_one_line_naming_the_flag(micro_bundle: Path, capsys
     assert main(["serve", "--bundle", str(micro_bundle)]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "CLIPFORGE_MAX_K: " in err, err
+
+
+def test_a_bad_setting_is_named_by_its_flag() -> None:
+    """The `heads` setting is given as the repeatable flag --head: the message names what the user typed."""
+    from clipforge.service.cli import settings_or_one_line
+    from clipforge.service.settings import Settings
+
+    with pytest.raises(ValueError, match=r"^--head: ") as info:
+        settings_or_one_line(Settings, {"heads": 5})
+    assert "\n" not in str(info.value)
