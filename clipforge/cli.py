@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from clipforge.cliutil import OneLineParser
 from clipforge.cliutil import print_json as _print_json
 
 QUICKSTART_DATA = "data/synth"
@@ -218,7 +219,7 @@ def at_least(low: int) -> Any:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="clipforge", description="Train, index and serve CLIP-style image-text encoders.")
+    p = OneLineParser(prog="clipforge", description="Train, index and serve CLIP-style image-text encoders.")
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = p.add_subparsers(dest="command", required=True)
 

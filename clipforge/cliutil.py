@@ -5,9 +5,18 @@ Kept free of heavy imports: `clipforge --help` imports it before any subcommand 
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with a usage mistake reported in one line naming the subcommand and a pointer to --help
+    (argparse's default prints the whole usage block first); subparsers inherit the class."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def print_json(obj: Any) -> None:

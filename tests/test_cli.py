@@ -1,0 +1,24 @@
+"""The `clipforge` command: a usage mistake in any subcommand is one line on stderr and exit code 2."""
+
+import pytest
+
+from clipforge.cli import main
+
+MISTAKES = [
+    ["serve", "--port", "abc"],
+    ["index", "search", "idx", "--id", "abc"],
+    ["index", "remove", "idx", "abc"],
+    ["data", "synth", "out", "--train", "abc"],
+    ["fuse", "compare", "cfg", "--bootstrap", "abc"],
+    ["train"],
+    ["no-such-command"],
+]
+
+
+@pytest.mark.parametrize("argv", MISTAKES, ids=lambda a: " ".join(a))
+def test_a_usage_mistake_is_one_line(argv, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert info.value.code == 2
+    assert err.count("\n") == 1 and err.startswith("clipforge") and "error: " in err and "--help" in err, err
