@@ -6,6 +6,19 @@ import argparse
 from typing import Any
 
 
+def check_port_free(host: str, port: int) -> None:
+    """One line now, before the model loads, rather than uvicorn's error log after it when the address is taken."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT is no conflict
+        try:
+            probe.bind((host, port))
+        except OSError as exn:
+            raise OSError(f"cannot listen on {host}:{port}: {exn.strerror or exn} (--host / --port)") from None
+
+
 def preflight(settings: Any) -> None:
     """Refuse to start, with one clear line, on a missing or corrupt bundle or index, or an index of another
     bundle: found here, not in the app's lifespan, where uvicorn would print a traceback and exit 3."""
@@ -78,6 +91,7 @@ def serve(settings: Any, log_level: str = "info", access_log: bool = True) -> in
     if settings.bundle is None:
         raise ValueError("no bundle: give --bundle DIR or set CLIPFORGE_BUNDLE")
     preflight(settings)
+    check_port_free(settings.host, settings.port)
     run = {
         "host": settings.host,
         "port": settings.port,

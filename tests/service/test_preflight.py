@@ -104,3 +104,15 @@ def test_a_bad_setting_is_named_by_its_flag() -> None:
     with pytest.raises(ValueError, match=r"^--head: ") as info:
         settings_or_one_line(Settings, {"heads": 5})
     assert "\n" not in str(info.value)
+
+
+def test_a_port_in_use_is_one_line_before_the_model_loads(micro_bundle: Path, capsys) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--bundle", str(micro_bundle), "--port", str(port), "--log-level", "critical"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"cannot listen on 127.0.0.1:{port}" in err, err
