@@ -173,6 +173,8 @@ JPEG_TEXT = ("images", ("x.png", b"definitely not an image", "image/png"))
         (f"/v1/heads/{BINARY}/predict", {"json": {"ids": [0], "texts": ["x" * 51]}}, 422, "text_too_long"),
         (f"/v1/heads/{BINARY}/predict", {"json": {"ids": [99], "texts": ["x"]}}, 404, "not_found"),
         (f"/v1/heads/{BINARY}/predict", {"json": {"ids": [-1], "texts": ["x"]}}, 422, "validation_error"),
+        (f"/v1/heads/{BINARY}/predict", {"json": {"ids": [True], "texts": ["x"]}}, 422, "validation_error"),
+        (f"/v1/heads/{BINARY}/predict", {"json": {"ids": [1.0], "texts": ["x"]}}, 422, "validation_error"),
         (f"/v1/heads/{BINARY}/predict", {"json": {"ids": ["0"], "texts": "x"}}, 422, "validation_error"),
         (f"/v1/heads/{BINARY}/predict", {"json": {"ids": [0], "texts": ["x"], "k": 3}}, 422, "validation_error"),
         (f"/v1/heads/{BINARY}/predict", {"json": [{"ids": [0]}]}, 422, "validation_error"),

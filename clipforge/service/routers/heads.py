@@ -19,7 +19,7 @@ from clipforge.service.payload import check_text, parse_body, request_body
 
 router = APIRouter(prefix="/v1/heads", tags=["heads"], dependencies=[ReadAccess])
 HeadName = Annotated[str, Path(description="the head's name, as GET /v1/heads lists it")]
-ItemIdValue = Annotated[int, Field(ge=0, le=2**63 - 1)]
+ItemIdValue = Annotated[int, Field(strict=True, ge=0, le=2**63 - 1)]  # strict: `true` is not item 1
 
 
 class HeadOut(BaseModel):
