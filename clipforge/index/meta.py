@@ -73,8 +73,19 @@ def check_extra(value: Any, where: str = "metadata") -> None:
             check_extra(v, f"{where}[{i}]")
 
 
+MAX_METADATA_BYTES = 16 * 1024  # one item's metadata as JSON: a record about an image, not a document store
+
+
+def check_metadata(value: dict[str, Any], where: str = "metadata") -> None:
+    """One item's metadata: storable and searchable (`check_extra`), and at most MAX_METADATA_BYTES as JSON."""
+    check_extra(value, where)
+    size = len(json.dumps(value, default=str, ensure_ascii=False).encode("utf-8", "surrogatepass"))
+    if size > MAX_METADATA_BYTES:
+        raise IndexInputError(f"{where}: {size:,} bytes as JSON, more than the {MAX_METADATA_BYTES:,} allowed")
+
+
 def row_for(item: Item) -> Row:
-    check_extra(item.extra)
+    check_metadata(item.extra)
     extra = json.dumps(item.extra, sort_keys=True, default=str, allow_nan=False)
     key, caption, source, member, path = (
         clean_text(t) for t in (item.key, item.caption, item.source, item.member, item.path)

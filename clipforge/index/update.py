@@ -24,7 +24,7 @@ from PIL import Image, UnidentifiedImageError
 from clipforge.encoders.text import clean_caption
 from clipforge.index import faiss_index, versions
 from clipforge.index import refine as rx
-from clipforge.index.meta import MetaWriter, check_extra, encodable, row_for
+from clipforge.index.meta import MetaWriter, check_metadata, encodable, row_for
 from clipforge.index.sources import PIL_EXT
 from clipforge.index.state import State, writable_copies
 from clipforge.index.types import IndexInputError, Item
@@ -50,7 +50,7 @@ def check_items(items: Any) -> list[NewItem]:
             raise IndexInputError(f"item {n}: caption must be a string or None")
         if extra is not None and not isinstance(extra, dict):
             raise IndexInputError(f"item {n}: extra must be a dict or None")
-        check_extra(extra or {}, f"item {n}: metadata")
+        check_metadata(extra or {}, f"item {n}: metadata")
         if caption is not None and not encodable(caption):
             raise IndexInputError(f"item {n}: caption is not valid Unicode (a lone surrogate)")
         out.append((bytes(data), clean_caption(caption), dict(extra or {})))

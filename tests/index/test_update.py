@@ -194,8 +194,9 @@ def test_memory_mapped_index_searches_and_updates(trained_bundle, synth_data, tm
         ({"x": "a\ud800"}, None, "surrogate"),
         ({"a\udfff": 1}, None, "keys"),
         ({}, "a\ud800 caption", "surrogate"),
+        ({"x": "a" * 20_000}, None, "allowed"),
     ],
-    ids=["nan", "nested-inf", "int70", "surrogate-value", "surrogate-key", "surrogate-caption"],
+    ids=["nan", "nested-inf", "int70", "surrogate-value", "surrogate-key", "surrogate-caption", "too-big"],
 )
 def test_add_refuses_what_could_be_stored_but_not_read_back(index_copy, trained_bundle, extra, caption, match):
     idx = Index.open(index_copy, bundle=trained_bundle)

@@ -135,6 +135,10 @@ def test_values_that_could_be_stored_but_not_sent_back_are_refused(
         for meta, status in (('[{"x": NaN}]', 400), ('[{"x": 1e400}]', 422)):
             r = c.post("/v1/items", files=files, data={"metadata": meta}, headers={"X-API-Key": WRITE_KEY})
             assert_error(r, status)
+        # metadata is a record about an image, not a document store: 2 MB of it, or 5,000 keys, is refused
+        for meta in ({"x": "a" * 2_000_000}, {f"k{i}": i for i in range(5000)}):
+            r = c.post("/v1/items", json={"images": [image], "metadata": [meta]}, headers={"X-API-Key": WRITE_KEY})
+            assert_error(r, 422, "invalid_metadata")
         # too many filter fields would overflow SQLite's expression depth: refused before the query
         assert_error(
             c.post("/v1/search", json={"text": "a", "filters": {f"k{i}": 1 for i in range(999)}}), 422, "invalid_filter"

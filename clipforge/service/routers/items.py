@@ -110,12 +110,12 @@ async def add_items(request: Request, settings: SettingsDep, engine: EngineDep, 
     for i, c in enumerate(captions):
         if c is not None:
             check_text(c, settings, f"captions[{i}]")
-    from clipforge.index.meta import check_extra  # (the items routes need the index package anyway)
+    from clipforge.index.meta import check_metadata  # (the items routes need the index package anyway)
     from clipforge.index.update import clean_caption
 
     for i, m in enumerate(metadata):
         try:
-            check_extra(m, f"metadata[{i}]")  # what could be stored but never sent back or searched
+            check_metadata(m, f"metadata[{i}]")  # what could be stored but never sent back or searched, or too big
         except ValueError as exn:
             raise APIError(422, "invalid_metadata", str(exn)) from exn
     # encoded like any other request: each image decoded once, batched with the others, in the batch metrics;
