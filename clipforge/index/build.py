@@ -8,6 +8,7 @@ measure recall is accumulated chunk by chunk too. See index/README.md for splitt
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import time
 from collections import Counter
@@ -24,6 +25,8 @@ from clipforge.index.embed import count_folder_images, embed_records, folder_rec
 from clipforge.index.meta import MetaWriter, row_for
 from clipforge.index.parts import Parts, PartWriter, check_parts
 from clipforge.index.types import IndexInputError, IndexMismatchError
+
+log = logging.getLogger(__name__)
 
 RECALL_QUERIES = 200
 NAMES = ("images", "captions")
@@ -197,6 +200,9 @@ def build_from_parts(
         chosen = factory or (choice.choose_factory(n, dim, share) if n else "Flat")
         if n and factory and n < 2 * _min_train(chosen, dim):
             chosen = "Flat"  # e.g. few captions: an IVF cannot be trained on them, exact search is right anyway
+            log.warning("%s: %d vectors are too few to train %r; built exact search (Flat) instead", name, n, factory)
+        if not n and name == "captions" and total:
+            log.warning("no captions found for the %d images: caption search will find nothing (--caption-key?)", total)
         refine_to = vdir / rx.segment_name(name, 0) if refine else None
         index, sections[name] = (
             build_one(parts, chosen, dim, refine_to=refine_to, rows=total)

@@ -216,3 +216,20 @@ def test_an_index_whose_recall_is_not_a_number_is_never_published(trained_bundle
                 trained_bundle, synth_data["train"], tmp_path / "o", factory="IVF8,Flat", progress=False, refine=False
             )
         assert "\n" not in str(info.value) and not (tmp_path / "o").exists()
+
+
+def test_a_factory_it_cannot_train_or_no_captions_is_said_not_silent(trained_bundle, synth_data, tmp_path, caplog):
+    """An explicit factory too big for the data falls back to exact search, and a caption key that finds
+    nothing leaves caption search empty: both still build, and both say so."""
+    with caplog.at_level("WARNING", logger="clipforge.index.build"):
+        idx = Index.build(
+            trained_bundle,
+            synth_data["val"],
+            tmp_path / "a",
+            factory="IVF100000,Flat",
+            progress=False,
+            caption_key="json:nokey",
+        )
+    assert idx.info()["images"]["factory"] == "Flat" and idx.info()["captions"]["count"] == 0
+    text = caplog.text
+    assert "too few to train 'IVF100000,Flat'" in text and "no captions found" in text
