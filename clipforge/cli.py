@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from clipforge.cliutil import OneLineParser
+from clipforge.cliutil import OneLineParser, at_least
 from clipforge.cliutil import print_json as _print_json
 
 QUICKSTART_DATA = "data/synth"
@@ -203,19 +203,6 @@ def quickstart_settings(settings: Any, bundle: str | Path, index: str | Path, he
     """The serve step's settings: the checked ones, with the bundle, index and fusion head the job has just made."""
     made = {"bundle": Path(bundle), "index": Path(index), **({"heads": [Path(head)]} if head else {})}
     return settings.model_copy(update=made)
-
-
-def at_least(low: int) -> Any:
-    """An argparse type: an integer >= `low` (argparse prints the one-line usage error)."""
-
-    def parse(text: str) -> int:
-        value = int(text)
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
-        return value
-
-    parse.__name__ = "integer"  # argparse names the type in its message for a non-number
-    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:

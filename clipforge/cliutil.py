@@ -33,3 +33,16 @@ def load_bundle_arg(path: str | None, device: str = "auto", flag: str = "--bundl
     if not Path(path).exists():
         raise FileNotFoundError(f"no bundle at {path}")
     return load_bundle(path, device=device)
+
+
+def at_least(low: int) -> Any:
+    """An argparse type: an integer >= `low` (argparse prints the one-line usage error)."""
+
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+
+    parse.__name__ = "integer"  # argparse names the type in its message for a non-number
+    return parse

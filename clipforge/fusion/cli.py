@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from clipforge.cliutil import at_least
+
 
 def _short(m: dict[str, Any]) -> dict[str, Any]:
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in m.items() if isinstance(v, int | float | str)}
@@ -105,5 +107,5 @@ def register(sub: Any) -> None:
     s.add_argument("config")
     s.add_argument("--kinds", default="all", help="'all' or a comma list, e.g. late,additive,tensor")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    s.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the gain intervals")
+    s.add_argument("--bootstrap", type=at_least(0), default=2000, help="bootstrap resamples for the gain intervals")
     s.set_defaults(func=cmd_fuse_compare)

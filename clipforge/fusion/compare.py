@@ -55,12 +55,14 @@ def latency_us(head_dir: Path, dim: int, backend: str, batch: int, reps: int) ->
 
 
 def compare(cfg: FuseConfig, kinds: list[str], *, progress: bool = True, boot: int = 2000) -> dict[str, Any]:
+    if boot < 0:
+        raise ValueError(f"the number of bootstrap resamples must be at least 0, got {boot}")
     out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     train, val = load_sets(cfg, progress)
     if val is None:
         raise ValueError("fuse compare needs a held-out set: set data.val")
+    out.mkdir(parents=True, exist_ok=True)
     feature_seconds = time.perf_counter() - t0
     labels = label_names(cfg, train)
     n_out = outputs(cfg.head.task, labels)

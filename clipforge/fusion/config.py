@@ -6,6 +6,7 @@ with the trainer's configs, so both commands read configs the same way."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,9 @@ MINIMUM = {
 
 
 def check(cfg: FuseConfig) -> FuseConfig:
+    for key in ("lr", "weight_decay"):  # NaN passes every `<` test and inf would diverge: refuse both here
+        if not math.isfinite(getattr(cfg.fit, key)):
+            raise ConfigError(f"fit.{key} must be a finite number, got {getattr(cfg.fit, key)}")
     check_minimums(cfg.to_dict(), MINIMUM)
     from clipforge.fusion.kinds import KINDS
 

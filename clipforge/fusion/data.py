@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
+import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from clipforge.data.shards import IMAGE_KEYS, expand_urls, raw_samples, read_caption
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -33,8 +37,28 @@ def is_table(spec: str) -> bool:
     return Path(spec).suffix.lower() in (".jsonl", ".csv") and "::" not in spec
 
 
-def _truthy(v: Any) -> bool:
-    return v is True or (isinstance(v, str) and v.strip().lower() in ("true", "1", "yes")) or v == 1
+TRUE_WORDS = ("true", "1", "yes")
+FALSE_WORDS = ("false", "0", "no", "")
+
+
+def _flag(v: Any, where: str, key: str) -> bool:
+    """A group field's value as a bool; anything else is refused (a typo must not silently mean False)."""
+    if v is None or isinstance(v, bool) or (isinstance(v, int | float) and v in (0, 1)):
+        return bool(v)
+    if isinstance(v, str) and v.strip().lower() in TRUE_WORDS + FALSE_WORDS:
+        return v.strip().lower() in TRUE_WORDS
+    raise ValueError(f"{where}: group field {key!r} must be true/false (or 1/0), got {v!r}")
+
+
+def _checked(where: str, text: Any, label: Any, text_key: str) -> str:
+    """The row's text, whitespace-normalised; refuses an empty or null text and a non-string in a label list."""
+    clean = " ".join(text.split()) if isinstance(text, str) else ""
+    if not clean:
+        raise ValueError(f"{where}: empty or null text field {text_key!r} (got {text!r})")
+    if isinstance(label, list) and not all(isinstance(x, str) for x in label):
+        bad = next(x for x in label if not isinstance(x, str))
+        raise ValueError(f"{where}: label list {label!r} holds a non-string {bad!r}")
+    return clean
 
 
 def table_rows(
@@ -43,32 +67,39 @@ def table_rows(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no table {path}")
+    try:
+        content = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exn:
+        raise ValueError(f"{path}: not UTF-8 text ({exn.reason} at byte {exn.start})") from None
     if path.suffix.lower() == ".csv":
-        with open(path, newline="") as f:
-            records: list[Any] = list(csv.DictReader(f))
+        records: list[Any] = list(csv.DictReader(io.StringIO(content, newline="")))
     else:
         records = []
-        for n, line in enumerate(path.read_text().splitlines(), 1):
+        for n, line in enumerate(content.splitlines(), 1):
             if line.strip():
                 try:
                     records.append(json.loads(line))
                 except json.JSONDecodeError:
                     raise ValueError(f"{path}:{n}: not a JSON line") from None
-    rows = []
+    rows, seen = [], set()
     for n, rec in enumerate(records, 1):
         if not isinstance(rec, dict) or not all(k in rec for k in (image_key, text_key, label_key)):
             raise ValueError(f"{path}: row {n} lacks one of the fields {image_key!r}, {text_key!r}, {label_key!r}")
         image = Path(str(rec[image_key]))
         image = image if image.is_absolute() else path.parent / image
-        rows.append(
-            Row(
-                str(image.resolve()),
-                " ".join(str(rec[text_key]).split()),
-                rec[label_key],
-                {g: _truthy(rec.get(g, False)) for g in group_keys},
-            )
-        )
+        where = f"{path}: row {n}"
+        text = _checked(where, rec[text_key], rec[label_key], text_key)
+        groups = {g: _flag(rec.get(g), where, g) for g in group_keys}
+        seen.update(g for g in group_keys if g in rec)
+        rows.append(Row(str(image.resolve()), text, rec[label_key], groups))
+    _warn_unseen(str(path), group_keys, seen)
     return rows
+
+
+def _warn_unseen(spec: str, group_keys: tuple[str, ...], seen: set[str]) -> None:
+    for g in group_keys:
+        if g not in seen:
+            log.warning("%s: no row has the group field %r: its subset is empty", spec, g)
 
 
 def shard_rows(spec: str, text_key: str, label_key: str, group_keys: tuple[str, ...], stats: Counter) -> list[Row]:
@@ -76,7 +107,7 @@ def shard_rows(spec: str, text_key: str, label_key: str, group_keys: tuple[str, 
     missing = [u for u in urls if "://" not in u and not u.startswith("pipe:") and not Path(u).is_file()]
     if missing:
         raise FileNotFoundError(f"shard not found: {missing[0]}")
-    rows = []
+    rows, seen = [], set()
     for sample in raw_samples(urls, stats):
         ext = next((k for k in IMAGE_KEYS if k in sample), None)
         try:
@@ -89,15 +120,12 @@ def shard_rows(spec: str, text_key: str, label_key: str, group_keys: tuple[str, 
             stats["incomplete"] += 1
             continue
         data = sample[ext]
-        rows.append(
-            Row(
-                hashlib.sha1(data).hexdigest(),
-                " ".join(text.split()),
-                meta[label_key],
-                {g: _truthy(meta.get(g, False)) for g in group_keys},
-                data,
-            )
-        )
+        where = f"{spec}: sample {sample.get('__key__', '?')!r}"
+        groups = {g: _flag(meta.get(g), where, g) for g in group_keys}
+        seen.update(g for g in group_keys if g in meta)
+        label = meta[label_key]
+        rows.append(Row(hashlib.sha1(data).hexdigest(), _checked(where, text, label, "text"), label, groups, data))
+    _warn_unseen(spec, group_keys, seen)
     return rows
 
 

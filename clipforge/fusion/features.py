@@ -57,6 +57,16 @@ def default_cache_dir() -> Path:
     return Path(root) / "clipforge" / "fusion"
 
 
+def check_device(name: str) -> None:
+    """Refuse a device name torch does not know, or CUDA on a machine without it (one line)."""
+    from clipforge.encoders.device import resolve_device
+
+    try:
+        resolve_device(name)
+    except (RuntimeError, ValueError) as exn:
+        raise ValueError(f"device {name!r} is not usable here: {' '.join(str(exn).split())}") from None
+
+
 def cache_key(fingerprint: str, spec: str, files: list[Path], fields: dict[str, Any]) -> str:
     ident = {"v": CACHE_VERSION, "bundle": fingerprint, "spec": spec, "files": file_stamp(files), "fields": fields}
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:32]
@@ -76,6 +86,7 @@ def load_pairs(
     progress: bool = True,
 ) -> PairSet:
     """The pairs of `spec` (table or shards) embedded by the bundle at `bundle_path`, from the cache if there."""
+    check_device(device)  # up front: a cache hit must not hide a device typo until the cache goes stale
     fingerprint = str(read_bundle_meta(bundle_path)["weights_sha256"])
     fields = {"image": image_key, "text": text_key, "label": label_key, "groups": list(group_keys)}
     stats: Counter = Counter()

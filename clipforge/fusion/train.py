@@ -6,6 +6,10 @@ Epochs only gather rows of the cached feature matrices (no encoder), so a head t
 from __future__ import annotations
 
 import json
+import logging
+import os
+import shutil
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -21,6 +25,7 @@ from clipforge.fusion.head import probabilities, save_head
 from clipforge.fusion.kinds import Fusion, build_fusion
 from clipforge.fusion.metrics import evaluate_groups
 
+log = logging.getLogger(__name__)
 BINARY_TRUE = ("yes", "true", "1", "positive", "pos")
 BINARY_FALSE = ("no", "false", "0", "negative", "neg")
 
@@ -92,7 +97,12 @@ def budget_width(kind: str, dim: int, out: int, budget: int, **kw: int) -> int:
     how `fuse compare` gives every kind the same parameter budget (late has 2 per output, whatever p)."""
     best = 1
     for p in range(1, dim + 1):
-        if build_fusion(kind, dim, out, **{**kw, "width": p, "width_text": 0}).n_params() > budget:
+        n_params = build_fusion(kind, dim, out, **{**kw, "width": p, "width_text": 0}).n_params()
+        if n_params > budget:
+            if p == 1:
+                log.warning(
+                    "head.budget=%d is below the smallest %s head: using width 1 (%d params)", budget, kind, n_params
+                )
             break
         best = p
     return best
@@ -210,17 +220,47 @@ def load_sets(cfg: FuseConfig, progress: bool = True) -> tuple[PairSet, PairSet 
 def train_head(
     cfg: FuseConfig, sets: tuple[PairSet, PairSet | None] | None = None, progress: bool = True
 ) -> dict[str, Any]:
-    """Train `cfg.head.kind` into `cfg.out_dir` (config.yaml, metrics.jsonl, head/); returns a summary."""
+    """Train `cfg.head.kind` into `cfg.out_dir` (config.yaml, metrics.jsonl, head/); returns a summary.
+
+    Every input (tables, features, labels) is read and checked before anything is written, and the run's
+    files are built in a hidden sibling folder and moved in only once the head is saved: a failed run
+    leaves no half-made folder and never overwrites the files of an earlier run in the same place."""
     out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_fuse_config(cfg, out / "config.yaml")
     t0 = time.perf_counter()
     train, val = sets or load_sets(cfg, progress)
     feature_seconds = time.perf_counter() - t0
     labels = label_names(cfg, train)
+    y = encode_targets(train.labels, cfg.head.task, labels)  # refuses an unknown label before any file is written
+    if val is not None:
+        encode_targets(val.labels, cfg.head.task, labels)
+    if cfg.head.task == "binary" and len(np.unique(y)) < 2:
+        log.warning("%s: every training label is %r: the head can only learn one answer", cfg.data.train, labels[y[0]])
     module = build_fusion(cfg.head.kind, train.dim, outputs(cfg.head.task, labels), **module_kwargs(cfg))
-    with open(out / "metrics.jsonl", "w") as log:
-        result = fit(module, train, val, cfg, labels, log=log, progress=progress)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        save_fuse_config(cfg, stage / "config.yaml")
+        with open(stage / "metrics.jsonl", "w") as log_file:
+            result = fit(module, train, val, cfg, labels, log=log_file, progress=progress)
+        run = _finish(cfg, out, stage, module, train, val, labels)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return run | {
+        "n_params": module.n_params(),
+        "pairs": len(train),
+        "feature_cache_hit": train.cache_hit,
+        "feature_seconds": feature_seconds,
+        "train_seconds": result["train_seconds"],
+        "pairs_per_s": result["pairs_per_s"],
+        "history": result["history"],
+        "module": module,
+    }
+
+
+def _finish(
+    cfg: FuseConfig, out: Path, stage: Path, module: Fusion, train: PairSet, val: PairSet | None, labels: list[str]
+) -> dict[str, Any]:
+    """Evaluate, save the head into `out`, then move the staged config and metrics next to it."""
     metrics: dict[str, Any] = {}
     if val is not None:
         y_val = encode_targets(val.labels, cfg.head.task, labels)
@@ -243,20 +283,10 @@ def train_head(
             "config": cfg.to_dict(),
         },
     )
-    return {
-        "head": str(head_dir),
-        "kind": cfg.head.kind,
-        "n_params": module.n_params(),
-        "pairs": len(train),
-        "feature_cache_hit": train.cache_hit,
-        "feature_seconds": feature_seconds,
-        "train_seconds": result["train_seconds"],
-        "pairs_per_s": result["pairs_per_s"],
-        "metrics": summary_metrics,
-        "full_metrics": metrics,
-        "history": result["history"],
-        "module": module,
-    }
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("config.yaml", "metrics.jsonl"):
+        os.replace(stage / name, out / name)
+    return {"head": str(head_dir), "kind": cfg.head.kind, "metrics": summary_metrics, "full_metrics": metrics}
 
 
 def with_kind(cfg: FuseConfig, kind: str, out_dir: str | Path, width: int | None = None) -> FuseConfig:
