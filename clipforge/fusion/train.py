@@ -73,6 +73,14 @@ def encode_targets(values: list[Any], task: str, labels: list[str]) -> np.ndarra
     return m
 
 
+def _targets(spec: str, data: PairSet, task: str, labels: list[str]) -> np.ndarray:
+    """`encode_targets`, its error naming the data set (the run may read two)."""
+    try:
+        return encode_targets(data.labels, task, labels)
+    except ValueError as exn:
+        raise ValueError(f"{spec}: {exn}") from None
+
+
 def outputs(task: str, labels: list[str]) -> int:
     return 1 if task == "binary" else len(labels)
 
@@ -230,9 +238,9 @@ def train_head(
     train, val = sets or load_sets(cfg, progress)
     feature_seconds = time.perf_counter() - t0
     labels = label_names(cfg, train)
-    y = encode_targets(train.labels, cfg.head.task, labels)  # refuses an unknown label before any file is written
+    y = _targets(cfg.data.train, train, cfg.head.task, labels)  # labels checked before any file is written
     if val is not None:
-        encode_targets(val.labels, cfg.head.task, labels)
+        _targets(cfg.data.val, val, cfg.head.task, labels)
     if cfg.head.task == "binary" and len(np.unique(y)) < 2:
         log.warning("%s: every training label is %r: the head can only learn one answer", cfg.data.train, labels[y[0]])
     module = build_fusion(cfg.head.kind, train.dim, outputs(cfg.head.task, labels), **module_kwargs(cfg))

@@ -1,0 +1,168 @@
+"""Bad input to `clipforge fuse train | eval | compare`: one-line errors, nothing written, nothing lost."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+
+from clipforge.cli import main
+from clipforge.configfile import ConfigError
+from clipforge.fusion.config import load_fuse_config
+from clipforge.fusion.data import table_rows
+from clipforge.fusion.train import budget_width, train_head
+
+
+def _table(questions: Path, out: Path, n: int = 24, **edit: dict) -> Path:
+    """The first `n` rows of the question set with absolute image paths; `edit` maps row number -> changed fields."""
+    rows = [json.loads(r) for r in (questions / "train.jsonl").read_text().splitlines()[:n]]
+    for i, r in enumerate(rows, 1):
+        r["image"] = str(questions / r["image"])
+        r.update(edit.get(str(i), {}))
+    out.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return out
+
+
+def _sets(micro_bundle: Path, questions: Path, tmp_path: Path, *extra: str) -> list[str]:
+    common = [
+        f"data.bundle={micro_bundle}",
+        f"data.train={questions / 'train.jsonl'}",
+        f"data.val={questions / 'test.jsonl'}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "fit.epochs=1",
+        *extra,
+    ]
+    return [x for kv in common for x in ("--set", kv)]
+
+
+def _one_line_error(capsys: pytest.CaptureFixture) -> str:
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # the lines above are progress bars
+    assert err.startswith("clipforge: error: "), err
+    return err
+
+
+def test_failed_train_keeps_the_previous_run(
+    questions: Path, micro_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    run = tmp_path / "runs" / "keep"
+    assert main(["fuse", "train", "smoke", *_sets(micro_bundle, questions, tmp_path, f"out_dir={run}")]) == 0
+    before = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    assert {Path("config.yaml"), Path("metrics.jsonl"), Path("head/head.json")} <= set(before)
+    capsys.readouterr()
+
+    bad = _table(questions, tmp_path / "bad.jsonl", **{"5": {"label": "maybe"}})
+    argv = ["fuse", "train", "smoke", *_sets(micro_bundle, questions, tmp_path, f"out_dir={run}", f"data.train={bad}")]
+    assert main(argv) == 1
+    assert f"{bad}: binary label 'maybe'" in _one_line_error(capsys)
+    after = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    assert after == before  # config.yaml still names the good table; metrics and head untouched
+    assert sorted(p.name for p in run.parent.iterdir()) == ["keep"]  # no staging folder left behind
+
+    fresh = tmp_path / "runs" / "fresh"
+    argv = [
+        "fuse",
+        "train",
+        "smoke",
+        *_sets(micro_bundle, questions, tmp_path, f"out_dir={fresh}", f"data.train={bad}"),
+    ]
+    assert main(argv) == 1
+    assert not fresh.exists()  # a failed first run leaves no folder with a config but no head
+
+
+def test_compare_refuses_a_negative_bootstrap(
+    questions: Path, micro_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "cmp"
+    sets = _sets(micro_bundle, questions, tmp_path, f"out_dir={out}")
+    with pytest.raises(SystemExit) as exc:
+        main(["fuse", "compare", "smoke", "--kinds", "late,additive", "--bootstrap", "-1", *sets])
+    assert exc.value.code == 2 and "--bootstrap: must be at least 0, got -1" in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"text": None}, "row 3: empty or null text field 'text'"),
+        ({"text": ""}, "row 3: empty or null text field 'text'"),
+        ({"text": "  \t "}, "row 3: empty or null text field 'text'"),
+        ({"label": ["circle", 5]}, "row 3: label list .* holds a non-string 5"),
+        ({"heldout": "garbage"}, "row 3: group field 'heldout' must be true/false"),
+    ],
+)
+def test_bad_table_rows_are_refused_with_file_and_row(
+    questions: Path, tmp_path: Path, fields: dict, message: str
+) -> None:
+    table = _table(questions, tmp_path / "t.jsonl", n=5, **{"3": fields})
+    with pytest.raises(ValueError, match=f"{table}: {message}"):
+        table_rows(table, "image", "text", "label", ("heldout",))
+
+
+def test_group_values_that_are_booleans_in_any_spelling_are_read(questions: Path, tmp_path: Path) -> None:
+    spellings = [True, "yes", 1, "TRUE", False, "no", 0, None]
+    table = _table(
+        questions, tmp_path / "t.jsonl", n=8, **{str(i + 1): {"heldout": v} for i, v in enumerate(spellings)}
+    )
+    rows = table_rows(table, "image", "text", "label", ("heldout",))
+    assert [r.groups["heldout"] for r in rows] == [True] * 4 + [False] * 4
+
+
+def test_non_utf8_table_names_the_file(tmp_path: Path) -> None:
+    for name in ("t.jsonl", "t.csv"):
+        table = tmp_path / name
+        table.write_bytes(b"\xff\xfe" + '{"image": "a.jpg"}'.encode("utf-16-le"))
+        with pytest.raises(ValueError, match=f"{table}: not UTF-8 text"):
+            table_rows(table, "image", "text", "label", ())
+
+
+def test_device_is_checked_even_when_features_are_cached(
+    questions: Path, micro_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    run = tmp_path / "run"
+    assert main(["fuse", "train", "smoke", *_sets(micro_bundle, questions, tmp_path, f"out_dir={run}")]) == 0
+    capsys.readouterr()
+    devices = ["bogus"] + ([] if torch.cuda.is_available() else ["cuda"])
+    for device in devices:
+        sets = _sets(micro_bundle, questions, tmp_path, f"out_dir={tmp_path / device}", f"data.device={device}")
+        assert main(["fuse", "train", "smoke", *sets]) == 1  # the features are in the cache
+        assert f"device {device!r}" in _one_line_error(capsys)
+        assert not (tmp_path / device).exists()
+        argv = ["fuse", "eval", str(run), "--data", str(questions / "test.jsonl"), "--device", device]
+        assert main([*argv, "--cache-dir", str(tmp_path / "cache")]) == 1
+        assert f"device {device!r}" in _one_line_error(capsys)
+
+
+@pytest.mark.parametrize("value", [".inf", "-.inf", ".nan"])
+def test_non_finite_learning_rate_is_refused(value: str) -> None:
+    with pytest.raises(ConfigError, match="fit.lr must be a finite number"):
+        load_fuse_config("smoke", [f"fit.lr={value}"])
+
+
+def test_warnings_for_an_absent_group_a_one_class_table_and_a_budget_nothing_fits(
+    questions: Path, micro_bundle: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
+    table = _table(questions, tmp_path / "t.jsonl", n=6)
+    assert len(table_rows(table, "image", "text", "label", ("heldout", "nokey"))) == 6
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{table}: no row has the group field 'nokey': its subset is empty"
+    ]
+
+    caplog.clear()
+    yes_only = _table(questions, tmp_path / "yes.jsonl", n=6, **{str(i): {"label": "yes"} for i in range(1, 7)})
+    cfg = load_fuse_config(
+        "smoke",
+        [f"out_dir={tmp_path / 'run'}", f"data.bundle={micro_bundle}", f"data.train={yes_only}",
+         f"data.cache_dir={tmp_path / 'cache'}", "fit.epochs=1"],
+    )  # fmt: skip
+    train_head(cfg, progress=False)
+    assert any("every training label is 'yes'" in r.getMessage() for r in caplog.records)
+
+    caplog.clear()
+    assert budget_width("tensor", 16, 1, 10) == 1
+    assert any(
+        "head.budget=10 is below the smallest tensor head: using width 1" in r.getMessage() for r in caplog.records
+    )
