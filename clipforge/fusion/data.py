@@ -81,7 +81,8 @@ def table_rows(
                     records.append(json.loads(line))
                 except json.JSONDecodeError:
                     raise ValueError(f"{path}:{n}: not a JSON line") from None
-    rows, seen = [], set()
+    rows: list[Row] = []
+    seen: set[str] = set()
     for n, rec in enumerate(records, 1):
         if not isinstance(rec, dict) or not all(k in rec for k in (image_key, text_key, label_key)):
             raise ValueError(f"{path}: row {n} lacks one of the fields {image_key!r}, {text_key!r}, {label_key!r}")
@@ -107,7 +108,8 @@ def shard_rows(spec: str, text_key: str, label_key: str, group_keys: tuple[str, 
     missing = [u for u in urls if "://" not in u and not u.startswith("pipe:") and not Path(u).is_file()]
     if missing:
         raise FileNotFoundError(f"shard not found: {missing[0]}")
-    rows, seen = [], set()
+    rows: list[Row] = []
+    seen: set[str] = set()
     for sample in raw_samples(urls, stats):
         ext = next((k for k in IMAGE_KEYS if k in sample), None)
         try:
