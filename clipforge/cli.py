@@ -13,6 +13,8 @@ from clipforge.cliutil import print_json as _print_json
 
 QUICKSTART_DATA = "data/synth"
 
+SYNTH_MAX = 100_000_000  # images `data synth` writes per split: beyond it a typo, not a data set
+
 
 def cmd_data_synth(a: argparse.Namespace) -> int:
     from clipforge.training.synth import write_synth
@@ -215,9 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s = data.add_parser("synth", help="write the synthetic coloured-shapes set (shards + zero-shot folders)")
     s.add_argument("out")
-    s.add_argument("--train", type=at_least(1), default=20_000, help="training samples")
-    s.add_argument("--val", type=at_least(1), default=1000, help="held-out samples")
-    s.add_argument("--per-class", type=at_least(1), default=20, help="zero-shot images per class")
+    s.add_argument("--train", type=at_least(1, SYNTH_MAX), default=20_000, help="training samples")
+    s.add_argument("--val", type=at_least(1, SYNTH_MAX), default=1000, help="held-out samples")
+    s.add_argument("--per-class", type=at_least(1, SYNTH_MAX), default=20, help="zero-shot images per class")
     s.add_argument("--shard-size", type=at_least(1), default=1000)
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_data_synth)
@@ -246,7 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         help="prompt template with {} (repeatable; default: encoders/prompts.py DEFAULT_TEMPLATES)",
     )
-    s.add_argument("--limit", type=int, default=1000)
+    s.add_argument(
+        "--limit", type=at_least(2), default=1000, help="held-out pairs for retrieval (--val only; at least 2)"
+    )
     s.add_argument("--caption-key", default="txt")
     s.add_argument("--device", default="auto")
     s.add_argument("--full", action="store_true", help="also print per-class accuracy and the confusion matrix")

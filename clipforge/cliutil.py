@@ -35,13 +35,15 @@ def load_bundle_arg(path: str | None, device: str = "auto", flag: str = "--bundl
     return load_bundle(path, device=device)
 
 
-def at_least(low: int) -> Any:
-    """An argparse type: an integer >= `low` (argparse prints the one-line usage error)."""
+def at_least(low: int, high: int | None = None) -> Any:
+    """An argparse type: an integer >= `low` (and <= `high`; argparse prints the one-line usage error)."""
 
     def parse(text: str) -> int:
         value = int(text)
         if value < low:
             raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"must be at most {high:,}, got {value}")
         return value
 
     parse.__name__ = "integer"  # argparse names the type in its message for a non-number

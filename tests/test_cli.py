@@ -22,3 +22,10 @@ def test_a_usage_mistake_is_one_line(argv, capsys):
     err = capsys.readouterr().err
     assert info.value.code == 2
     assert err.count("\n") == 1 and err.startswith("clipforge") and "error: " in err and "--help" in err, err
+
+
+def test_data_synth_refuses_a_count_that_is_a_typo(capsys):
+    """An 18-line OverflowError traceback, after an empty shard had been written."""
+    with pytest.raises(SystemExit) as info:
+        main(["data", "synth", "never-written", "--train", "99999999999999999999"])
+    assert info.value.code == 2 and "must be at most" in capsys.readouterr().err

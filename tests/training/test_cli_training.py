@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from clipforge.cli import main
 from tests.training.test_train import one_pair_shard
 
@@ -15,21 +17,12 @@ def test_eval_of_one_pair_warns_what_cannot_be_computed(synth_data, micro_bundle
         "clipforge: warning: diagnostics uniformity_image, uniformity_text, cca_top not computable from 1 pair(s) "
         "(need at least 2)"
     ]
-    assert (
-        main(
-            [
-                "eval",
-                str(micro_bundle),
-                "--val",
-                str(synth_data["root"] / "val" / "shard-000000.tar"),
-                "--limit",
-                "1",
-                "--device",
-                "cpu",
-            ]
-        )
-        == 0
-    )
+    # asking for fewer than 2 pairs is a usage mistake (retrieval over one pair is R@k = 1 by construction)
+    shard = str(synth_data["root"] / "val" / "shard-000000.tar")
+    for limit in ("1", "0", "-1"):
+        with pytest.raises(SystemExit) as info:
+            main(["eval", str(micro_bundle), "--val", shard, "--limit", limit, "--device", "cpu"])
+        assert info.value.code == 2 and "--limit: must be at least 2" in capsys.readouterr().err
 
 
 def test_quickstart_checks_its_whole_configuration_before_training(synth_data, tmp_path, capsys):
