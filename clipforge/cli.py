@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -309,13 +310,25 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
+    if not args.verbose:  # a warning is one line, as an error is (Python's format adds the file and source line)
+        warnings.formatwarning = lambda message, *_a, **_k: f"clipforge: warning: {message}\n"
     try:
         return int(args.func(args))
     except KeyboardInterrupt:
+        close_progress_bars()
         print("clipforge: interrupted", file=sys.stderr)
         return 130
     except (ValueError, FileNotFoundError, RuntimeError, OSError, KeyError) as exn:
         if args.verbose:
             raise
+        close_progress_bars()
         print(f"clipforge: error: {exn}", file=sys.stderr)
         return 1
+
+
+def close_progress_bars() -> None:
+    """End any bar the failed command left open, so that the error starts its own line."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from clipforge.encoders.model import load_weights
 from clipforge.training.checkpoint import (
     latest_valid_checkpoint,
     load_checkpoint,
@@ -54,7 +55,8 @@ class TrainState:
         return state
 
     def load(self, ckpt: dict[str, Any], cfg: Config, info: DistInfo) -> None:
-        self.model.load_state_dict(ckpt["model"])
+        where = f"the checkpoint (a {ckpt.get('arch', '?')} run; model.arch is {cfg.model.arch})"
+        load_weights(self.model, ckpt["model"], where)  # one line naming the first mismatched keys
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scaler.load_state_dict(ckpt["scaler"])
         set_rng_state(ckpt["rng"])

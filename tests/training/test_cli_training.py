@@ -118,3 +118,24 @@ def test_report_on_malformed_metrics_or_config_is_one_line(tmp_path, capsys):
     (run / "metrics.jsonl").write_text(good + '{"step": 2, "lo')  # a torn last line (a killed run) is fine
     (run / "config.yaml").unlink()
     assert main(["report", str(run), "--no-examples"]) == 0
+
+
+def test_a_training_error_starts_its_own_line_after_the_progress_bar(synth_data, tmp_path, capsys):
+    """The error was glued to the open bar (`0%| | 0/2 [...]clipforge: error: ...`)."""
+    args = [
+        "train",
+        "smoke",
+        "--set",
+        f"out_dir={tmp_path / 'run'}",
+        "--set",
+        f"data.train=['{synth_data['train']}']",
+        "--set",
+        "data.caption_key=json:nofield",
+        "--set",
+        "data.val=null",
+        "--set",
+        "data.zeroshot=null",
+    ]
+    assert main(args) == 1
+    last = capsys.readouterr().err.rstrip("\n").split("\n")[-1]
+    assert last.startswith("clipforge: error: ") and "no usable samples" in last, last

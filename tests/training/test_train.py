@@ -279,6 +279,10 @@ def test_a_bad_resume_file_or_init_bundle_is_a_one_line_error(synth_data, tmp_pa
             progress=False,
         )
     assert "\n" not in str(info.value)
+    (ckpt,) = sorted((first / "checkpoints").glob("*.pt"))[-1:]  # resuming it as another architecture
+    with pytest.raises(ValueError, match=r"checkpoint \(a cf-micro-vit run; model.arch is cf-tiny-vit\)") as info:
+        train(smoke_cfg(synth_data, tmp_path / "run3", "model.arch=cf-tiny-vit"), resume=str(ckpt), progress=False)
+    assert "\n" not in str(info.value) and "missing" in str(info.value)
 
 
 def test_gradient_checkpointing_and_channels_last_give_the_same_loss(synth_data, tmp_path):
