@@ -127,9 +127,9 @@ def cmd_report(a: argparse.Namespace) -> int:
 
 
 def cmd_bundle_info(a: argparse.Namespace) -> int:
-    from clipforge.encoders.bundle import read_bundle_meta
+    from clipforge.encoders.bundle import verify_bundle
 
-    meta = read_bundle_meta(a.bundle)
+    meta = verify_bundle(a.bundle)  # missing or edited weights are an error, not a healthy-looking summary
     if isinstance(meta.get("provenance"), dict):  # the full training config is long; `provenance: "x"` is shown
         meta["provenance"].pop("config", None)
     _print_json(meta)

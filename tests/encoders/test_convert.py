@@ -285,3 +285,17 @@ def test_bundle_info_shows_a_provenance_that_is_not_an_object(tmp_path, micro_bu
     (tmp_path / "b" / "bundle.json").write_text(json.dumps({**meta, "provenance": "x"}))
     assert main(["bundle", "info", str(tmp_path / "b")]) == 0
     assert json.loads(capsys.readouterr().out)["provenance"] == "x"
+
+
+def test_bundle_info_refuses_missing_or_edited_weights(tmp_path, micro_bundle, capsys):
+    """`bundle info` printed the same healthy summary for a bundle whose weights were gone or truncated."""
+    import shutil
+
+    from clipforge.cli import main
+
+    for name, damage in (("gone", lambda w: w.unlink()), ("cut", lambda w: w.write_bytes(w.read_bytes()[:1000]))):
+        shutil.copytree(micro_bundle, tmp_path / name)
+        damage(tmp_path / name / "model.safetensors")
+        assert main(["bundle", "info", str(tmp_path / name)]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "model.safetensors" in err, err
