@@ -92,7 +92,9 @@ def read_tree(name_or_path: str | None, overrides: Sequence[str], preset_dir: Pa
     tree: dict[str, Any] = {}
     if name_or_path:
         path = resolve_preset(name_or_path, preset_dir, what)
-        tree = parse_yaml(path.read_text(), str(path)) or {}
+        tree = parse_yaml(path.read_text(), str(path))
+        if tree is None:  # an empty file: almost surely the wrong file, not a wish for every default
+            raise ConfigError(f"{path}: the config file is empty")
         if not isinstance(tree, dict):
             raise ConfigError(f"{path}: top level must be a mapping")
     for item in overrides:

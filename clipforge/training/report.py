@@ -24,16 +24,21 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     """Records of metrics.jsonl; a torn last line (a killed run) is ignored, a record of another shape is an
     error that names its line."""
     out = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
+    lines = path.read_text().splitlines()
+    for number, line in enumerate(lines, 1):
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
-            continue
+            if number == len(lines):  # the line a killed run was writing
+                continue
+            raise ValueError(f"{path} line {number} is not JSON") from None
         step = record.get("step") if isinstance(record, dict) else None
         sections_ok = isinstance(record, dict) and all(isinstance(record.get(k, {}), dict) for k in ("eval", "skipped"))
         if not (isinstance(step, int) and not isinstance(step, bool) and sections_ok):
             raise ValueError(f"{path} line {number} is not a metrics record (an object with an integer step)")
         out.append(record)
+    if not out:
+        raise ValueError(f"{path} holds no metrics records")
     return out
 
 

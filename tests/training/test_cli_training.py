@@ -105,6 +105,9 @@ def test_report_on_malformed_metrics_or_config_is_one_line(tmp_path, capsys):
         (good + "[1, 2]\n", None, "metrics.jsonl line 2 is not a metrics record"),
         (good + '{"step": null}\n', None, "metrics.jsonl line 2 is not a metrics record"),
         (good + '{"step": 3, "eval": [1]}\n', None, "metrics.jsonl line 2 is not a metrics record"),
+        ("garbage{{\n" + good, None, "metrics.jsonl line 1 is not JSON"),
+        ("", None, "metrics.jsonl holds no metrics records"),
+        ("garbage{{", None, "metrics.jsonl holds no metrics records"),
         (good, "data: [unclosed\n", "config.yaml is not valid YAML"),
         (good, "- a list\n", "config.yaml is not a clipforge config"),
     ):

@@ -44,3 +44,10 @@ def test_invalid_yaml_file_is_a_one_line_error(tmp_path):
     with pytest.raises(ConfigError, match="not valid YAML") as info:
         load_config(str(bad))
     assert "\n" not in str(info.value)
+
+
+def test_an_empty_config_file_is_refused(tmp_path):
+    """It trained every default without a word."""
+    (tmp_path / "empty.yaml").write_text("\n# nothing here\n")
+    with pytest.raises(ConfigError, match="empty"):
+        load_config(str(tmp_path / "empty.yaml"))
