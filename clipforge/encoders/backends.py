@@ -71,6 +71,13 @@ class OnnxEncoder:
         self.tokenizer = tokenizer
         self.image = ort.InferenceSession(str(directory / "image_encoder.onnx"), opts, providers=providers)
         self.text = ort.InferenceSession(str(directory / "text_encoder.onnx"), opts, providers=providers)
+        for session, name, want in (
+            (self.image, "image_encoder.onnx", "pixel_values"),
+            (self.text, "text_encoder.onnx", "input_ids"),
+        ):
+            got = [i.name for i in session.get_inputs()]
+            if got != [want]:  # e.g. the two files swapped: found now, not at the first request
+                raise ValueError(f"{directory / name}: expected one input {want!r}, the graph takes {got}")
 
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         out = self.image.run(None, {"pixel_values": pixels.float().numpy()})[0]

@@ -64,6 +64,21 @@ def test_a_corrupt_graph_falls_back_to_torch_under_auto_and_fails_in_one_line_wh
     assert "\n" not in str(err.value) and len(str(err.value)) < 400
 
 
+def test_swapped_graphs_are_found_at_load_and_fall_back_under_auto(onnx_bundle, tmp_path):
+    """Two valid graphs in each other's place loaded, and every request then failed inside ONNX Runtime."""
+    bundle = tmp_path / "b"
+    shutil.copytree(onnx_bundle, bundle)
+    image, text = bundle / "onnx" / "image_encoder.onnx", bundle / "onnx" / "text_encoder.onnx"
+    image_bytes = image.read_bytes()
+    image.write_bytes(text.read_bytes())
+    text.write_bytes(image_bytes)
+    with pytest.warns(RuntimeWarning, match="expected one input 'pixel_values'"):
+        b = load_bundle(bundle, device="cpu", backend="auto")
+    assert b.backend == "torch" and b.encode_texts(TEXTS).shape == (2, 32)
+    with pytest.raises(BundleError, match="expected one input"):
+        load_bundle(bundle, device="cpu", backend="onnx")
+
+
 def test_onnx_runtime_takes_as_many_threads_as_torch_is_set_to(onnx_bundle):
     """A server that limits torch's threads (CLIPFORGE_TORCH_THREADS, or --workers sharing the cores) must
     limit ONNX Runtime's pool too: its own default takes every core from the event loop."""
