@@ -87,7 +87,8 @@ def pack_shards(
         raise ValueError(
             f"need shard_size >= 1, max_size >= 16 and 1 <= quality <= 100; got {shard_size}, {max_size}, {quality}"
         )
-    out.mkdir(parents=True, exist_ok=True)
+    if any(out.glob("shard-*.tar")):  # a second data set beside the first: training on the folder would mix them
+        raise ValueError(f"{out} already holds shards: give an empty or new folder")
     if source.is_dir():
         rows = list(iter_folder(source))
     elif source.is_file():
@@ -96,6 +97,7 @@ def pack_shards(
         raise FileNotFoundError(f"{source} is neither a folder nor a CSV/JSONL file")
     if not rows:
         raise ValueError(f"no images found in {source}")
+    out.mkdir(parents=True, exist_ok=True)  # only once the source is known to be readable
     skipped: Counter = Counter()
     written = 0
     # integer mtime: a float one costs a PAX header per member (twice the tar parsing) and varies run to run
@@ -114,6 +116,8 @@ def pack_shards(
             written += 1
         shards = sink.shard
     if written == 0:
+        for empty in out.glob("shard-*.tar"):  # the writer's first, empty shard: nothing half-made stays
+            empty.unlink()
         raise ValueError(f"no usable (image, caption) pairs in {source}: {dict(skipped)}")
     return {
         "written": written,

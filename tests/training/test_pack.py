@@ -27,6 +27,7 @@ def test_bad_table_rows_are_clear_errors(tmp_path, name, text, match):
     with pytest.raises(ValueError, match=match) as info:
         pack_shards(table, tmp_path / "out")
     assert "\n" not in str(info.value)
+    assert not (tmp_path / "out").exists()  # a failed pack leaves nothing behind
 
 
 @pytest.mark.parametrize("kw", [{"shard_size": 0}, {"max_size": 0}, {"max_size": -5}, {"quality": 500}])
@@ -43,3 +44,21 @@ def test_a_good_table_packs(tmp_path):
     (tmp_path / "t.jsonl").write_text(json.dumps({"path": "a.png", "caption": 7}) + "\n")
     summary = pack_shards(tmp_path / "t.jsonl", tmp_path / "out")
     assert (summary["written"], summary["shards"], dict(summary["skipped"])) == (1, 1, {})
+
+
+def test_packing_into_a_folder_of_shards_or_packing_nothing_leaves_no_stray_shard(tmp_path):
+    """A second pack into the same folder kept the first one's extra shards beside its own (training on the
+    folder mixed the two sets); a pack with no usable pair left an empty shard."""
+    for i in range(3):
+        Image.new("RGB", (20, 20), (i, 2, 3)).save(tmp_path / f"{i}.png")
+    (tmp_path / "t.jsonl").write_text(
+        "".join(json.dumps({"path": f"{i}.png", "caption": "x"}) + "\n" for i in range(3))
+    )
+    assert pack_shards(tmp_path / "t.jsonl", tmp_path / "out", shard_size=1)["shards"] == 3
+    with pytest.raises(ValueError, match="already holds shards"):
+        pack_shards(tmp_path / "t.jsonl", tmp_path / "out", shard_size=2)
+    assert len(list((tmp_path / "out").glob("shard-*.tar"))) == 3
+    (tmp_path / "blank.jsonl").write_text(json.dumps({"path": "0.png", "caption": " "}) + "\n")
+    with pytest.raises(ValueError, match="no usable"):
+        pack_shards(tmp_path / "blank.jsonl", tmp_path / "out2")
+    assert not list((tmp_path / "out2").glob("*.tar"))
