@@ -132,8 +132,8 @@ def main() -> None:
         "--backend",
         default="torch",
         choices=["torch", "onnx", "auto"],
-        help="encoder backend, offline and in the server (CLIPFORGE_BACKEND). torch by default: "
-        "--threads does not reach ONNX Runtime, whose spinning threads compete with the event loop",
+        help="encoder backend, offline and in the server (CLIPFORGE_BACKEND); --threads applies to "
+        "ONNX Runtime's sessions too",
     )
     a = ap.parse_args()
     os.environ["CLIPFORGE_BACKEND"] = a.backend
