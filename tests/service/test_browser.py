@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +14,7 @@ from clipforge.service.app import create_app
 from clipforge.service.deps import maybe_index
 from clipforge.service.settings import Settings
 from clipforge.service.store import IndexHandle
+from tests.service.conftest import served_in_thread
 from tests.service.fakes import COLORS, FakeIndex, png_bytes, shape_items
 
 pytestmark = pytest.mark.slow
@@ -24,31 +23,11 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def live_server(micro_bundle: Path, bundle: Any) -> Iterator[str]:
     """uvicorn on 127.0.0.1 (a free port) in a thread, serving the micro bundle and a fake index."""
-    import uvicorn
-
     app = create_app(Settings(bundle=micro_bundle, max_wait_ms=1.0))
     handle = IndexHandle(FakeIndex(bundle, shape_items()))
     app.dependency_overrides[maybe_index] = lambda: handle
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    else:
-        pytest.fail("the server did not become ready")
-    yield url
-    server.should_exit = True
-    thread.join(timeout=10)
+    with served_in_thread(app) as url:
+        yield url
     handle.close()
 
 

@@ -3,9 +3,6 @@ bars show what the API answers; the panel is hidden when the server has no head.
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,6 +13,7 @@ import pytest
 
 from clipforge.service.app import create_app
 from clipforge.service.settings import Settings
+from tests.service.conftest import served_in_thread
 from tests.service.fakes import COLORS, png_bytes
 from tests.service.test_heads import make_head
 
@@ -24,32 +22,8 @@ pytestmark = pytest.mark.slow
 
 @contextmanager
 def live(settings: Settings) -> Iterator[str]:
-    """uvicorn on a free 127.0.0.1 port in a thread; its URL once /readyz answers 200."""
-    import uvicorn
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    else:
-        pytest.fail("the server did not become ready")
-    try:
+    with served_in_thread(create_app(settings)) as url:
         yield url
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 @pytest.fixture(scope="module")
