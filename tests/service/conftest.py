@@ -108,19 +108,25 @@ def run_async(coro: Any) -> Any:
         return pool.submit(asyncio.run, coro).result()
 
 
+def free_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on (the OS's choice)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @contextmanager
 def served_in_thread(app: FastAPI) -> Iterator[str]:
     """uvicorn serving `app` on a free 127.0.0.1 port in a thread; its URL once /readyz answers 200."""
-    import socket
     import threading
     import time
 
     import httpx
     import uvicorn
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.service.conftest import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
@@ -23,12 +25,6 @@ MALFORMED = {
     "raw_non_ascii_path": "GET /v1/items/\u00e9\u4e2d HTTP/1.1\r\nHost: x\r\n\r\n".encode(),
     "garbage_request_line": b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n",  # a TLS hello
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def exchange(port: int, raw: bytes) -> bytes:

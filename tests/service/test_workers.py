@@ -7,7 +7,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,17 +17,11 @@ from typing import Any
 
 import pytest
 
-from tests.service.conftest import WRITE_KEY
+from tests.service.conftest import WRITE_KEY, free_port
 from tests.service.fakes import png_bytes, shape_items
 
 pytest.importorskip("clipforge.index")
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def call(url: str, body: dict | None = None, headers: dict | None = None) -> tuple[int, Any]:
