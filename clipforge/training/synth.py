@@ -186,19 +186,53 @@ def _question_rows(color: str, shape: str, rng: random.Random, allowed: list[tup
     return rows
 
 
+# The same images, a second task: "is the circle red?" answered yes / no / absent. The answer is not a
+# similarity: "no" (the circle is there, in another colour) and "absent" (no circle; maybe a red square) are
+# both part-matches, so a threshold on cos(image, question) cannot tell them apart -- the `late` baseline's
+# weak spot by construction -- while a head that sees which part matches can.
+THREEWAY = (
+    "is the {shape} {color}?",
+    "is the {shape} in the picture {color}?",
+    "is the {shape} coloured {color}?",
+    "what about the {shape}: is it {color}?",
+)
+THREEWAY_LABELS = ("yes", "no", "absent")
+
+
+def threeway_rows(color: str, shape: str, rng: random.Random, allowed: list[tuple[str, str]]) -> list[dict]:
+    """Two questions per answer about one image: yes (its shape, its colour; two wordings), no (its shape,
+    another colour), absent (another shape: one with its colour, one with neither)."""
+    picks = {
+        "match": [(color, shape)],
+        "shape_only": [(c, s) for c, s in allowed if s == shape and c != color],
+        "colour_only": [(c, s) for c, s in allowed if s != shape and c == color],
+        "neither": [(c, s) for c, s in allowed if s != shape and c != color],
+    }
+    plan = [("yes", "match")] * 2 + [("no", "shape_only")] * 2 + [("absent", "colour_only"), ("absent", "neither")]
+    rows, yes_wordings = [], rng.sample(THREEWAY, 2)  # the two yes questions are two different wordings
+    for k, (label, relation) in enumerate(plan):
+        c, s = rng.choice(picks[relation])
+        text = (yes_wordings[k] if relation == "match" else rng.choice(THREEWAY)).format(color=c, shape=s)
+        rows.append({"q_color": c, "q_shape": s, "label": label, "relation": relation, "text": text})
+    return rows
+
+
 def write_questions(out: str | Path, *, train: int = 1500, test: int = 600, seed: int = 0) -> dict:
-    """`out`/images/*.jpg and train.jsonl / test.jsonl of (image, question, yes|no) rows, six per image.
+    """`out`/images/*.jpg and two tasks on them, six questions per image each:
+    train.jsonl / test.jsonl, yes/no ("is there a red circle?"), and 3way-train.jsonl / 3way-test.jsonl,
+    yes/no/absent ("is the circle red?").
 
     train: images and questions only of the seen colour+shape combinations; test: images of all 30
     combinations, questions about any; its rows touching a held-out combination carry heldout=true."""
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed + 7919)  # its own stream: write_synth's other outputs do not change
+    rng3 = random.Random(seed + 104_729)  # and the 3-way task's: the yes/no rows stay as they were
     every = [(c, s) for c in COLORS for s in SHAPES]
     seen = [cs for cs in every if cs not in HELDOUT]
-    counts = {}
+    counts: dict[str, int] = {}
     for split, n, combos in (("train", train, seen), ("test", test, every)):
-        lines = []
+        lines, lines3 = [], []
         for i in range(n):
             color, shape = rng.choice(combos)
             im, attrs = draw_shape(color, shape, rng)
@@ -207,7 +241,11 @@ def write_questions(out: str | Path, *, train: int = 1500, test: int = 600, seed
             for r in _question_rows(color, shape, rng, combos):
                 held = (color, shape) in HELDOUT or (r["q_color"], r["q_shape"]) in HELDOUT
                 lines.append(json.dumps({"image": name, **attrs, **r, "heldout": held}))
+            for r in threeway_rows(color, shape, rng3, combos):
+                held = (color, shape) in HELDOUT or (r["q_color"], r["q_shape"]) in HELDOUT
+                lines3.append(json.dumps({"image": name, **attrs, **r, "heldout": held}))
         (out / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+        (out / f"3way-{split}.jsonl").write_text("\n".join(lines3) + "\n")
         counts[split] = len(lines)
     summary = {
         "train": str(out / "train.jsonl"),
@@ -215,6 +253,12 @@ def write_questions(out: str | Path, *, train: int = 1500, test: int = 600, seed
         "pairs": counts,
         "images": {"train": train, "test": test},
         "wordings": len(QUESTIONS),
+        "3way": {
+            "train": str(out / "3way-train.jsonl"),
+            "test": str(out / "3way-test.jsonl"),
+            "labels": list(THREEWAY_LABELS),
+            "wordings": len(THREEWAY),
+        },
     }
     (out / "questions.json").write_text(json.dumps(summary, indent=2))
     return summary

@@ -30,3 +30,41 @@ def xor_set(n: int = 1200, dim: int = 16, seed: int = 0) -> PairSet:
         [str(i) for i in range(n)],
         "f" * 64,
     )
+
+
+def threeway_set(n_images: int = 300, noise: float = 0.05, seed: int = 0) -> PairSet:
+    """The synth's yes/no/absent questions ("is the circle red?") on idealised embeddings: each side is
+    [one-hot colour; one-hot shape] plus a little noise, so cos(z_i, z_t) ~ (colour match + shape match) / 2.
+    "no" (shape matches) and an "absent" whose colour matches then have the same cosine: a threshold on it
+    (late fusion) gets at most 5/6 right, while a head that sees WHICH part matches can get them all."""
+    import random
+
+    from clipforge.training.synth import COLORS, SHAPES, threeway_rows
+
+    colours, shapes = list(COLORS), list(SHAPES)
+    combos = [(c, s) for c in colours for s in shapes]
+    rng, noise_rng = random.Random(seed), np.random.default_rng(seed)
+
+    def embed(c: str, s: str) -> np.ndarray:
+        v = np.zeros(len(colours) + len(shapes))
+        v[colours.index(c)] = v[len(colours) + shapes.index(s)] = 1
+        return v + noise * noise_rng.normal(size=v.shape)
+
+    zi, zt, labels = [], [], []
+    for _ in range(n_images):
+        c, s = rng.choice(combos)
+        for r in threeway_rows(c, s, rng, combos):
+            zi.append(embed(c, s))
+            zt.append(embed(r["q_color"], r["q_shape"]))
+            labels.append(r["label"])
+    n = len(labels)
+    return PairSet(
+        unit(np.array(zi)),
+        unit(np.array(zt)),
+        np.arange(n),
+        np.arange(n),
+        labels,
+        {},
+        [str(i) for i in range(n)],
+        "f" * 64,
+    )

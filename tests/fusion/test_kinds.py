@@ -10,7 +10,7 @@ from clipforge.fusion.config import load_fuse_config
 from clipforge.fusion.kinds import KINDS, build_fusion
 from clipforge.fusion.metrics import evaluate
 from clipforge.fusion.train import encode_targets, fit, predict
-from tests.fusion.helpers import unit, xor_set
+from tests.fusion.helpers import threeway_set, unit, xor_set
 
 D = 12
 
@@ -142,3 +142,20 @@ def test_xor_needs_an_interaction() -> None:
 
 def test_unit_helper_normalises() -> None:
     assert np.allclose(np.linalg.norm(unit(np.ones((2, 3))), axis=1), 1)
+
+
+def test_yes_no_absent_defeats_the_cosine_by_construction() -> None:
+    """The synth's 3-way task on idealised features: `late` cannot tell "no" (the shape matches) from an
+    "absent" whose colour matches (one cosine), so it stays at or under 5/6; additive cannot compare the two
+    sides at all; the product kinds answer almost every question."""
+    labels = ["yes", "no", "absent"]
+    train, val = threeway_set(300, seed=0), threeway_set(150, seed=1)
+    cfg = load_fuse_config("smoke", ["fit.epochs=40", "fit.lr=0.02", "fit.batch_size=128", "head.task=multiclass"])
+    acc = {}
+    for kind in ("late", "additive", "multiplicative", "tensor"):
+        m = build_fusion(kind, train.dim, 3, width=0 if kind == "tensor" else 8)
+        fit(m, train, None, cfg, labels, progress=False)
+        y = encode_targets(val.labels, "multiclass", labels)
+        acc[kind] = evaluate(predict(m, val, "multiclass"), y, "multiclass", labels)["accuracy"]
+    assert acc["late"] <= 5 / 6 + 0.02 and acc["additive"] < 0.6, acc
+    assert acc["multiplicative"] >= 0.95 and acc["tensor"] >= 0.95, acc

@@ -52,3 +52,40 @@ def test_write_synth_other_outputs_do_not_change(tmp_path: Path) -> None:
     assert len(files) > 30
     for f in files:
         assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
+
+
+def test_three_way_questions_are_balanced_and_their_answers_follow_from_the_image(questions: Path) -> None:
+    """yes: the asked shape is there in the asked colour; no: it is there in another colour; absent: the asked
+    shape is not there (half of these name the image's colour). Same images as the yes/no task."""
+    train, test = rows(questions / "3way-train.jsonl"), rows(questions / "3way-test.jsonl")
+    assert len(train) == 6 * 40 and len(test) == 6 * 16
+    for split in (train, test):
+        third = len(split) // 3
+        assert Counter(r["label"] for r in split) == {"yes": third, "no": third, "absent": third}
+        absent = Counter(r["relation"] for r in split if r["label"] == "absent")
+        assert absent == {"colour_only": third // 2, "neither": third // 2}
+        for r in split:
+            same_colour, same_shape = r["q_color"] == r["color"], r["q_shape"] == r["shape"]
+            assert r["label"] == ("absent" if not same_shape else "yes" if same_colour else "no")
+            assert (
+                r["relation"]
+                == {
+                    (True, True): "match",
+                    (False, True): "shape_only",
+                    (True, False): "colour_only",
+                    (False, False): "neither",
+                }[(same_colour, same_shape)]
+            )
+            assert r["q_color"] in r["text"] and r["q_shape"] in r["text"] and r["text"].endswith("?")
+            assert (questions / r["image"]).is_file()
+        by_image: dict[str, list[str]] = {}
+        for r in split:
+            if r["label"] == "yes":
+                by_image.setdefault(r["image"], []).append(r["text"])
+        assert all(len(set(texts)) == 2 for texts in by_image.values())  # two wordings, not one row twice
+    held = set(HELDOUT)
+    assert not any((r["color"], r["shape"]) in held or (r["q_color"], r["q_shape"]) in held for r in train)
+    for r in test:
+        assert r["heldout"] == ((r["color"], r["shape"]) in held or (r["q_color"], r["q_shape"]) in held)
+    yes_no = rows(questions / "train.jsonl")
+    assert {r["image"] for r in train} == {r["image"] for r in yes_no}  # one set of images, two tasks
