@@ -113,6 +113,9 @@ def correct_vector(probs: np.ndarray, targets: np.ndarray, task: str) -> np.ndar
     return (probs.argmax(1) == targets.astype(np.int64)).astype(np.float64)
 
 
+GAIN_BASES = ("late", "additive", "concat")  # the baselines `fuse compare` reports paired gains over, in order
+
+
 def bootstrap_gain(a: np.ndarray, b: np.ndarray, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> dict:
     """Paired bootstrap of mean(a) - mean(b) (per-example correctness of two heads on the SAME examples):
     resampling examples keeps the pairing, so the interval reflects test-set noise, not two draws."""

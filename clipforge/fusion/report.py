@@ -19,6 +19,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from clipforge.fusion.kinds import INTERACTION_KINDS  # noqa: E402
+from clipforge.fusion.metrics import GAIN_BASES  # noqa: E402
 
 
 def _figure(fig: Any, title: str, data: Any) -> str:
@@ -111,7 +112,7 @@ def table_html(result: dict[str, Any]) -> str:
         "macro_f1",
         "ece",
         *[f"{g}/accuracy" for g in groups],
-        "gain_vs_additive",
+        *[f"gain_vs_{b}" for b in GAIN_BASES],
         *[f"{g}/gain_vs_additive" for g in groups],
         "train_s",
         "pairs_per_s",
@@ -125,7 +126,7 @@ def table_html(result: dict[str, Any]) -> str:
         "auroc": "AUROC %",
         "macro_f1": "macro-F1 %",
         "ece": "ECE %",
-        "gain_vs_additive": "gain vs additive (95% CI)",
+        **{f"gain_vs_{b}": f"gain vs {b} (95% CI)" for b in GAIN_BASES},
         "train_s": "train s",
         "pairs_per_s": "pairs/s",
         "us_numpy_1": "µs/pred numpy N=1",
@@ -154,7 +155,7 @@ def table_html(result: dict[str, Any]) -> str:
         return f'<td data-key="{c}">{html.escape(str(v))}</td>'
 
     head = "".join(
-        f"<th>{html.escape(names.get(c, c.replace('/accuracy', ' acc %').replace('/gain_vs_additive', ' gain')))}</th>"
+        f"<th>{html.escape(names.get(c, c.replace('/accuracy', ' acc %').replace('/gain_vs_additive', ' gain vs additive')))}</th>"
         for c in cols
     )
     body = "".join(

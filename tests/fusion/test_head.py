@@ -219,5 +219,10 @@ def test_cli_train_eval_compare(
     assert result["feature_cache_hit"]  # the features train computed are reused
     assert all(r["params"] <= 3000 for r in result["rows"])
     assert "gain_vs_additive" in result["rows"][2] and "heldout/accuracy" in result["rows"][0]
+    late, additive, lowrank = result["rows"]
+    assert "gain_vs_late" not in late and "gain_vs_concat" not in lowrank  # concat was not run
+    g = lowrank["gain_vs_late"]  # paired: the point gain is exactly the difference of the two accuracies
+    assert abs(g["gain"] - (lowrank["accuracy"] - late["accuracy"])) < 1e-9 and g["lo"] <= g["gain"] <= g["hi"]
+    assert additive["gain_vs_late"]["gain"] == pytest.approx(additive["accuracy"] - late["accuracy"])
     page = (tmp_path / "cmp" / "report.html").read_text()
     assert page.count('data-kind="') == 3 and "reliability" in page and "confusion" in page
