@@ -1,12 +1,18 @@
-"""Fusion heads on the synthetic question set: every kind at one parameter budget, and the targets.
+"""Fusion heads on the synthetic question sets: every kind at one parameter budget, and the targets.
 
-    python benchmarks/fusion_bench.py --bundle runs/quickstart/bundle --data data/synth
+    python benchmarks/fusion_bench.py --bundle runs/quickstart/bundle --data data/synth [--task yes/no]
 
-Trains all seven kinds on the same cached features of the main job's bundle (`fuse compare` with the
-synth-questions preset), prints the comparison table, then each target as measured figures:
+Two tasks on the same images (`clipforge data synth` writes both under questions/):
+  yes/no         "is there a red circle?"           (preset synth-questions)
+  yes/no/absent  "is the circle red?": yes, no (the circle is another colour), absent (no circle)
+                                                    (preset synth-questions-3way)
+For each, trains all seven kinds on the same cached features of the main job's bundle (`fuse compare`),
+prints the comparison table, then each target as measured figures:
   - best interaction kind >= late + 15 accuracy points, and above additive and concat at equal budget
-    (each kind but late gets the largest projection width within head.budget parameters);
+    (each kind but late gets the largest projection width within head.budget parameters), with paired
+    bootstrap intervals;
   - accuracy on held-out colour+shape combinations (never seen by the bundle nor the heads);
+  - accuracy by how the question relates to the image (where the errors are);
   - head training on cached features >= 20,000 pairs/s; and the torch intra-op thread count's effect on it;
   - microseconds per prediction of Head.predict in numpy vs torch.
 """
@@ -14,112 +20,146 @@ synth-questions preset), prints the comparison table, then each target as measur
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+# task -> (preset, training table, test table) under <data>/questions/
+TASKS = {
+    "yes/no": ("synth-questions", "train.jsonl", "test.jsonl"),
+    "yes/no/absent": ("synth-questions-3way", "3way-train.jsonl", "3way-test.jsonl"),
+}
+RELATIONS = ("match", "shape_only", "colour_only", "neither")  # what of the question the image matches
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--bundle", default="runs/quickstart/bundle")
-    p.add_argument("--data", default="data/synth", help="synth folder; questions/ is written there if missing")
-    p.add_argument("--out", default=None, help="where the compare run goes (default: a temporary folder)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
-    a = p.parse_args()
 
-    import torch
+def relation(row: dict) -> str:
+    return row.get("relation") or row.get("negative") or "match"  # yes/no rows name only their misses
 
+
+def run_task(task: str, q: Path, out: Path, bundle: str, overrides: list[str]) -> dict:
     from clipforge.fusion.compare import compare, table_markdown
     from clipforge.fusion.config import load_fuse_config
-    from clipforge.fusion.kinds import INTERACTION_KINDS, build_fusion
-    from clipforge.fusion.train import fit, load_sets
+    from clipforge.fusion.head import load_head
+    from clipforge.fusion.kinds import INTERACTION_KINDS
+    from clipforge.fusion.train import load_sets
 
-    q = Path(a.data) / "questions"
-    if not (q / "questions.json").is_file():
-        from clipforge.training.synth import write_questions
-
-        write_questions(q)
-    out = Path(a.out or tempfile.mkdtemp(prefix="fusion-bench-"))
+    preset, train_file, test_file = TASKS[task]
     cfg = load_fuse_config(
-        "synth-questions",
+        preset,
         [
             f"out_dir={out}",
-            f"data.bundle={a.bundle}",
-            f"data.train={q / 'train.jsonl'}",
-            f"data.val={q / 'test.jsonl'}",
-            f"data.cache_dir={out / 'cache'}",
-            *a.set,
+            f"data.bundle={bundle}",
+            f"data.train={q / train_file}",
+            f"data.val={q / test_file}",
+            f"data.cache_dir={out.parent / 'cache'}",
+            *overrides,
         ],
     )
     t0 = time.perf_counter()
     result = compare(
         cfg, ["late", "additive", "concat", "multiplicative", "tensor", "lowrank", "gated"], progress=False
     )
+    print(f"\n## {task} ({preset}): answers {', '.join(result['labels'])}\n")
     print(
         f"{result['train_pairs']:,} training pairs, {result['val_pairs']:,} test pairs "
         f"({result['groups'].get('heldout', 0):,} touch a held-out colour+shape combination); bundle features "
-        f"computed once in {result['feature_seconds']:.1f} s; budget {cfg.head.budget:,} parameters; "
+        f"in {result['feature_seconds']:.1f} s; budget {cfg.head.budget:,} parameters; "
         f"all kinds in {time.perf_counter() - t0:.0f} s\n"
     )
     print(table_markdown(result))
     rows = {r["kind"]: r for r in result["rows"]}
-    best = max((rows[k] for k in INTERACTION_KINDS if k in rows and k != "concat"), key=lambda r: r["accuracy"])
+    best = max((rows[k] for k in INTERACTION_KINDS if k != "concat"), key=lambda r: r["accuracy"])
     late, add, cat = rows["late"], rows["additive"], rows["concat"]
+
+    def ci(g: dict) -> str:
+        return f"95% CI [{100 * g['lo']:+.1f}, {100 * g['hi']:+.1f}]"
+
     gap = 100 * (best["accuracy"] - late["accuracy"])
     print(
         f"\nbest interaction kind: {best['kind']} {100 * best['accuracy']:.1f}% "
         f"(held-out combinations {100 * best['heldout/accuracy']:.1f}%)"
     )
     print(
-        f"  vs late      {100 * late['accuracy']:.1f}%: {gap:+.1f} points (target >= +15: {'met' if gap >= 15 else 'NOT met'})"
+        f"  vs late     {100 * late['accuracy']:.1f}%: {gap:+.1f} points, {ci(best['gain_vs_late'])} "
+        f"(target >= +15: {'met' if gap >= 15 else 'NOT met'})"
     )
     for name, r in (("additive", add), ("concat", cat)):
-        d = 100 * (best["accuracy"] - r["accuracy"])
+        g = best[f"gain_vs_{name}"]
+        verdict = "above" if g["lo"] > 0 else ("below" if g["hi"] < 0 else "not separable: the interval holds 0")
         print(
-            f"  vs {name:<9}{100 * r['accuracy']:.1f}% ({r['params']:,} params vs {best['params']:,}): {d:+.1f} points "
-            f"({'above' if d > 0 else 'NOT above'})"
+            f"  vs {name:<9}{100 * r['accuracy']:.1f}% ({r['params']:,} params vs {best['params']:,}): "
+            f"{100 * g['gain']:+.1f} points, {ci(g)}: {verdict}"
         )
-    print(f"  train accuracy ceiling: see metrics.jsonl under {out}")
-    rates = sorted(r["pairs_per_s"] for k, r in rows.items() if k != "late")
-    print(
-        f"\ntraining on cached features: {rates[0]:,.0f} .. {rates[-1]:,.0f} pairs/s across kinds "
-        f"(slowest {min(rows.values(), key=lambda r: r['pairs_per_s'] if r['kind'] != 'late' else 1e18)['kind']}; "
-        f"target >= 20,000: {'met' if rates[0] >= 20_000 else 'NOT met'})"
+    print("\naccuracy by how the question relates to the image (test set): where the errors are")
+    _, test = load_sets(cfg, progress=False)
+    table = [json.loads(line) for line in (q / test_file).read_text().splitlines() if line.strip()]
+    assert len(table) == len(test), "an image did not decode: rows and pairs no longer line up"
+    rel = np.array([relation(r) for r in table])
+    truth = np.array([r["label"] for r in table])
+    zi, zt = test.pairs()
+    print("  " + " " * 15 + "".join(f"{n:>13}" for n in RELATIONS))
+    for k in dict.fromkeys(("late", "additive", "concat", best["kind"])):
+        head = load_head(out / k / "head")
+        pred = np.array(head.labels)[head.predict(zi, zt).argmax(1)]
+        print(f"  {k:<15}" + "".join(f"{100 * (pred == truth)[rel == n].mean():12.1f}%" for n in RELATIONS))
+    print(f"report: {result['report']}")
+    return result
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--bundle", default="runs/quickstart/bundle")
+    p.add_argument("--data", default="data/synth", help="synth folder; questions/ is written there if missing")
+    p.add_argument("--out", default=None, help="where the compare runs go (default: a temporary folder)")
+    p.add_argument("--task", choices=[*TASKS, "all"], default="all")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    a = p.parse_args()
+
+    import torch
+
+    from clipforge.fusion.config import load_fuse_config
+    from clipforge.fusion.kinds import build_fusion
+    from clipforge.fusion.train import fit, load_sets
+
+    q = Path(a.data) / "questions"
+    if not all((q / f).is_file() for t in TASKS.values() for f in t[1:]):
+        from clipforge.training.synth import write_questions
+
+        write_questions(q)
+    out = Path(a.out or tempfile.mkdtemp(prefix="fusion-bench-"))
+    results = {
+        task: run_task(task, q, out / task.replace("/", "-"), a.bundle, a.set)
+        for task in (TASKS if a.task == "all" else [a.task])
+    }
+    rates = sorted(
+        (r["pairs_per_s"], r["kind"]) for res in results.values() for r in res["rows"] if r["kind"] != "late"
     )
-    train, _ = load_sets(cfg, progress=False)
+    print(
+        f"\ntraining on cached features: {rates[0][0]:,.0f} .. {rates[-1][0]:,.0f} pairs/s across kinds and tasks "
+        f"(slowest {rates[0][1]}; target >= 20,000: {'met' if rates[0][0] >= 20_000 else 'NOT met'})"
+    )
+    # the thread-count check on the yes/no task's cached training features (the first task wrote them)
+    yes_no = [f"data.bundle={a.bundle}", f"data.train={q / 'train.jsonl'}", f"data.cache_dir={out / 'cache'}"]
+    train, _ = load_sets(load_fuse_config("synth-questions", [*yes_no, "data.val=''"]), progress=False)
     for threads in (1, 2, 1, 2):  # alternating: the machine is shared
         c = load_fuse_config("synth-questions", [f"fit.threads={threads}", "fit.epochs=3"])
         r = fit(build_fusion("multiplicative", train.dim, 1, width=16), train, None, c, ["no", "yes"], progress=False)
         print(f"  multiplicative, torch threads={threads}: {r['pairs_per_s']:,.0f} pairs/s")
     torch.set_num_threads(torch.get_num_threads())
-    print("\naccuracy by kind of question (test set): where the errors are")
-    import json
-
-    import numpy as np
-
-    from clipforge.fusion.head import load_head
-
-    _, test = load_sets(cfg, progress=False)
-    table = [json.loads(line) for line in (q / "test.jsonl").read_text().splitlines() if line.strip()]
-    assert len(table) == len(test), "an image did not decode: rows and pairs no longer line up"
-    kind_of = np.array([r["negative"] or "yes (match)" for r in table])
-    truth = np.array([r["label"] == "yes" for r in table])
-    zi, zt = test.pairs()
-    names = ["yes (match)", "colour_only", "shape_only", "neither"]
-    print("  " + " " * 15 + "".join(f"{n:>13}" for n in names))
-    for k in ("late", "additive", "concat", best["kind"]):
-        pred = load_head(out / k / "head").predict(zi, zt)[:, 1] >= 0.5
-        print(f"  {k:<15}" + "".join(f"{100 * (pred == truth)[kind_of == n].mean():12.1f}%" for n in names))
     print("\nµs per prediction (median; Head.predict incl. input checks and probabilities):")
-    for k, r in rows.items():
-        print(
-            f"  {k:<15} N=1: numpy {r['us_numpy_1']:6.1f}  torch {r['us_torch_1']:6.1f}   "
-            f"N=1024: numpy {r['us_numpy_1024']:5.2f}  torch {r['us_torch_1024']:5.2f}"
-        )
-    print(f"\nreport: {result['report']}")
+    for task, res in results.items():
+        print(f"  {task}")
+        for r in res["rows"]:
+            print(
+                f"    {r['kind']:<15} N=1: numpy {r['us_numpy_1']:6.1f}  torch {r['us_torch_1']:6.1f}   "
+                f"N=1024: numpy {r['us_numpy_1024']:5.2f}  torch {r['us_torch_1024']:5.2f}"
+            )
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -188,23 +189,27 @@ def cmd_quickstart(a: argparse.Namespace) -> int:
     print(f"  {len(idx)} items; recall@10 vs exact search: {idx.info().get('images', {}).get('recall@10', 'n/a')}")
     from clipforge.fusion.quickstart import quickstart_fusion
 
-    print(f"[5/6] fusion head: yes/no questions that need colour AND shape -> {run / 'fusion'}", flush=True)
-    head_dir = quickstart_fusion(summary["bundle"], data, run / "fusion")
+    print(f"[5/6] fusion heads: questions that need colour AND shape -> {run / 'fusion'}", flush=True)
+    head_dirs = quickstart_fusion(summary["bundle"], data, run / "fusion")
     url = f"http://{a.host}:{a.port}"
     print(f"[6/6] serving on {url}  (web page: {url}/ , API docs: {url}/docs)")
     print(f'  curl -s {url}/v1/search -H \'Content-Type: application/json\' -d \'{{"text": "a red circle", "k": 3}}\'')
     print(
         f"  curl -s {url}/v1/classify -F images=@{data}/zeroshot/red_square/0000.jpg -F labels='red square' -F labels='blue circle'"
     )
+    print(
+        f"  curl -s {url}/v1/heads/{head_dirs[-1].parent.parent.name}/predict -F images=@{data}/zeroshot/red_square/0000.jpg "
+        "-F texts='is the circle red?'"
+    )
     if a.no_serve:
         return 0
-    served = quickstart_settings(settings, summary["bundle"], index_dir, head_dir)
+    served = quickstart_settings(settings, summary["bundle"], index_dir, head_dirs)
     return serve(served, log_level="warning", access_log=False)
 
 
-def quickstart_settings(settings: Any, bundle: str | Path, index: str | Path, head: str | Path | None = None) -> Any:
-    """The serve step's settings: the checked ones, with the bundle, index and fusion head the job has just made."""
-    made = {"bundle": Path(bundle), "index": Path(index), **({"heads": [Path(head)]} if head else {})}
+def quickstart_settings(settings: Any, bundle: str | Path, index: str | Path, heads: Sequence[str | Path] = ()) -> Any:
+    """The serve step's settings: the checked ones, with the bundle, index and fusion heads the job has just made."""
+    made = {"bundle": Path(bundle), "index": Path(index), **({"heads": [Path(h) for h in heads]} if heads else {})}
     return settings.model_copy(update=made)
 
 
