@@ -152,9 +152,6 @@ def cmd_quickstart(a: argparse.Namespace) -> int:
     from clipforge.training.synth import write_synth
 
     data = Path(a.data)
-    if not (data / "synth.json").is_file():
-        print(f"[1/6] synthesizing the coloured-shapes set into {data}", flush=True)
-        write_synth(data)
     overrides = [
         f"out_dir={a.out}",
         f"data.train=['{data}/train/shard-{{000000..000019}}.tar']",
@@ -166,6 +163,9 @@ def cmd_quickstart(a: argparse.Namespace) -> int:
     if not (cfg.data.val and cfg.data.zeroshot):  # found now, not after the training
         raise ValueError("quickstart evaluates and indexes with data.val and data.zeroshot: they cannot be null")
     settings = settings_or_one_line(Settings, {"host": a.host, "port": a.port})  # serve's, checked before training
+    if not (data / "synth.json").is_file():  # after every check: a typo in --set must not cost the synthesis first
+        print(f"[1/6] synthesizing the coloured-shapes set into {data}", flush=True)
+        write_synth(data)
     print(f"[2/6] training {cfg.model.arch} for {cfg.train.samples} samples -> {cfg.out_dir}", flush=True)
     summary = train(cfg, resume="auto")
     ev = summary.get("eval")

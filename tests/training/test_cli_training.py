@@ -39,6 +39,16 @@ def test_quickstart_checks_its_whole_configuration_before_training(synth_data, t
     assert err == "clipforge: error: --port: Input should be greater than or equal to 1, got 0\n", err
 
 
+def test_quickstart_checks_its_arguments_before_synthesizing_the_data(tmp_path, capsys):
+    """A typo in --set (or a bad --port) cost the 20,000-image synthesis before the one-line error."""
+    data = tmp_path / "synth"
+    for bad in (["--set", "train.lr=abc"], ["--set", "train.batch_size=0"], ["--port", "70000"]):
+        assert main(["quickstart", "--data", str(data), "--out", str(tmp_path / "qs"), "--no-serve", *bad]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("clipforge: error: "), err
+        assert not data.exists(), bad
+
+
 def test_training_checks_its_held_out_and_zero_shot_sets_before_the_first_step(synth_data, tmp_path, capsys):
     run = tmp_path / "run"
     for bad, said in (
