@@ -86,6 +86,21 @@ def test_classify_multipart_matches_the_model(client: TestClient, bundle: Any) -
         np.testing.assert_allclose([got[lab] for lab in labels], want, rtol=1e-4, atol=1e-6)
         scores = [x["score"] for x in result["labels"]]
         assert scores == sorted(scores, reverse=True) and abs(sum(scores) - 1) < 1e-5
+        sims = {x["label"]: x["similarity"] for x in result["labels"]}  # the logits / logit scale
+        logits = np.log([got[lab] for lab in labels]) / bundle.logit_scale()
+        np.testing.assert_allclose(np.diff([sims[lab] for lab in labels]), np.diff(logits), atol=1e-4)
+        assert all(-1 <= v <= 1 for v in sims.values())
+
+
+def test_classify_one_label_still_says_how_well_it_fits(client: TestClient, bundle: Any) -> None:
+    """A softmax over one label is 1 whatever the image: the cosine is what tells a fit from a misfit."""
+    for image in (RED, BLUE_SQUARE):
+        r = client.post("/v1/classify", json={"images": [b64(image)], "labels": ["red circle"], "templates": ["{}"]})
+        (only,) = r.json()["results"][0]["labels"]
+        img = encode_reference(bundle, image)
+        txt = bundle.encode_texts(["red circle"]).numpy()[0]
+        assert only["score"] == pytest.approx(1.0)
+        assert only["similarity"] == pytest.approx(float(img @ txt / np.linalg.norm(txt)), abs=1e-4)
 
 
 def test_classify_json_label_set_top_k_and_cache(client: TestClient, bundle: Any) -> None:

@@ -57,7 +57,7 @@ def test_classify_through_the_page(page: Any, live_server: str, tmp_path: Path) 
     shown = page.eval_on_selector_all(
         "#classify-results li",
         "els => els.map(e => [e.querySelector('.label').textContent, Number(e.dataset.score),"
-        " parseFloat(e.querySelector('.fill').style.width)])",
+        " parseFloat(e.querySelector('.fill').style.width), e.querySelector('.sim').textContent])",
     )
     # the bars show what the API answers for the same upload, best first, widths proportional to scores
     api = httpx.post(
@@ -69,6 +69,7 @@ def test_classify_through_the_page(page: Any, live_server: str, tmp_path: Path) 
     assert [s[1] for s in shown] == pytest.approx([x["score"] for x in api], abs=1e-6)
     assert [s[2] for s in shown] == pytest.approx([100 * x["score"] for x in api], abs=0.06)
     assert sum(s[2] for s in shown) == pytest.approx(100, abs=0.2)
+    assert [s[3] for s in shown] == [f"cos {x['similarity']:.3f}" for x in api]
     assert page.is_hidden("#classify-error")
 
 

@@ -26,7 +26,11 @@ class ClassifyRequest(BaseModel):
 
 class LabelScore(BaseModel):
     label: str
-    score: float
+    score: float = Field(description="softmax over the request's labels (InfoNCE) or the label's sigmoid (SigLIP)")
+    similarity: float = Field(
+        description="cosine of the image and the label's (template-averaged) text embedding, in [-1, 1]: "
+        "comparable across requests and meaningful for a single label, where a softmax is always 1"
+    )
 
 
 class ImageResult(BaseModel):
@@ -79,7 +83,8 @@ def resolve_templates(req: ClassifyRequest, settings: Settings) -> list[str]:
 )
 async def classify(request: Request, settings: SettingsDep, engine: EngineDep, metrics: MetricsDep) -> ClassifyResponse:
     """Rank `labels` (or the server's `label_set`) for each image. Scores are a softmax over the labels
-    for InfoNCE bundles and independent sigmoids for SigLIP bundles."""
+    for InfoNCE bundles and independent sigmoids for SigLIP bundles; each label also carries its raw cosine
+    similarity to the image."""
     req, blobs = await parse_body(request, settings, ClassifyRequest)
     labels = resolve_labels(req, settings)
     templates = resolve_templates(req, settings)
@@ -88,11 +93,16 @@ async def classify(request: Request, settings: SettingsDep, engine: EngineDep, m
     image_features = await engine.encode_images(blobs)  # [N, D]
     class_features, cached = await engine.class_embeddings(labels, templates)  # [L, D]
     metrics.label_cache.labels("hit" if cached else "miss").inc()
+    similarity = image_features @ class_features.T  # [N, L]: both L2-normalised
     probs = engine.scores(image_features, class_features)  # [N, L]
     top_k = min(req.top_k or len(labels), len(labels))
     results = []
-    for row in probs:
+    for row, sims in zip(probs, similarity, strict=True):
         order = row.argsort()[::-1][:top_k]
-        results.append(ImageResult(labels=[LabelScore(label=labels[j], score=float(row[j])) for j in order]))
+        results.append(
+            ImageResult(
+                labels=[LabelScore(label=labels[j], score=float(row[j]), similarity=float(sims[j])) for j in order]
+            )
+        )
     activation = "sigmoid" if engine.loss == "siglip" else "softmax"
     return ClassifyResponse(results=results, activation=activation, templates=templates, cached=cached)

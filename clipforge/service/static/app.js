@@ -40,11 +40,11 @@ function pick(panel, previewId, file) {
   preview.hidden = false;
 }
 
-// bars of [{label, score}] in the given order; `top` (a label) is highlighted
+// bars of [{label, score, similarity?}] in the given order; `top` (a label) is highlighted
 function renderBars(listId, labels, top = null) {
   const list = $(listId);
   list.replaceChildren();
-  for (const { label, score } of labels) {
+  for (const { label, score, similarity } of labels) {
     const li = document.createElement("li");
     li.className = label === top ? "bar top" : "bar";
     li.dataset.label = label;
@@ -58,6 +58,13 @@ function renderBars(listId, labels, top = null) {
     right.className = "score";
     right.textContent = (100 * score).toFixed(1) + "%";
     name.append(left, right);
+    if (similarity !== undefined) {  // the raw cosine: what tells a fit from a misfit when there is one label
+      const sim = document.createElement("span");
+      sim.className = "sim";
+      sim.title = "cosine similarity of the image and the label";
+      sim.textContent = "cos " + similarity.toFixed(3);
+      name.append(sim);
+    }
     const track = document.createElement("div");
     track.className = "track";
     const fill = document.createElement("div");
