@@ -60,11 +60,13 @@ def _short_eval(ev: dict[str, Any]) -> dict[str, Any]:
 def cmd_eval(a: argparse.Namespace) -> int:
     from clipforge.encoders.bundle import load_bundle
     from clipforge.encoders.prompts import DEFAULT_TEMPLATES, check_templates
-    from clipforge.training.evaluate import retrieval_eval, zeroshot_eval
+    from clipforge.training.evaluate import retrieval_eval, zeroshot_eval, zeroshot_set
 
     if not a.zeroshot and not a.val:
         raise ValueError("give --zeroshot FOLDER and/or --val SHARDS")
     templates = check_templates(a.template) if a.template else DEFAULT_TEMPLATES  # before the slow load
+    if a.zeroshot:
+        zeroshot_set(Path(a.zeroshot))
     bundle = load_bundle(a.bundle, device=a.device)
     out: dict[str, Any] = {}
     if a.zeroshot:
