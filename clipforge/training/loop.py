@@ -80,6 +80,20 @@ class MetricsLog:
             self.tb.flush()
 
 
+def set_aside(path: Path) -> Path | None:
+    """Rename an earlier run's non-empty file to the first free NAME.N.SUFFIX (metrics.1.jsonl, ...) and
+    return the new path. A run that starts at step 0 (afresh, or `--resume auto` that found no readable
+    checkpoint) must not append to the records of the run before it: the report would draw both as one."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return None
+    n = 1
+    while (kept := path.with_name(f"{path.stem}.{n}{path.suffix}")).exists():
+        n += 1
+    path.rename(kept)
+    log.warning("%s held an earlier run's records: kept as %s (this run starts from step 0)", path, kept.name)
+    return kept
+
+
 def train(cfg: Config, resume: str | None = None, progress: bool = True) -> dict[str, Any]:
     """Train per `cfg`; `resume` is None, "auto" (newest valid checkpoint of the run, if any) or a path."""
     check_inputs(cfg)
@@ -91,6 +105,8 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True) -> dict
     checkpointer = Checkpointer(run_dir, cfg, rt.info, {"arch": arch, "model_cfg": model_cfg})
     if rt.info.is_main:
         save_config(cfg, run_dir / "config.yaml")
+        if state.step == 0:
+            set_aside(run_dir / "metrics.jsonl")
     batches = training_batches(cfg, model_cfg, rt, state.data)
     step_cfg = StepCfg.from_config(cfg, rt)
     global_batch = cfg.train.batch_size * rt.info.world_size
