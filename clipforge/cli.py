@@ -9,7 +9,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from clipforge.cliutil import OneLineParser, at_least
+from clipforge.cliutil import OneLineParser, at_least, error_line
 from clipforge.cliutil import print_json as _print_json
 
 QUICKSTART_DATA = "data/synth"
@@ -308,7 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
@@ -324,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.verbose:
             raise
         close_progress_bars()
-        print(f"clipforge: error: {exn}", file=sys.stderr)
+        print(f"clipforge: error: {error_line(exn, parser, args)}", file=sys.stderr)
         return 1
 
 
