@@ -80,18 +80,26 @@ class MetricsLog:
             self.tb.flush()
 
 
-def set_aside(path: Path) -> Path | None:
-    """Rename an earlier run's non-empty file to the first free NAME.N.SUFFIX (metrics.1.jsonl, ...) and
-    return the new path. A run that starts at step 0 (afresh, or `--resume auto` that found no readable
-    checkpoint) must not append to the records of the run before it: the report would draw both as one."""
-    if not path.is_file() or path.stat().st_size == 0:
+def set_aside(run_dir: Path) -> int | None:
+    """Rename an earlier run's records, metrics.jsonl and tensorboard/, to metrics.N.jsonl and tensorboard.N
+    (the first N free for both) and return N. A run that starts at step 0 (afresh, or `--resume auto` that
+    found no readable checkpoint) must not append to the run before it: the report would draw both as one."""
+    records = [run_dir / "metrics.jsonl", run_dir / "tensorboard"]
+    old = [p for p in records if (p.is_file() and p.stat().st_size) or (p.is_dir() and any(p.iterdir()))]
+    if not old:
         return None
+
+    def numbered(path: Path, n: int) -> Path:
+        return path.with_name(f"{path.stem}.{n}{path.suffix}")  # metrics.1.jsonl, tensorboard.1
+
     n = 1
-    while (kept := path.with_name(f"{path.stem}.{n}{path.suffix}")).exists():
+    while any(numbered(p, n).exists() for p in records):
         n += 1
-    path.rename(kept)
-    log.warning("%s held an earlier run's records: kept as %s (this run starts from step 0)", path, kept.name)
-    return kept
+    for path in old:
+        path.rename(numbered(path, n))
+    kept = " and ".join(numbered(p, n).name for p in old)
+    log.warning("%s held an earlier run's records: kept as %s (this run starts from step 0)", run_dir, kept)
+    return n
 
 
 def train(cfg: Config, resume: str | None = None, progress: bool = True) -> dict[str, Any]:
@@ -106,7 +114,7 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True) -> dict
     if rt.info.is_main:
         save_config(cfg, run_dir / "config.yaml")
         if state.step == 0:
-            set_aside(run_dir / "metrics.jsonl")
+            set_aside(run_dir)
     batches = training_batches(cfg, model_cfg, rt, state.data)
     step_cfg = StepCfg.from_config(cfg, rt)
     global_batch = cfg.train.batch_size * rt.info.world_size

@@ -261,8 +261,12 @@ def test_a_fresh_start_keeps_the_earlier_runs_metrics_aside(synth_data, tmp_path
     assert main(["report", str(run), "--no-examples"]) == 0
     assert "2 logged steps, 1 evaluations" in (run / "report.html").read_text()
     second = (run / "metrics.jsonl").read_bytes()
+    (run / "tensorboard").mkdir(exist_ok=True)  # (written when tensorboard is installed): its events go too
+    (run / "tensorboard" / "events.out.tfevents.1").write_bytes(b"earlier run")
     train(smoke_cfg(synth_data, run, "train.samples=32", *quick), progress=False)  # afresh on purpose: the same
     assert (run / "metrics.1.jsonl").read_bytes() == first and (run / "metrics.2.jsonl").read_bytes() == second
+    assert (run / "tensorboard.2" / "events.out.tfevents.1").read_bytes() == b"earlier run"
+    assert "kept as metrics.2.jsonl and tensorboard.2" in caplog.text
     assert [r["step"] for r in read_metrics(run) if "loss" in r] == [2]
 
 
