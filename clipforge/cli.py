@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from clipforge.cliutil import OneLineParser, at_least
+from clipforge.cliutil import OneLineParser, at_least, error_line
 from clipforge.cliutil import print_json as _print_json
 
 QUICKSTART_DATA = "data/synth"
@@ -61,11 +61,13 @@ def _short_eval(ev: dict[str, Any]) -> dict[str, Any]:
 def cmd_eval(a: argparse.Namespace) -> int:
     from clipforge.encoders.bundle import load_bundle
     from clipforge.encoders.prompts import DEFAULT_TEMPLATES, check_templates
-    from clipforge.training.evaluate import retrieval_eval, zeroshot_eval
+    from clipforge.training.evaluate import retrieval_eval, zeroshot_eval, zeroshot_set
 
     if not a.zeroshot and not a.val:
         raise ValueError("give --zeroshot FOLDER and/or --val SHARDS")
     templates = check_templates(a.template) if a.template else DEFAULT_TEMPLATES  # before the slow load
+    if a.zeroshot:
+        zeroshot_set(Path(a.zeroshot))
     bundle = load_bundle(a.bundle, device=a.device)
     out: dict[str, Any] = {}
     if a.zeroshot:
@@ -311,7 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
@@ -327,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.verbose:
             raise
         close_progress_bars()
-        print(f"clipforge: error: {exn}", file=sys.stderr)
+        print(f"clipforge: error: {error_line(exn, parser, args)}", file=sys.stderr)
         return 1
 
 

@@ -1,4 +1,7 @@
-"""The `clipforge` command: a usage mistake in any subcommand is one line on stderr and exit code 2."""
+"""The `clipforge` command: a usage mistake in any subcommand is one line on stderr and exit code 2; a path
+that cannot be used is one line naming the argument it came from."""
+
+import os
 
 import pytest
 
@@ -29,3 +32,130 @@ def test_data_synth_refuses_a_count_that_is_a_typo(capsys):
     with pytest.raises(SystemExit) as info:
         main(["data", "synth", "never-written", "--train", "99999999999999999999"])
     assert info.value.code == 2 and "must be at most" in capsys.readouterr().err
+
+
+SYNTH_TINY = ["--train", "1", "--val", "1", "--per-class", "1"]
+ROOT = os.geteuid() == 0 if hasattr(os, "geteuid") else False
+
+# (argv with {file}, {dir}, {missing}, {ro} (a directory this user cannot write), {run}, {bundle}, ...; the line)
+PATH_MISTAKES = [
+    (["data", "synth", "{file}", *SYNTH_TINY], "out: not a directory: {file}"),
+    (["data", "synth", "{file}/sub", *SYNTH_TINY], "out: not a directory: {file}"),
+    (["data", "shards", "{zeroshot}", "{file}"], "out: exists and is not a directory: {file}"),
+    (["report", "{run}", "--out", "{dir}"], "--out: is a directory, not a file: {dir}"),
+    (["report", "{run}", "--out", "{missing}/deep/r.html"], "--out: no such directory: {missing}"),
+    (["bundle", "export", "{bundle}", "--open-clip", "{file}"], "--open-clip: exists and is not a directory: {file}"),
+    (
+        ["bundle", "import", "{tmp}/b", "--arch", "cf-micro-vit", "--weights", "{missing}"],
+        "--weights: no such file or directory: {missing}",
+    ),
+    (
+        ["bundle", "import", "{tmp}/b", "--arch", "cf-micro-vit", "--weights", "{dir}"],
+        "--weights: is a directory, not a file: {dir}",
+    ),
+]
+UNREADABLE = [  # root reads and writes everything: these run as any other user (CI)
+    (["data", "synth", "{ro}/out", *SYNTH_TINY], "out: cannot create files in {ro}: permission denied"),
+    (["report", "{run}", "--out", "{ro}/r.html"], "--out: cannot create files in {ro}: permission denied"),
+    (["train", "{secret}"], "config: permission denied: {secret}"),
+    (["bundle", "info", "{locked}"], "bundle: permission denied: {locked}/model.safetensors"),
+    (["report", "{locked_run}"], "run_dir: permission denied: {locked_run}/metrics.jsonl"),
+    (["index", "info", "{locked_index}"], "index: permission denied: {locked_index}/manifest.json"),
+    (
+        ["bundle", "import", "{tmp}/b", "--arch", "cf-micro-vit", "--weights", "{secret}"],
+        "--weights: permission denied: {secret}",
+    ),
+    (
+        ["train", "smoke", "--resume", "{secret}", "--set", "out_dir={tmp}/run", "--set", "data.train=['{shard}']"],
+        "--resume: permission denied: {secret}",
+    ),
+    (
+        ["train", "smoke", "--set", "out_dir={ro}/run", "--set", "data.train=['{shard}']"],
+        "out_dir: cannot create files in {ro}: permission denied",
+    ),
+]
+
+
+def case_ids(cases: list[tuple[list[str], str]]) -> list[str]:
+    """`report --out: no such directory`: the command and the start of the line it must print."""
+    return [f"{' '.join(a for a in argv[:2] if '{' not in a)} {said.rsplit(':', 1)[0]}" for argv, said in cases]
+
+
+@pytest.fixture
+def paths(tmp_path, micro_bundle, synth_data):
+    """Every kind of path the cases name, made in tmp_path ({ro} and the locked ones: modes a non-root user obeys)."""
+    import shutil
+
+    (tmp_path / "a-file").write_text("not a directory\n")
+    (tmp_path / "a-dir").mkdir()
+    (tmp_path / "ro").mkdir(mode=0o555)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n')
+    shutil.copytree(run, tmp_path / "locked-run")
+    (tmp_path / "secret.yaml").write_text("model: {arch: cf-micro-vit}\n")
+    shutil.copytree(micro_bundle, tmp_path / "locked-bundle")
+    (tmp_path / "locked-index").mkdir()
+    (tmp_path / "locked-index" / "manifest.json").write_text("{}")
+    for locked in (
+        "secret.yaml",
+        "locked-bundle/model.safetensors",
+        "locked-run/metrics.jsonl",
+        "locked-index/manifest.json",
+    ):
+        (tmp_path / locked).chmod(0)
+    yield {
+        "tmp": tmp_path,
+        "file": tmp_path / "a-file",
+        "dir": tmp_path / "a-dir",
+        "missing": tmp_path / "missing",
+        "ro": tmp_path / "ro",
+        "run": run,
+        "locked_run": tmp_path / "locked-run",
+        "secret": tmp_path / "secret.yaml",
+        "bundle": micro_bundle,
+        "locked": tmp_path / "locked-bundle",
+        "locked_index": tmp_path / "locked-index",
+        "shard": synth_data["root"] / "train" / "shard-000000.tar",
+        "zeroshot": synth_data["zeroshot"],
+    }
+    (tmp_path / "ro").chmod(0o755)  # so that pytest can clean up
+
+
+def check_path_mistake(argv, said, paths, capsys):
+    """Python's bare `[Errno 13] Permission denied: 'x'` was the whole line: now it names the argument."""
+    from clipforge.cli import main
+
+    assert main([a.format(**paths) for a in argv]) == 1
+    err = capsys.readouterr().err
+    assert err == f"clipforge: error: {said.format(**paths)}\n", err
+
+
+@pytest.mark.parametrize(("argv", "said"), PATH_MISTAKES, ids=case_ids(PATH_MISTAKES))
+def test_a_path_mistake_names_the_argument_not_an_errno(argv, said, paths, capsys):
+    check_path_mistake(argv, said, paths, capsys)
+
+
+@pytest.mark.skipif(ROOT, reason="root reads and writes every file: no permission error to see")
+@pytest.mark.parametrize(("argv", "said"), UNREADABLE, ids=case_ids(UNREADABLE))
+def test_a_permission_mistake_names_the_argument_not_an_errno(argv, said, paths, capsys):
+    check_path_mistake(argv, said, paths, capsys)
+
+
+def test_error_line_keeps_the_codes_own_messages_and_words_the_bare_ones(tmp_path):
+    import errno
+
+    from clipforge.cli import build_parser
+    from clipforge.cliutil import error_line
+
+    parser = build_parser()
+    args = parser.parse_args(["export", str(tmp_path / "run"), str(tmp_path / "out")])
+    own = FileNotFoundError(f"no checkpoint file {tmp_path}")
+    assert error_line(own, parser, args) == str(own)
+    assert error_line(OSError(errno.ENOSPC, "No space left on device"), parser, args) == "no space left on device"
+    tmp = tmp_path / ".out.x1y2"  # an atomic write's temporary sibling belongs to its target
+    assert error_line(PermissionError(errno.EACCES, "Permission denied", str(tmp)), parser, args).startswith("out: ")
+    inside = tmp_path / "run" / "checkpoints" / "step-00000002.pt"
+    said = error_line(PermissionError(errno.EACCES, "Permission denied", str(inside)), parser, args)
+    assert said == f"source: permission denied: {inside}"
+    assert error_line(ValueError("x"), parser, args) == "x"

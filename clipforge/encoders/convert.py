@@ -40,6 +40,8 @@ def import_open_clip(arch: str, weights: str | Path, out: str | Path, *, quick_g
     name, cfg = resolve_model_config(arch)
     if quick_gelu or name.endswith("-quickgelu"):
         cfg["quick_gelu"] = True
+    with open(weights, "rb"):  # missing, a directory or unreadable: the OSError says which (the loaders guess)
+        pass
     try:
         state = load_state_dict(str(weights), weights_only=True)
     except Exception as exn:

@@ -86,7 +86,8 @@ def decode_image(
     try:
         fp = io.BytesIO(source) if isinstance(source, bytes | bytearray) else open(source, "rb")  # noqa: SIM115
     except OSError as exn:
-        raise ImageDecodeError("unreadable", f"cannot read image file: {exn}") from exn
+        reason = (exn.strerror or str(exn)).lower()  # not Python's "[Errno 13] Permission denied: 'x'"
+        raise ImageDecodeError("unreadable", f"cannot read image file {exn.filename}: {reason}") from exn
     if isinstance(source, bytes | bytearray) and len(source) == 0:
         raise ImageDecodeError("empty", "empty image data")
     with fp:

@@ -68,7 +68,9 @@ def _filters(raw: list[str]) -> dict[str, Any] | None:
 
 def cmd_search(a: argparse.Namespace) -> int:
     from clipforge.index import Index
+    from clipforge.index.search import check_paging
 
+    check_paging(a.k, a.offset, a.threshold, a.collapse, a.target)  # the index's rule, before any slow load
     given = [x for x in (a.text, a.image, a.id) if x is not None]
     if len(given) != 1:
         raise ValueError("give exactly one of --text, --image or --id")

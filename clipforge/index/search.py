@@ -15,6 +15,7 @@ from clipforge.index.types import Hit, IndexInputError
 MAX_K = 1000  # results per page
 MAX_DEPTH = 10_000  # offset + k: deeper pages are refused, not silently truncated
 TARGETS = ("images", "captions")
+SCORE_RANGE = (-1.0, 1.0)  # scores are cosine similarities: a threshold outside keeps everything or nothing
 
 
 def check_query(vectors: Any, dim: int) -> np.ndarray:
@@ -40,6 +41,7 @@ def check_query(vectors: Any, dim: int) -> np.ndarray:
 
 
 def check_paging(k: Any, offset: Any, threshold: Any, collapse: Any, target: str) -> None:
+    """The index's rule for a search's paging and filtering arguments (the CLI checks its flags with it)."""
     if isinstance(k, bool) or not isinstance(k, int | np.integer) or k <= 0:
         raise IndexInputError(f"k must be a positive integer, got {k!r}")
     if k > MAX_K:
@@ -48,8 +50,9 @@ def check_paging(k: Any, offset: Any, threshold: Any, collapse: Any, target: str
         raise IndexInputError(f"offset must be a non-negative integer, got {offset!r}")
     if offset + k > MAX_DEPTH:
         raise IndexInputError(f"offset + k = {offset + k} is over the limit of {MAX_DEPTH}")
-    if threshold is not None and not np.isfinite(threshold):
-        raise IndexInputError(f"threshold must be a finite number, got {threshold!r}")
+    low, high = SCORE_RANGE
+    if threshold is not None and not (np.isfinite(threshold) and low <= threshold <= high):
+        raise IndexInputError(f"threshold must be a similarity in [{low:g}, {high:g}], got {threshold!r}")
     if collapse is not None and not (0 < collapse <= 1):
         raise IndexInputError(f"collapse must be a similarity in (0, 1], got {collapse!r}")
     if target not in TARGETS:

@@ -83,6 +83,8 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise FileNotFoundError(f"no checkpoint file {path}")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError:  # unreadable, not damaged: said as such (the command names the path's argument)
+        raise
     except Exception as exn:  # truncated, not a checkpoint, or a pickle that needs more than tensors
         reason = " ".join(str(exn).split())[:160] or type(exn).__name__
         raise ValueError(f"{path} is not a readable checkpoint ({type(exn).__name__}: {reason})") from None

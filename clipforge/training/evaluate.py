@@ -34,6 +34,13 @@ def list_classes(folder: Path) -> list[tuple[str, list[Path]]]:
     return out
 
 
+def zeroshot_set(folder: Path) -> tuple[list[tuple[str, list[Path]]], dict[str, list[str]]]:
+    """The set's classes (`list_classes`) and its named subsets (`read_subsets`), checked: callers use it to
+    refuse a bad set before a slow model load or training run, as the evaluation would refuse it."""
+    classes = list_classes(folder)
+    return classes, read_subsets(folder / "subsets.json", [name for name, _ in classes])
+
+
 def _batches(items: list[Any], n: int) -> Any:
     for i in range(0, len(items), n):
         yield items[i : i + n]
@@ -49,7 +56,7 @@ def zeroshot_eval(
 ) -> dict[str, Any]:
     folder = Path(folder)
     templates = check_templates(templates)
-    classes = list_classes(folder)
+    classes, subsets = zeroshot_set(folder)
     names = [c for c, _ in classes]
     weights = torch.from_numpy(class_embeddings(encoder, names, templates))  # [C, D]
     items = [(path, label) for label, (_, paths) in enumerate(classes) for path in paths]
@@ -93,15 +100,15 @@ def zeroshot_eval(
         "zeroshot_images": int(totals.sum()),
         "zeroshot_bad_images": bad,
     }
-    for subset, members in read_subsets(folder / "subsets.json").items():
-        idx = [names.index(m) for m in members if m in names]
-        if idx:
-            result[f"zeroshot_top1_{subset}"] = float(correct1[idx].sum() / totals[idx].sum().clamp(min=1))
+    for subset, members in subsets.items():
+        idx = [names.index(m) for m in members]
+        result[f"zeroshot_top1_{subset}"] = float(correct1[idx].sum() / totals[idx].sum().clamp(min=1))
     return result
 
 
-def read_subsets(path: Path) -> dict[str, list[str]]:
-    """Named subsets of the classes, e.g. {"heldout": [class names never seen in training]}; {} without a file."""
+def read_subsets(path: Path, classes: list[str]) -> dict[str, list[str]]:
+    """Named subsets of `classes`, e.g. {"heldout": [class names never seen in training]}; {} without a file.
+    A name that is not one of `classes` is an error (dropping it would report a figure over fewer classes)."""
     if not path.is_file():
         return {}
     try:
@@ -113,6 +120,17 @@ def read_subsets(path: Path) -> dict[str, list[str]]:
     )
     if not valid:
         raise ValueError(f'{path} must map subset names to lists of class names, e.g. {{"heldout": ["red circle"]}}')
+    known = set(classes)
+    for subset, members in subsets.items():
+        unknown = [m for m in members if m not in known]
+        if unknown:
+            shown = ", ".join(repr(m) for m in unknown[:3]) + (", ..." if len(unknown) > 3 else "")
+            raise ValueError(
+                f"{path}: subset {subset!r} names {len(unknown)} class(es) not among the set's {len(classes)} "
+                f"(its folders with images, '_' read as a space): {shown}"
+            )
+        if not members:
+            raise ValueError(f"{path}: subset {subset!r} lists no classes")
     return subsets
 
 

@@ -80,6 +80,28 @@ class MetricsLog:
             self.tb.flush()
 
 
+def set_aside(run_dir: Path) -> int | None:
+    """Rename an earlier run's records, metrics.jsonl and tensorboard/, to metrics.N.jsonl and tensorboard.N
+    (the first N free for both) and return N. A run that starts at step 0 (afresh, or `--resume auto` that
+    found no readable checkpoint) must not append to the run before it: the report would draw both as one."""
+    records = [run_dir / "metrics.jsonl", run_dir / "tensorboard"]
+    old = [p for p in records if (p.is_file() and p.stat().st_size) or (p.is_dir() and any(p.iterdir()))]
+    if not old:
+        return None
+
+    def numbered(path: Path, n: int) -> Path:
+        return path.with_name(f"{path.stem}.{n}{path.suffix}")  # metrics.1.jsonl, tensorboard.1
+
+    n = 1
+    while any(numbered(p, n).exists() for p in records):
+        n += 1
+    for path in old:
+        path.rename(numbered(path, n))
+    kept = " and ".join(numbered(p, n).name for p in old)
+    log.warning("%s held an earlier run's records: kept as %s (this run starts from step 0)", run_dir, kept)
+    return n
+
+
 def train(cfg: Config, resume: str | None = None, progress: bool = True) -> dict[str, Any]:
     """Train per `cfg`; `resume` is None, "auto" (newest valid checkpoint of the run, if any) or a path."""
     check_inputs(cfg)
@@ -91,6 +113,8 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True) -> dict
     checkpointer = Checkpointer(run_dir, cfg, rt.info, {"arch": arch, "model_cfg": model_cfg})
     if rt.info.is_main:
         save_config(cfg, run_dir / "config.yaml")
+        if state.step == 0:
+            set_aside(run_dir)
     batches = training_batches(cfg, model_cfg, rt, state.data)
     step_cfg = StepCfg.from_config(cfg, rt)
     global_batch = cfg.train.batch_size * rt.info.world_size

@@ -49,7 +49,7 @@ def _is_local(url: str) -> bool:
 def check_inputs(cfg: Config) -> None:
     """Fail before the first step, in one line, on an input the job would only read later (the held-out
     shards and the zero-shot set are first read at the final evaluation, minutes or hours in)."""
-    from clipforge.training.evaluate import list_classes, read_subsets
+    from clipforge.training.evaluate import zeroshot_set
 
     if not cfg.data.train:
         raise ValueError("no training shards given (data.train is empty)")
@@ -60,8 +60,7 @@ def check_inputs(cfg: Config) -> None:
         if urls and all(_is_local(u) and not Path(u).is_file() for u in urls):  # (some missing: skipped, counted)
             raise FileNotFoundError(f"{key}: none of the {len(urls)} shard file(s) of {spec!r} exists")
     if cfg.data.zeroshot:
-        list_classes(Path(cfg.data.zeroshot))  # a folder with at least 2 class folders of images
-        read_subsets(Path(cfg.data.zeroshot) / "subsets.json")
+        zeroshot_set(Path(cfg.data.zeroshot))  # at least 2 class folders of images; subsets.json names only those
     if cfg.model.init_bundle and not (Path(cfg.model.init_bundle) / "bundle.json").is_file():
         raise FileNotFoundError(f"model.init_bundle {cfg.model.init_bundle} is not a bundle (no bundle.json)")
 

@@ -102,3 +102,12 @@ def test_decompression_bomb_is_refused_before_decoding():
 def test_jpeg_draft_decodes_large_images_smaller():
     big = encode(Image.new("RGB", (2000, 1000), (1, 2, 3)), "JPEG")
     assert load_image(big, draft_size=300).size[0] < 2000
+
+
+def test_an_image_file_that_cannot_be_read_is_named_without_python_errno_text(tmp_path):
+    """`cannot read image file: [Errno 2] No such file or directory: 'x'` now reads as one plain sentence."""
+    missing = tmp_path / "nope.png"
+    with pytest.raises(ImageDecodeError) as err:
+        load_image(missing)
+    assert str(err.value) == f"cannot read image file {missing}: no such file or directory"
+    assert err.value.reason == "unreadable"

@@ -115,3 +115,54 @@ def test_cli_build_reports_the_rerank_and_no_refine_turns_it_off(trained_bundle,
     assert run([*base, "--out", str(tmp_path / "b"), "--no-refine"]) == 0
     built = json.loads(capsys.readouterr().out)
     assert "refine_k_factor" not in built["images"] and not list((tmp_path / "b").rglob("*.npy"))
+
+
+@pytest.fixture(scope="module")
+def micro_index(micro_bundle, synth_data, tmp_path_factory):
+    """The 100 held-out images indexed with the random-init micro bundle: enough to run a search."""
+    from clipforge.encoders.bundle import load_bundle
+    from clipforge.index import Index
+
+    out = tmp_path_factory.mktemp("micro-index") / "idx"
+    Index.build(load_bundle(micro_bundle, device="cpu"), synth_data["val"], out, progress=False).close()
+    return out
+
+
+SEARCH_ARGS = [  # (flag, value): what the HTTP search route takes in its body as well
+    ("--threshold", "5"),
+    ("--threshold", "-1.5"),
+    ("--threshold", "1.0001"),
+    ("--threshold", "nan"),
+    ("--threshold", "inf"),
+    ("-k", "0"),
+    ("-k", "1001"),
+    ("--threshold", "1"),
+    ("--threshold", "-1"),
+    ("-k", "1000"),
+]
+
+
+@pytest.mark.parametrize(("flag", "value"), SEARCH_ARGS, ids=lambda x: x)
+def test_cli_search_refuses_what_the_http_route_refuses(micro_index, micro_bundle, flag, value, capsys):
+    """`--threshold 5` printed [] where POST /v1/search answers 422: both now take the index's rule."""
+    from pydantic import ValidationError
+
+    from clipforge.cli import main
+    from clipforge.service.routers.search import SearchRequest
+
+    field = {"--threshold": "threshold", "-k": "k"}[flag]
+    try:
+        SearchRequest(text="a red circle", **{field: float(value) if field == "threshold" else int(value)})
+        http_refuses = False
+    except ValidationError:
+        http_refuses = True
+    argv = ["index", "search", str(micro_index), "--text", "a red circle", "--bundle", str(micro_bundle), flag, value]
+    code = main([*argv, "--device", "cpu"])
+    captured = capsys.readouterr()
+    assert code == (1 if http_refuses else 0), captured
+    if http_refuses:
+        assert captured.err.count("\n") == 1 and captured.err.startswith("clipforge: error: "), captured.err
+        assert f"{field} must be" in captured.err or f"{field}={value}" in captured.err, captured.err
+        assert captured.out == ""
+    else:
+        assert isinstance(json.loads(captured.out), list)

@@ -107,6 +107,53 @@ def test_eval_with_a_subsets_file_that_is_not_a_mapping_is_one_line(synth_data, 
         assert err.count("\n") == 1 and "subsets.json" in err, err
 
 
+@pytest.mark.parametrize(
+    ("subsets", "said", "shown", "not_shown"),
+    [
+        ({"heldout": ["red circle", "red_square"]}, "subset 'heldout' names 1 class(es) not among", ["red_square"], []),
+        ({"heldout": ["red circle"], "typos": ["a", "b", "c", "d"]}, "names 4 class(es)", ["a", "b", "c"], ["d"]),
+        ({"heldout": []}, "subset 'heldout' lists no classes", [], []),
+    ],
+    ids=["folder-spelling", "first-three-of-four", "empty"],
+)
+def test_a_subset_naming_unknown_classes_is_refused_not_dropped(
+    synth_data, micro_bundle, tmp_path, capsys, subsets, said, shown, not_shown
+):
+    """A subset name that matched no class was silently dropped: `zeroshot_top1_heldout` came out over fewer
+    classes than listed, or not at all. Now `eval` and `train` refuse it in one line, before any model load
+    or training step."""
+    import shutil
+
+    zeroshot = tmp_path / "zeroshot"
+    shutil.copytree(synth_data["zeroshot"], zeroshot)
+    (zeroshot / "subsets.json").write_text(json.dumps(subsets))
+    assert main(["eval", str(micro_bundle), "--zeroshot", str(zeroshot), "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("clipforge: error: ") and said in err, err
+    assert all(repr(m) in err for m in shown) and not any(repr(m) in err for m in not_shown), err
+    run = tmp_path / "run"
+    args = ["train", "smoke"] + [
+        x
+        for s in [f"out_dir={run}", f"data.train=['{synth_data['train']}']", f"data.zeroshot={zeroshot}"]
+        for x in ("--set", s)
+    ]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and said in err, err
+    assert not (run / "checkpoints").exists()
+
+
+def test_a_subsets_file_of_known_classes_reports_its_figure(synth_data, micro_bundle, tmp_path, capsys):
+    import shutil
+
+    zeroshot = tmp_path / "zeroshot"
+    shutil.copytree(synth_data["zeroshot"], zeroshot)
+    (zeroshot / "subsets.json").write_text(json.dumps({"reds": ["red circle", "red square"]}))
+    assert main(["eval", str(micro_bundle), "--zeroshot", str(zeroshot), "--device", "cpu"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert 0.0 <= out["zeroshot_top1_reds"] <= 1.0 and "zeroshot_top1_heldout" not in out
+
+
 def test_report_on_malformed_metrics_or_config_is_one_line(tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()

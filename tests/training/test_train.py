@@ -241,6 +241,35 @@ def test_kill_9_then_resume_auto_finishes(synth_data, tmp_path):
     assert steps[-1] == killed_at + 6
 
 
+def test_a_fresh_start_keeps_the_earlier_runs_metrics_aside(synth_data, tmp_path, caplog, capsys):
+    """`--resume auto` over checkpoints that are all unreadable starts from step 0 (right), but appended to the
+    earlier run's metrics.jsonl: the report drew two runs as one. The earlier file is now kept as
+    metrics.1.jsonl (then .2, ...), with a warning naming it, and the report reads the new run alone."""
+    from clipforge.cli import main
+
+    run, quick = tmp_path / "run", ("data.val=null", "data.zeroshot=null")
+    train(smoke_cfg(synth_data, run, "train.samples=80", *quick), progress=False)  # steps 1-5, logged at 2, 4, 5
+    first = (run / "metrics.jsonl").read_bytes()
+    assert list_checkpoints(run)
+    for ckpt in list_checkpoints(run):  # torn by a full disk, say
+        ckpt.write_bytes(ckpt.read_bytes()[:200])
+    summary = train(smoke_cfg(synth_data, run, "train.samples=64", *quick), resume="auto", progress=False)
+    assert summary["steps"] == 4
+    assert "is unreadable" in caplog.text and "kept as metrics.1.jsonl" in caplog.text
+    assert (run / "metrics.1.jsonl").read_bytes() == first
+    assert [r["step"] for r in read_metrics(run) if "loss" in r] == [2, 4]
+    assert main(["report", str(run), "--no-examples"]) == 0
+    assert "2 logged steps, 1 evaluations" in (run / "report.html").read_text()
+    second = (run / "metrics.jsonl").read_bytes()
+    (run / "tensorboard").mkdir(exist_ok=True)  # (written when tensorboard is installed): its events go too
+    (run / "tensorboard" / "events.out.tfevents.1").write_bytes(b"earlier run")
+    train(smoke_cfg(synth_data, run, "train.samples=32", *quick), progress=False)  # afresh on purpose: the same
+    assert (run / "metrics.1.jsonl").read_bytes() == first and (run / "metrics.2.jsonl").read_bytes() == second
+    assert (run / "tensorboard.2" / "events.out.tfevents.1").read_bytes() == b"earlier run"
+    assert "kept as metrics.2.jsonl and tensorboard.2" in caplog.text
+    assert [r["step"] for r in read_metrics(run) if "loss" in r] == [2]
+
+
 def test_lit_style_tuning_from_a_bundle_keeps_the_locked_tower(synth_data, tmp_path):
     first = tmp_path / "first"
     train(smoke_cfg(synth_data, first, "train.samples=32", "data.zeroshot=null", "data.val=null"), progress=False)

@@ -10,6 +10,7 @@ import numpy as np
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
+from clipforge.index.search import MAX_K, SCORE_RANGE  # the index's own limits: the CLI checks the same
 from clipforge.service.deps import EngineDep, IndexDep, ReadAccess, SettingsDep
 from clipforge.service.errors import APIError, error_responses
 from clipforge.service.payload import check_text, image_url, parse_body, request_body
@@ -32,12 +33,14 @@ class SearchRequest(BaseModel):
     vector: list[float] | None = Field(None, description="a query vector of the index's dimension")
     id: int | None = Field(None, ge=0, le=MAX_ID, description="find items similar to this stored item")
     target: Literal["images", "captions"] = Field("images", description="search image or caption embeddings")
-    k: int = Field(10, ge=1, le=1000, description="number of results (at most the server's max_k)")
+    k: int = Field(10, ge=1, le=MAX_K, description="number of results (at most the server's max_k)")
     offset: int = Field(0, ge=0, description="skip this many results (paging)")
     filters: dict[str, FilterValue | list[FilterValue]] | None = Field(
         None, description="metadata filter: {field: value} or {field: [any of these values]}"
     )
-    threshold: float | None = Field(None, ge=-1.0, le=1.0, description="drop results scoring below this")
+    threshold: float | None = Field(
+        None, ge=SCORE_RANGE[0], le=SCORE_RANGE[1], description="drop results scoring below this"
+    )
 
 
 class SearchHit(BaseModel):
