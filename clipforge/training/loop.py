@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -18,6 +17,7 @@ from clipforge.training.config import Config, save_config
 from clipforge.training.evaluate import retrieval_eval, zeroshot_eval
 from clipforge.training.loss import FiniteWatch
 from clipforge.training.optim import lr_at, set_lr
+from clipforge.training.records import MetricsLog, rewind, set_aside
 from clipforge.training.setup import Runtime, build_training_model, check_inputs, training_batches
 from clipforge.training.state import Checkpointer, TrainState, find_checkpoint
 from clipforge.training.step import StepCfg, StepOut, train_step
@@ -54,54 +54,6 @@ def run_eval(cfg: Config, encoder: TorchEncoder, preprocess: Preprocess) -> dict
     return out
 
 
-class MetricsLog:
-    """Appends one JSON line per record (the source of truth), and mirrors scalars to TensorBoard if installed."""
-
-    def __init__(self, path: Path, enabled: bool) -> None:
-        self.path, self.enabled, self.tb = path, enabled, None
-        if enabled:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.tb = SummaryWriter(str(path.parent / "tensorboard"))
-            except ImportError:  # tensorboard is optional ([train] extra)
-                self.tb = None
-
-    def write(self, record: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        if self.tb is not None:
-            flat = {**record, **{f"eval/{k}": v for k, v in record.get("eval", {}).items()}}
-            for k, v in flat.items():
-                if isinstance(v, int | float) and k not in ("step", "time"):
-                    self.tb.add_scalar(k, v, record["step"])
-            self.tb.flush()
-
-
-def set_aside(run_dir: Path) -> int | None:
-    """Rename an earlier run's records, metrics.jsonl and tensorboard/, to metrics.N.jsonl and tensorboard.N
-    (the first N free for both) and return N. A run that starts at step 0 (afresh, or `--resume auto` that
-    found no readable checkpoint) must not append to the run before it: the report would draw both as one."""
-    records = [run_dir / "metrics.jsonl", run_dir / "tensorboard"]
-    old = [p for p in records if (p.is_file() and p.stat().st_size) or (p.is_dir() and any(p.iterdir()))]
-    if not old:
-        return None
-
-    def numbered(path: Path, n: int) -> Path:
-        return path.with_name(f"{path.stem}.{n}{path.suffix}")  # metrics.1.jsonl, tensorboard.1
-
-    n = 1
-    while any(numbered(p, n).exists() for p in records):
-        n += 1
-    for path in old:
-        path.rename(numbered(path, n))
-    kept = " and ".join(numbered(p, n).name for p in old)
-    log.warning("%s held an earlier run's records: kept as %s (this run starts from step 0)", run_dir, kept)
-    return n
-
-
 def train(cfg: Config, resume: str | None = None, progress: bool = True) -> dict[str, Any]:
     """Train per `cfg`; `resume` is None, "auto" (newest valid checkpoint of the run, if any) or a path."""
     check_inputs(cfg)
@@ -115,11 +67,13 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True) -> dict
         save_config(cfg, run_dir / "config.yaml")
         if state.step == 0:
             set_aside(run_dir)
+        else:
+            rewind(run_dir / "metrics.jsonl", state.step)
     batches = training_batches(cfg, model_cfg, rt, state.data)
     step_cfg = StepCfg.from_config(cfg, rt)
     global_batch = cfg.train.batch_size * rt.info.world_size
     total_steps = max(1, cfg.train.samples // global_batch)
-    metrics = MetricsLog(run_dir / "metrics.jsonl", rt.info.is_main)
+    metrics = MetricsLog(run_dir / "metrics.jsonl", rt.info.is_main, resumed_at=state.step)
     encoder = as_encoder(model, model_cfg, rt.device, rt.precision)
     preprocess = eval_preprocess(preprocess_cfg(model_cfg))
     watch, meter = FiniteWatch(rt.device, state.step), Throughput()

@@ -239,6 +239,7 @@ def test_kill_9_then_resume_auto_finishes(synth_data, tmp_path):
     assert int(latest_valid_checkpoint(run)[1]["step"]) == killed_at + 6
     steps = [r["step"] for r in read_metrics(run) if "loss" in r]
     assert steps[-1] == killed_at + 6
+    assert steps == sorted(set(steps))  # what the killed run logged after its checkpoint is not drawn twice
 
 
 def test_a_fresh_start_keeps_the_earlier_runs_metrics_aside(synth_data, tmp_path, caplog, capsys):
@@ -266,8 +267,44 @@ def test_a_fresh_start_keeps_the_earlier_runs_metrics_aside(synth_data, tmp_path
     train(smoke_cfg(synth_data, run, "train.samples=32", *quick), progress=False)  # afresh on purpose: the same
     assert (run / "metrics.1.jsonl").read_bytes() == first and (run / "metrics.2.jsonl").read_bytes() == second
     assert (run / "tensorboard.2" / "events.out.tfevents.1").read_bytes() == b"earlier run"
-    assert "kept as metrics.2.jsonl and tensorboard.2" in caplog.text
+    assert "kept as metrics.2.jsonl, tensorboard.2" in caplog.text
     assert [r["step"] for r in read_metrics(run) if "loss" in r] == [2]
+
+
+def test_resume_drops_the_records_written_after_its_checkpoint(synth_data, tmp_path, caplog):
+    """A run killed after logging steps past its last checkpoint, then resumed, logged those steps twice (and a
+    crash can tear the last line): the report drew them twice. Resuming now rewinds metrics.jsonl to the step."""
+    run, quick = tmp_path / "run", ("data.val=null", "data.zeroshot=null")
+    cfg = smoke_cfg(synth_data, run, "train.samples=80", "train.log_every=1", "train.ckpt_every=2", *quick)
+    train(cfg, progress=False)  # steps 1-5, checkpoints at 2, 4 and 5
+    for ckpt in list_checkpoints(run)[1:]:  # as if killed after logging step 5 but before checkpoint 4 landed
+        ckpt.unlink()
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"step": 5, "loss": 0.')  # torn mid-write
+    summary = train(cfg, resume="auto", progress=False)
+    assert summary["steps"] == 5 and "dropped 5 record(s) written after it" in caplog.text  # 3, 4, 5, final, torn
+    records = read_metrics(run)
+    assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4, 5]
+    assert sum(1 for r in records if r.get("final")) == 1
+
+
+def test_a_fresh_start_keeps_the_earlier_runs_checkpoints_apart(synth_data, tmp_path):
+    """Keeping the last K checkpoints goes by file name: a fresh run in the folder of a longer earlier run
+    deleted its OWN checkpoints (the old ones sort after them), and `--resume auto` then took the old run's."""
+    run, quick = tmp_path / "run", ("data.val=null", "data.zeroshot=null", "train.ckpt_every=2", "train.keep_ckpts=2")
+    train(smoke_cfg(synth_data, run, "train.samples=96", *quick), progress=False)  # 6 steps: keeps 4 and 6
+    earlier = [p.name for p in list_checkpoints(run)]
+    train(smoke_cfg(synth_data, run, "train.samples=48", *quick), progress=False)  # afresh: 3 steps, 2 and 3
+    assert [p.name for p in list_checkpoints(run)] == ["step-00000002.pt", "step-00000003.pt"]
+    assert (
+        sorted(p.name for p in (run / "checkpoints.1").glob("step-*.pt"))
+        == earlier
+        == [
+            "step-00000004.pt",
+            "step-00000006.pt",
+        ]
+    )
+    assert latest_valid_checkpoint(run)[1]["step"] == 3
 
 
 def test_lit_style_tuning_from_a_bundle_keeps_the_locked_tower(synth_data, tmp_path):

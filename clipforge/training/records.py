@@ -1,0 +1,92 @@
+"""A run's records: metrics.jsonl (the source of truth: one JSON line per log or evaluation step), mirrored
+to TensorBoard, and what becomes of an earlier run's records when a run starts afresh or resumes, so that the
+report never draws two runs, or one stretch of steps twice, as one curve."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from clipforge.training.checkpoint import ckpt_dir
+
+log = logging.getLogger(__name__)
+
+
+class MetricsLog:
+    """Appends one JSON line per record, and mirrors scalars to TensorBoard if installed. `resumed_at` > 0:
+    TensorBoard hides the events a killed run wrote after that step (the resumed run writes them again)."""
+
+    def __init__(self, path: Path, enabled: bool, resumed_at: int = 0) -> None:
+        self.path, self.enabled, self.tb = path, enabled, None
+        if enabled:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                purge = {"purge_step": resumed_at + 1} if resumed_at else {}
+                self.tb = SummaryWriter(str(path.parent / "tensorboard"), **purge)
+            except ImportError:  # tensorboard is optional ([train] extra)
+                self.tb = None
+
+    def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            flat = {**record, **{f"eval/{k}": v for k, v in record.get("eval", {}).items()}}
+            for k, v in flat.items():
+                if isinstance(v, int | float) and k not in ("step", "time"):
+                    self.tb.add_scalar(k, v, record["step"])
+            self.tb.flush()
+
+
+def set_aside(run_dir: Path) -> int | None:
+    """Rename an earlier run's metrics.jsonl, tensorboard/ and checkpoints/ to metrics.N.jsonl, tensorboard.N
+    and checkpoints.N (the first N free for all) and return N. A run that starts at step 0 (afresh, or
+    `--resume auto` that found no readable checkpoint) must not append to the run before it: the report
+    would draw both as one, and keeping the last K checkpoints by name would delete the new run's own
+    (the old run's higher step numbers sort after them) and hand a later `--resume auto` the old run's."""
+    records = [run_dir / "metrics.jsonl", run_dir / "tensorboard", ckpt_dir(run_dir)]
+    old = [p for p in records if (p.is_file() and p.stat().st_size) or (p.is_dir() and any(p.iterdir()))]
+    if not old:
+        return None
+
+    def numbered(path: Path, n: int) -> Path:
+        return path.with_name(f"{path.stem}.{n}{path.suffix}")  # metrics.1.jsonl, tensorboard.1, checkpoints.1
+
+    n = 1
+    while any(numbered(p, n).exists() for p in records):
+        n += 1
+    for path in old:
+        path.rename(numbered(path, n))
+    kept = ", ".join(numbered(p, n).name for p in old)
+    log.warning("%s held an earlier run's records: kept as %s (this run starts from step 0)", run_dir, kept)
+    return n
+
+
+def rewind(path: Path, step: int) -> int:
+    """Resuming from a checkpoint at `step`: drop the records the interrupted run wrote after it (and a final
+    evaluation at it), which the resumed run writes again, and a line torn by a crash; returns how many.
+    The file is rewritten whole and swapped in, so a crash here leaves the old file, never half of one."""
+    if not path.is_file():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+            stale = record["step"] > step or (record["step"] == step and record.get("final"))
+        except (ValueError, KeyError, TypeError):  # torn by a crash mid-write, or not a record at all
+            stale = bool(line.strip())
+        if stale:
+            dropped += 1
+        else:
+            kept.append(line)
+    if dropped:
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text("".join(f"{line}\n" for line in kept))
+        os.replace(tmp, path)
+        log.warning("%s: resuming at step %d, dropped %d record(s) written after it", path, step, dropped)
+    return dropped
