@@ -22,6 +22,7 @@ from clipforge.encoders.model import (
     load_weights,
     preprocess_cfg,
     resolve_model_config,
+    weights_format,
 )
 from clipforge.encoders.text import one_line
 
@@ -40,8 +41,8 @@ def import_open_clip(arch: str, weights: str | Path, out: str | Path, *, quick_g
     name, cfg = resolve_model_config(arch)
     if quick_gelu or name.endswith("-quickgelu"):
         cfg["quick_gelu"] = True
-    with open(weights, "rb"):  # missing, a directory or unreadable: the OSError says which (the loaders guess)
-        pass
+    if weights_format(weights) is None:  # missing, a directory or unreadable: the OSError says which
+        raise ValueError(f"{weights} is neither a safetensors nor a PyTorch weights file (by its first bytes)")
     try:
         state = load_state_dict(str(weights), weights_only=True)
     except Exception as exn:

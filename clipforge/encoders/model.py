@@ -109,6 +109,19 @@ class WeightsMismatch(ValueError):
     """Weights that do not fit an architecture: keys missing, unexpected or of another shape."""
 
 
+def weights_format(path: str | Path) -> str | None:
+    """What a weights file's first bytes say it is: "safetensors", "torch" (a zip archive or a legacy pickle),
+    or None (neither: a text file, an image, ...). The loaders' own errors for such files say nothing useful
+    (torch.load of a text file raises KeyError: '101')."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":  # torch.save's zip archive, or a pickle (protocol >= 2)
+        return "torch"
+    if len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") > 1:  # u64 header size + JSON
+        return "safetensors"
+    return None
+
+
 def key_summary(label: str, keys: list[str], show: int = 3) -> str:
     """'2 missing (a, b)' / '40 unexpected (a, b, c, and 37 more)': a key list in one short phrase."""
     more = f", and {len(keys) - show} more" if len(keys) > show else ""

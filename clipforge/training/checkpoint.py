@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from clipforge.encoders.model import weights_format
+
 log = logging.getLogger(__name__)
 CKPT_RE = re.compile(r"^step-(\d{8})\.pt$")
 
@@ -81,6 +83,8 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     """The checkpoint's payload; ValueError (one line) for a file that is not a complete clipforge checkpoint."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"no checkpoint file {path}")
+    if weights_format(path) != "torch":
+        raise ValueError(f"{path} is not a readable checkpoint (not a PyTorch file, by its first bytes)")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except OSError:  # unreadable, not damaged: said as such (the command names the path's argument)

@@ -10,7 +10,7 @@ from PIL import Image
 
 from clipforge.encoders.bundle import load_bundle
 from clipforge.encoders.convert import export_onnx, export_open_clip, import_hf_clip, import_open_clip
-from clipforge.encoders.model import CONFIG_DIR
+from clipforge.encoders.model import CONFIG_DIR, weights_format
 
 LABELS = ["a red circle", "a blue square", "a green ring", "a big orange cross"]
 
@@ -51,9 +51,16 @@ def test_wrong_weights_are_a_clear_error(tmp_path, micro_bundle):
     torch.save({"not": torch.zeros(3)}, tmp_path / "w.bin")
     with pytest.raises(ValueError, match="does not fit"):
         import_open_clip("cf-micro-vit", tmp_path / "w.bin", tmp_path / "b")
-    (tmp_path / "bad.bin").write_bytes(b"garbage")
-    with pytest.raises(ValueError, match="cannot read"):
+    (tmp_path / "bad.bin").write_bytes(b"garbage")  # torch.load's own error for it: KeyError: 'g'
+    with pytest.raises(ValueError, match="bad.bin is neither a safetensors nor a PyTorch weights file"):
         import_open_clip("cf-micro-vit", tmp_path / "bad.bin", tmp_path / "b")
+    (tmp_path / "torn.bin").write_bytes((tmp_path / "w.bin").read_bytes()[:100])  # a torch file, cut short
+    with pytest.raises(ValueError, match="cannot read .*torn.bin as a state dict"):
+        import_open_clip("cf-micro-vit", tmp_path / "torn.bin", tmp_path / "b")
+    from safetensors.torch import save_file
+
+    save_file({"x": torch.zeros(2)}, str(tmp_path / "w.safetensors"))
+    assert weights_format(tmp_path / "w.safetensors") == "safetensors" and weights_format(tmp_path / "w.bin") == "torch"
 
 
 def tiny_hf_clip(directory):

@@ -199,3 +199,14 @@ def test_a_training_error_starts_its_own_line_after_the_progress_bar(synth_data,
     assert main(args) == 1
     last = capsys.readouterr().err.rstrip("\n").split("\n")[-1]
     assert last.startswith("clipforge: error: ") and "no usable samples" in last, last
+
+
+def test_a_file_that_is_not_a_checkpoint_is_named_as_such(synth_data, tmp_path, capsys):
+    """torch.load of a text file raised KeyError: '104', and the error read '(KeyError: 104)'."""
+    note = tmp_path / "notes.txt"
+    note.write_text("hello, not a checkpoint\n")
+    args = ["train", "smoke", "--set", f"out_dir={tmp_path / 'run'}", "--set", f"data.train=['{synth_data['train']}']"]
+    for command in (args + ["--resume", str(note)], ["export", str(note), str(tmp_path / "bundle")]):
+        assert main(command) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "notes.txt is not a readable checkpoint (not a PyTorch file" in err, err
