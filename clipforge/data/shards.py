@@ -9,6 +9,7 @@ image and which the caption, and why a sample is skipped.
 from __future__ import annotations
 
 import json
+import os
 import re
 import warnings
 from collections import Counter
@@ -18,8 +19,8 @@ from typing import Any
 import braceexpand
 import webdataset as wds
 
-from clipforge.encoders.images import DEFAULT_MAX_PIXELS, ImageDecodeError, load_image
 from clipforge.data.tarstream import TarError, tar_members
+from clipforge.encoders.images import DEFAULT_MAX_PIXELS, ImageDecodeError, load_image
 from clipforge.encoders.text import MAX_CAPTION_CHARS, clean_caption
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
@@ -70,7 +71,7 @@ def raw_samples(shards: list[str], stats: Counter) -> Iterator[dict[str, Any]]:
 
     def shard_failed(exn: Exception) -> bool:
         stats["shard_error"] += 1
-        warnings.warn(f"skipping shard that cannot be opened: {exn}", stacklevel=2)
+        warnings.warn(f"skipping shard that cannot be opened: {_reason(exn)}", stacklevel=2)
         return True
 
     def member_failed(exn: Exception) -> bool:
@@ -79,6 +80,14 @@ def raw_samples(shards: list[str], stats: Counter) -> Iterator[dict[str, Any]]:
 
     opened = wds.tariterators.url_opener([{"url": u} for u in shards], handler=shard_failed)
     yield from wds.tariterators.group_by_keys(_shard_files(opened, member_failed), handler=member_failed)
+
+
+def _reason(exn: Exception) -> str:
+    """An OSError as `permission denied: PATH`, not Python's `[Errno 13] Permission denied: 'PATH'`."""
+    if isinstance(exn, OSError) and exn.strerror:
+        what = exn.strerror[:1].lower() + exn.strerror[1:]
+        return f"{what}: {os.fsdecode(exn.filename)}" if exn.filename is not None else what
+    return str(exn)
 
 
 def _shard_files(opened: Iterator[dict[str, Any]], failed: Any) -> Iterator[dict[str, Any]]:

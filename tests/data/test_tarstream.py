@@ -15,8 +15,14 @@ def archive(fmt: int) -> bytes:
     """Regular files of awkward sizes and names, plus a directory and a symlink, in one tar format."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=fmt) as tar:
-        for name, data in [("a.txt", b"x"), ("b.bin", b"\x00" * 512), ("c.jpg", bytes(range(256)) * 7),
-                           ("empty.txt", b""), (LONG, b"long"), ("ünï/cödé.txt", "é".encode())]:
+        for name, data in [
+            ("a.txt", b"x"),
+            ("b.bin", b"\x00" * 512),
+            ("c.jpg", bytes(range(256)) * 7),
+            ("empty.txt", b""),
+            (LONG, b"long"),
+            ("ünï/cödé.txt", "é".encode()),
+        ]:
             info = tarfile.TarInfo(name)
             info.size, info.mtime = len(data), 1_700_000_000
             tar.addfile(info, io.BytesIO(data))
@@ -77,3 +83,23 @@ def test_a_broken_shard_is_counted_and_the_next_one_still_read(tmp_path):
     assert stats["broken_member"] == 1
     assert [s["__key__"] for s in samples][-3:] == ["k0", "k1", "k2"]  # the good shard, whole
     assert all(s["__url__"] == str(good) for s in samples[-3:])
+
+
+def test_a_shard_that_cannot_be_opened_is_counted_and_said_plainly(tmp_path):
+    """The warning carried Python's bare `[Errno 21] Is a directory: '...'`."""
+    import warnings
+    from collections import Counter
+
+    from clipforge.data.shards import raw_samples
+
+    (tmp_path / "dir.tar").mkdir()
+    stats: Counter = Counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert list(raw_samples([str(tmp_path / "missing.tar"), str(tmp_path / "dir.tar")], stats)) == []
+    said = [str(w.message) for w in caught]
+    assert stats["shard_error"] == 2 and not any("Errno" in s for s in said), said
+    assert said == [
+        f"skipping shard that cannot be opened: no such file or directory: {tmp_path / 'missing.tar'}",
+        f"skipping shard that cannot be opened: is a directory: {tmp_path / 'dir.tar'}",
+    ]
