@@ -315,10 +315,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
-    )
-    if not args.verbose:  # a warning is one line, as an error is (Python's format adds the file and source line)
+    if args.verbose:  # where each line comes from, for debugging
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    else:  # a warning is one line, as an error is, whether it came from logging or from `warnings`
+        handler = logging.StreamHandler()
+        handler.setFormatter(OneLineFormatter())
+        logging.basicConfig(level=logging.WARNING, handlers=[handler])
         warnings.formatwarning = lambda message, *_a, **_k: f"clipforge: warning: {message}\n"
     try:
         return int(args.func(args))
@@ -332,6 +334,14 @@ def main(argv: list[str] | None = None) -> int:
         close_progress_bars()
         print(f"clipforge: error: {error_line(exn, parser, args)}", file=sys.stderr)
         return 1
+
+
+class OneLineFormatter(logging.Formatter):
+    """`clipforge: warning: ...`, the form of the CLI's errors and of `warnings` (Python's adds the file and
+    source line; logging's default the level in capitals and the module)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"clipforge: {record.levelname.lower()}: {record.getMessage()}"
 
 
 def close_progress_bars() -> None:

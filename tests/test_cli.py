@@ -159,3 +159,21 @@ def test_error_line_keeps_the_codes_own_messages_and_words_the_bare_ones(tmp_pat
     said = error_line(PermissionError(errno.EACCES, "Permission denied", str(inside)), parser, args)
     assert said == f"source: permission denied: {inside}"
     assert error_line(ValueError("x"), parser, args) == "x"
+
+
+def test_logged_warnings_are_one_line_in_the_clis_form(synth_data, tmp_path):
+    """Warnings from `logging` read `WARNING clipforge.training.records: ...`, those from `warnings`
+    `clipforge: warning: ...`: one form now, the errors' form. (A subprocess: pytest owns the root logger.)"""
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"step": 1, "loss": 1.0}\n')  # an earlier run's: set aside, with a warning
+    sets = [f"out_dir={run}", f"data.train=['{synth_data['train']}']", "data.val=null", "data.zeroshot=null"]
+    cmd = [sys.executable, "-m", "clipforge", "train", "smoke", *[a for s in sets for a in ("--set", s)]]
+    done = subprocess.run([*cmd, "--set", "train.samples=16"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = [line for line in done.stderr.splitlines() if "kept as metrics.1.jsonl" in line]
+    assert len(lines) == 1 and lines[0].startswith(f"clipforge: warning: {run} held an earlier run's records"), lines
+    assert "WARNING" not in done.stderr
