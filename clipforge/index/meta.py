@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sqlite3
 import threading
 from collections.abc import Iterable
@@ -32,6 +33,9 @@ CREATE TABLE IF NOT EXISTS items (
 """
 Row = tuple[int, str, str | None, str, str | None, str | None, int, int, str]
 MAX_FILTER_FIELDS = 64  # SQLite's expression tree is 1,000 deep: ~1,000 ANDed fields would overflow it
+# a filter key: a field, or a dotted path into nested metadata ("exif.camera"); word characters and '-' only,
+# so a key can sit inside the quoted JSON path of json_extract without any escaping
+FILTER_KEY = re.compile(r"[\w-]{1,64}(?:\.[\w-]{1,64}){0,7}")
 INT64 = (-(2**63), 2**63 - 1)
 
 
@@ -76,6 +80,17 @@ def check_extra(value: Any, where: str = "metadata") -> None:
 MAX_METADATA_BYTES = 16 * 1024  # one item's metadata as JSON: a record about an image, not a document store
 
 
+def filter_column(name: Any) -> str:
+    """The SQL a filter key reads: a table column, or the JSON path `$."a"."b"` into an item's metadata."""
+    if not isinstance(name, str) or not FILTER_KEY.fullmatch(name):
+        raise IndexInputError(
+            f"filter key {name!r}: use 1-64 letters, digits, '_' or '-', or a.b.c for a field inside an object"
+        )
+    if name in COLUMNS or name == "id":
+        return name
+    return "json_extract(extra, '$" + "".join(f'."{part}"' for part in name.split(".")) + "')"
+
+
 def check_metadata(value: dict[str, Any], where: str = "metadata") -> None:
     """One item's metadata: storable and searchable (`check_extra`), and at most MAX_METADATA_BYTES as JSON."""
     check_extra(value, where)
@@ -86,7 +101,9 @@ def check_metadata(value: dict[str, Any], where: str = "metadata") -> None:
 
 def row_for(item: Item) -> Row:
     check_metadata(item.extra)
-    extra = json.dumps(item.extra, sort_keys=True, default=str, allow_nan=False)
+    # ensure_ascii=False: SQLite's JSON paths match keys as stored, so an escaped "gr\u00f6\u00dfe" was never
+    # found by a filter on "größe" (values are unescaped either way)
+    extra = json.dumps(item.extra, sort_keys=True, default=str, allow_nan=False, ensure_ascii=False)
     key, caption, source, member, path = (
         clean_text(t) for t in (item.key, item.caption, item.source, item.member, item.path)
     )
@@ -159,9 +176,7 @@ class MetaReader:
         if len(filters) > MAX_FILTER_FIELDS:
             raise IndexInputError(f"{len(filters)} filter fields is over the limit of {MAX_FILTER_FIELDS}")
         for name, value in filters.items():
-            if not isinstance(name, str) or not name.replace("_", "").replace("-", "").isalnum():
-                raise IndexInputError(f"invalid filter field {name!r}")
-            column = name if name in COLUMNS or name == "id" else f"json_extract(extra, '$.\"{name}\"')"
+            column = filter_column(name)
             values = value if isinstance(value, list | tuple | set) else [value]
             if not values:
                 raise IndexInputError(f"filter {name!r} has an empty list of values")

@@ -96,7 +96,7 @@ def test_bad_queries_are_clear_errors(idx):
         idx.get(99999)
     with pytest.raises(IndexInputError, match="unknown id"):
         idx.search_id(99999)
-    with pytest.raises(IndexInputError, match="filter field"):
+    with pytest.raises(IndexInputError, match="filter key"):
         idx.search_vectors(np.ones((1, idx.dim), np.float32), filters={"a') OR 1=1 --": 1})
 
 

@@ -216,3 +216,27 @@ def test_filters_are_bounded_and_checked(index_copy, trained_bundle):
         idx.search_text(trained_bundle, "red", k=3, filters={"x": float("inf")})
     with pytest.raises(IndexInputError, match="unknown id"):
         idx.get(2**70)
+
+
+def test_nested_metadata_is_filtered_by_a_dotted_path(index_copy, trained_bundle):
+    """Metadata may hold objects ({"exif": {"camera": ...}}): stored and returned, but no filter could reach
+    inside them. A dotted key is a path into them; a key that is not a field or a path is refused."""
+    idx = Index.open(index_copy, bundle=trained_bundle)
+    ids = idx.add(
+        trained_bundle,
+        [
+            (png_bytes((220, 40, 40)), "red", {"exif": {"camera": "X100", "iso": 200}, "größe": "groß"}),
+            (png_bytes((40, 80, 220)), "blue", {"exif": {"camera": "GR", "iso": 800}}),
+        ],
+    )
+    q = np.ones((1, idx.dim), np.float32)
+
+    def found(filters: dict) -> list[int]:
+        return sorted(h.id for h in idx.search_vectors(q, k=20, filters=filters)[0])
+
+    assert found({"exif.camera": "X100"}) == [ids[0]] and found({"exif.iso": [200, 800]}) == ids
+    assert found({"exif.camera": "GR", "exif.iso": 200}) == [] and found({"größe": "groß"}) == [ids[0]]
+    assert found({"exif.lens": "x"}) == [] and idx.get(ids[0]).extra["exif"] == {"camera": "X100", "iso": 200}
+    for bad in ("exif..camera", ".exif", "exif.", 'a"b', "a'b", "a b", "x" * 65, ".".join("abcdefghi")):
+        with pytest.raises(IndexInputError, match="filter key"):
+            found({bad: 1})

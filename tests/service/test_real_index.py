@@ -88,6 +88,9 @@ def test_real_index_end_to_end(micro_bundle: Path, real_index: Path, tmp_path: P
         assert_error(c.post("/v1/search", json={"id": 2**70}), 422, "validation_error")
         assert_error(c.post("/v1/search", json={"text": "a", "filters": {"width": 2**70}}), 422, "invalid_filter")
         assert_error(c.post("/v1/search", json={"text": "a", "filters": {"no such field!": 1}}), 422, "invalid_filter")
+        assert_error(c.post("/v1/search", json={"text": "a", "filters": {"exif..iso": 1}}), 422, "invalid_filter")
+        r = c.post("/v1/search", json={"text": "a", "filters": {"exif.iso": 100}})  # a path into nested metadata
+        assert r.status_code == 200 and r.json()["results"] == []
         r = c.post("/v1/search", json={"text": "a", "filters": {"color": ["red", "blue"], "shape": "circle"}})
         assert sorted(h["caption"] for h in r.json()["results"]) == ["a blue circle", "a red circle"]
         # the index's own refusals (here: offset + k over its paging depth) are a 422, not a 500

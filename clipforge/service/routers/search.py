@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import re
 from typing import Any, Literal
 
 import numpy as np
@@ -19,7 +18,6 @@ from clipforge.service.store import get_item, run_query
 
 router = APIRouter(prefix="/v1", tags=["search"], dependencies=[ReadAccess])
 FilterValue = str | int | float | bool
-FILTER_KEY = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MAX_ID = 2**63 - 1  # ids are SQLite integers
 HIDDEN_METADATA = ("source", "member", "path")  # where files live on the server: never sent out
 
@@ -36,7 +34,9 @@ class SearchRequest(BaseModel):
     k: int = Field(10, ge=1, le=MAX_K, description="number of results (at most the server's max_k)")
     offset: int = Field(0, ge=0, description="skip this many results (paging)")
     filters: dict[str, FilterValue | list[FilterValue]] | None = Field(
-        None, description="metadata filter: {field: value} or {field: [any of these values]}"
+        None,
+        description="metadata filter: {field: value} or {field: [any of these values]}; a field inside an "
+        'object is named by its path, e.g. {"exif.camera": "X100"}',
     )
     threshold: float | None = Field(
         None, ge=SCORE_RANGE[0], le=SCORE_RANGE[1], description="drop results scoring below this"
@@ -66,17 +66,16 @@ def check_limits(req: SearchRequest, settings: Settings) -> None:
         raise APIError(422, "k_out_of_range", f"k must be between 1 and {settings.max_k}")
     if req.offset > settings.max_offset:
         raise APIError(422, "offset_out_of_range", f"offset must be at most {settings.max_offset}")
-    from clipforge.index.meta import MAX_FILTER_FIELDS, check_extra  # the index's own rules for what it can search
+    from clipforge.index.meta import MAX_FILTER_FIELDS, check_extra, filter_column  # the index's own rules
 
     if len(req.filters or {}) > MAX_FILTER_FIELDS:
         raise APIError(422, "invalid_filter", f"at most {MAX_FILTER_FIELDS} filter fields per search")
     for key, value in (req.filters or {}).items():
-        if not FILTER_KEY.match(key):
-            raise APIError(422, "invalid_filter", f"filter key {key!r}: use 1-64 letters, digits, '_' or '-'")
         values = value if isinstance(value, list) else [value]
         if not values:
             raise APIError(422, "invalid_filter", f"filter {key!r} has an empty list of values")
         try:
+            filter_column(key)  # a field name or a dotted path
             check_extra(values, f"filter {key!r}")  # 64-bit integers, finite numbers
         except ValueError as exn:
             raise APIError(422, "invalid_filter", str(exn)) from exn
