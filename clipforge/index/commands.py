@@ -58,11 +58,15 @@ def _filters(raw: list[str]) -> dict[str, Any] | None:
     for item in raw:
         if "=" not in item:
             raise ValueError(f"--filter expects field=value, got {item!r}")
-        key, value = item.split("=", 1)
+        key, text = item.split("=", 1)
         try:
-            out[key] = json.loads(value)
+            value = json.loads(text)
         except json.JSONDecodeError:
-            out[key] = value
+            value = text
+        if key in out:  # --filter color=red --filter color=blue: either value, as a list would say
+            before = out[key] if isinstance(out[key], list) else [out[key]]
+            value = before + (value if isinstance(value, list) else [value])
+        out[key] = value
     return out or None
 
 

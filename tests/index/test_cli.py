@@ -48,6 +48,11 @@ def test_cli_build_search_add_remove_info(trained_bundle, synth_data, tmp_path, 
         == 0
     )
     assert all(h["color"] == "blue" for h in json.loads(capsys.readouterr().out))
+    # a field repeated is any of its values (the last one alone won before)
+    args = ["index", "search", str(out), "--text", "a block", "--bundle", bundle, "-k", "50"]
+    assert run([*args, "--filter", "color=blue", "--filter", "color=red"]) == 0
+    either = {h["color"] for h in json.loads(capsys.readouterr().out)}
+    assert either == {"blue", "red"}, either
 
     assert run(["index", "add", str(out), str(image)]) == 0
     assert json.loads(capsys.readouterr().out) == {"added": [100], "items": 101}
