@@ -33,9 +33,11 @@ CREATE TABLE IF NOT EXISTS items (
 """
 Row = tuple[int, str, str | None, str, str | None, str | None, int, int, str]
 MAX_FILTER_FIELDS = 64  # SQLite's expression tree is 1,000 deep: ~1,000 ANDed fields would overflow it
-# a filter key: a field, or a dotted path into nested metadata ("exif.camera"); word characters and '-' only,
-# so a key can sit inside the quoted JSON path of json_extract without any escaping
-FILTER_KEY = re.compile(r"[\w-]{1,64}(?:\.[\w-]{1,64}){0,7}")
+# a filter key is a field, or a dotted path into nested metadata ("exif.camera"): at most MAX_PATH_DEPTH names of
+# at most 64 characters, none of which ends the quoted label of a JSON path ('"', '\\') or is a control character.
+# (A flat key that itself contains a dot cannot be named: the dot always means "inside".)
+MAX_PATH_DEPTH = 8
+UNNAMEABLE = re.compile(r'["\\\x00-\x1f\x7f]')
 INT64 = (-(2**63), 2**63 - 1)
 
 
@@ -80,15 +82,21 @@ def check_extra(value: Any, where: str = "metadata") -> None:
 MAX_METADATA_BYTES = 16 * 1024  # one item's metadata as JSON: a record about an image, not a document store
 
 
-def filter_column(name: Any) -> str:
-    """The SQL a filter key reads: a table column, or the JSON path `$."a"."b"` into an item's metadata."""
-    if not isinstance(name, str) or not FILTER_KEY.fullmatch(name):
+def filter_target(name: Any) -> str | list[str]:
+    """What a filter key reads: a table column's name, or the JSON paths `$."a"."b"` of a metadata field. A
+    non-ASCII key has a second, escaped spelling: rows stored before 2026-12-01 kept such keys as \\u escapes,
+    and SQLite matches a path's labels against keys as stored."""
+    parts = name.split(".") if isinstance(name, str) else []
+    if not parts or len(parts) > MAX_PATH_DEPTH or any(not 1 <= len(p) <= 64 or UNNAMEABLE.search(p) for p in parts):
         raise IndexInputError(
-            f"filter key {name!r}: use 1-64 letters, digits, '_' or '-', or a.b.c for a field inside an object"
+            f"filter key {name!r}: a field name (1-64 characters, no '\"', '\\' or control characters), or a "
+            f"path a.b.c to a field inside objects, at most {MAX_PATH_DEPTH} names deep"
         )
     if name in COLUMNS or name == "id":
-        return name
-    return "json_extract(extra, '$" + "".join(f'."{part}"' for part in name.split(".")) + "')"
+        return str(name)
+    plain = "$" + "".join(f'."{p}"' for p in parts)
+    escaped = "$" + "".join(f".{json.dumps(p)}" for p in parts)  # json.dumps escapes non-ASCII as \\uXXXX
+    return [plain] if escaped == plain else [plain, escaped]
 
 
 def check_metadata(value: dict[str, Any], where: str = "metadata") -> None:
@@ -176,15 +184,24 @@ class MetaReader:
         if len(filters) > MAX_FILTER_FIELDS:
             raise IndexInputError(f"{len(filters)} filter fields is over the limit of {MAX_FILTER_FIELDS}")
         for name, value in filters.items():
-            column = filter_column(name)
-            values = value if isinstance(value, list | tuple | set) else [value]
+            target = filter_target(name)
+            values = list(value) if isinstance(value, list | tuple | set) else [value]
             if not values:
                 raise IndexInputError(f"filter {name!r} has an empty list of values")
             if any(isinstance(v, dict | list) for v in values):
                 raise IndexInputError(f"filter {name!r}: values must be strings, numbers or booleans")
-            check_extra(list(values), f"filter {name!r}")
-            clauses.append(f"{column} IN ({','.join('?' * len(values))})")
-            args.extend(values)
+            check_extra(values, f"filter {name!r}")
+            marks = ",".join("?" * len(values))
+            if isinstance(target, str):  # a column
+                clauses.append(f"{target} IN ({marks})")
+                args.extend(values)
+                continue
+            # a metadata field: paths bound as parameters, and only scalar leaves match (json_extract returns an
+            # object or array as its JSON text, which a string value could otherwise equal)
+            one = f"(json_extract(extra, ?) IN ({marks}) AND json_type(extra, ?) NOT IN ('object', 'array'))"
+            clauses.append("(" + " OR ".join([one] * len(target)) + ")")
+            for path in target:
+                args.extend([path, *values, path])
         where = " AND ".join(clauses) or "1"
         return [int(r[0]) for r in self._query(f"SELECT id FROM items WHERE {where}", args)]
 

@@ -1,4 +1,5 @@
 import io
+import json
 import threading
 
 import numpy as np
@@ -237,6 +238,23 @@ def test_nested_metadata_is_filtered_by_a_dotted_path(index_copy, trained_bundle
     assert found({"exif.camera": "X100"}) == [ids[0]] and found({"exif.iso": [200, 800]}) == ids
     assert found({"exif.camera": "GR", "exif.iso": 200}) == [] and found({"größe": "groß"}) == [ids[0]]
     assert found({"exif.lens": "x"}) == [] and idx.get(ids[0]).extra["exif"] == {"camera": "X100", "iso": 200}
-    for bad in ("exif..camera", ".exif", "exif.", 'a"b', "a'b", "a b", "x" * 65, ".".join("abcdefghi")):
+    # an object's (or list's) JSON text is not a value a string filter can equal
+    assert found({"exif": json.dumps({"camera": "X100", "iso": 200}, separators=(",", ":"))}) == []
+    # keys go to SQLite as bound parameters: quotes, spaces, combining accents are plain characters
+    assert found({"a') OR 1=1 --": 1}) == [] and found({"e\u0301": 1}) == [] and found({"camera model": "x"}) == []
+    for bad in ("exif..camera", ".exif", "exif.", 'a"b', "a\\b", "a\x00b", "x" * 65, ".".join("abcdefghi")):
         with pytest.raises(IndexInputError, match="filter key"):
             found({bad: 1})
+
+
+def test_non_ascii_keys_of_rows_stored_escaped_are_found(tmp_path):
+    """Rows written before 2026-12-01 hold non-ASCII keys as \\u escapes, which SQLite's JSON paths match only as
+    spelled: an index mixing old and new rows answered a filter with some of its matches."""
+    from clipforge.index.meta import MetaReader, MetaWriter
+
+    writer = MetaWriter(tmp_path / "meta.sqlite")
+    old = json.dumps({"größe": "groß"})  # the old spelling: "gr\u00f6\u00dfe"
+    new = json.dumps({"größe": "groß"}, ensure_ascii=False)
+    writer.insert([(1, "a", None, "s", None, None, 1, 1, old), (2, "b", None, "s", None, None, 1, 1, new)])
+    writer.close()
+    assert "\\u00f6" in old and MetaReader(tmp_path / "meta.sqlite").filter_ids({"größe": "groß"}) == [1, 2]

@@ -128,7 +128,7 @@ SEARCH_CASES = {
     "bad_target": ({"text": "a", "target": "videos"}, 422, "validation_error"),
     "threshold_out_of_range": ({"text": "a", "threshold": 2}, 422, "validation_error"),
     "filter_nested": ({"text": "a", "filters": {"a": {"b": 1}}}, 422, "validation_error"),
-    "filter_bad_key": ({"text": "a", "filters": {"a'; drop table items; --": 1}}, 422, "invalid_filter"),
+    "filter_bad_key": ({"text": "a", "filters": {'a"; drop table items; --': 1}}, 422, "invalid_filter"),
 }
 
 

@@ -87,7 +87,7 @@ def test_real_index_end_to_end(micro_bundle: Path, real_index: Path, tmp_path: P
         # values the index's SQLite could not hold are refused up front
         assert_error(c.post("/v1/search", json={"id": 2**70}), 422, "validation_error")
         assert_error(c.post("/v1/search", json={"text": "a", "filters": {"width": 2**70}}), 422, "invalid_filter")
-        assert_error(c.post("/v1/search", json={"text": "a", "filters": {"no such field!": 1}}), 422, "invalid_filter")
+        assert_error(c.post("/v1/search", json={"text": "a", "filters": {'no "such" field': 1}}), 422, "invalid_filter")
         assert_error(c.post("/v1/search", json={"text": "a", "filters": {"exif..iso": 1}}), 422, "invalid_filter")
         r = c.post("/v1/search", json={"text": "a", "filters": {"exif.iso": 100}})  # a path into nested metadata
         assert r.status_code == 200 and r.json()["results"] == []

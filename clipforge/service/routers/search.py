@@ -66,7 +66,7 @@ def check_limits(req: SearchRequest, settings: Settings) -> None:
         raise APIError(422, "k_out_of_range", f"k must be between 1 and {settings.max_k}")
     if req.offset > settings.max_offset:
         raise APIError(422, "offset_out_of_range", f"offset must be at most {settings.max_offset}")
-    from clipforge.index.meta import MAX_FILTER_FIELDS, check_extra, filter_column  # the index's own rules
+    from clipforge.index.meta import MAX_FILTER_FIELDS, check_extra, filter_target  # the index's own rules
 
     if len(req.filters or {}) > MAX_FILTER_FIELDS:
         raise APIError(422, "invalid_filter", f"at most {MAX_FILTER_FIELDS} filter fields per search")
@@ -75,7 +75,7 @@ def check_limits(req: SearchRequest, settings: Settings) -> None:
         if not values:
             raise APIError(422, "invalid_filter", f"filter {key!r} has an empty list of values")
         try:
-            filter_column(key)  # a field name or a dotted path
+            filter_target(key)  # a field name or a dotted path
             check_extra(values, f"filter {key!r}")  # 64-bit integers, finite numbers
         except ValueError as exn:
             raise APIError(422, "invalid_filter", str(exn)) from exn
