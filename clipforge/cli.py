@@ -341,7 +341,10 @@ class OneLineFormatter(logging.Formatter):
     source line; logging's default the level in capitals and the module)."""
 
     def format(self, record: logging.LogRecord) -> str:
-        return f"clipforge: {record.levelname.lower()}: {record.getMessage()}"
+        line = f"clipforge: {record.levelname.lower()}: {record.getMessage()}"
+        if record.exc_info:  # a server's unexpected error: its traceback is what a person needs to fix it
+            line += "\n" + self.formatException(record.exc_info)
+        return line
 
 
 def close_progress_bars() -> None:

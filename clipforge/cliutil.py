@@ -58,7 +58,7 @@ def error_line(exn: BaseException, parser: argparse.ArgumentParser, args: argpar
     wrong with it, e.g. `--out: cannot create files in /data: permission denied`."""
     if not isinstance(exn, OSError) or not exn.strerror or not str(exn).startswith("[Errno"):
         return str(exn)  # a message of the code's own
-    if exn.filename is None:
+    if not isinstance(exn.filename, str | bytes | os.PathLike):  # none, or a file descriptor
         return _lower_first(exn.strerror)
     path = os.fsdecode(exn.filename)
     what = path_problem(exn.errno, exn.strerror, path)

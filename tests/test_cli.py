@@ -2,6 +2,7 @@
 that cannot be used is one line naming the argument it came from."""
 
 import os
+import sys
 
 import pytest
 
@@ -153,6 +154,10 @@ def test_error_line_keeps_the_codes_own_messages_and_words_the_bare_ones(tmp_pat
     own = FileNotFoundError(f"no checkpoint file {tmp_path}")
     assert error_line(own, parser, args) == str(own)
     assert error_line(OSError(errno.ENOSPC, "No space left on device"), parser, args) == "no space left on device"
+    try:
+        os.stat(987654)  # a file descriptor in place of a path: os.fsdecode raised TypeError in the handler
+    except OSError as exn:
+        assert error_line(exn, parser, args) == "bad file descriptor"
     tmp = tmp_path / ".out.x1y2"  # an atomic write's temporary sibling belongs to its target
     assert error_line(PermissionError(errno.EACCES, "Permission denied", str(tmp)), parser, args).startswith("out: ")
     inside = tmp_path / "run" / "checkpoints" / "step-00000002.pt"
@@ -177,3 +182,22 @@ def test_logged_warnings_are_one_line_in_the_clis_form(synth_data, tmp_path):
     lines = [line for line in done.stderr.splitlines() if "kept as metrics.1.jsonl" in line]
     assert len(lines) == 1 and lines[0].startswith(f"clipforge: warning: {run} held an earlier run's records"), lines
     assert "WARNING" not in done.stderr
+
+
+def test_a_logged_exception_keeps_its_traceback_in_the_one_line_form():
+    """The service logs an unexpected error with its traceback (log.exception); the CLI's one-line formatter
+    printed the message alone, so a 500 left nothing to debug it with."""
+    import logging
+
+    from clipforge.cli import OneLineFormatter
+
+    try:
+        raise RuntimeError("deep inside")
+    except RuntimeError:
+        record = logging.LogRecord("clipforge.service.errors", logging.ERROR, __file__, 1, "unhandled error", (), None)
+        record.exc_info = sys.exc_info()
+    text = OneLineFormatter().format(record)
+    assert text.startswith("clipforge: error: unhandled error\nTraceback (most recent call last):")
+    assert text.rstrip().endswith("RuntimeError: deep inside")
+    plain = logging.LogRecord("x", logging.WARNING, __file__, 1, "careful: %s", ("x",), None)
+    assert OneLineFormatter().format(plain) == "clipforge: warning: careful: x"

@@ -86,7 +86,7 @@ def _reason(exn: Exception) -> str:
     """An OSError as `permission denied: PATH`, not Python's `[Errno 13] Permission denied: 'PATH'`."""
     if isinstance(exn, OSError) and exn.strerror:
         what = exn.strerror[:1].lower() + exn.strerror[1:]
-        return f"{what}: {os.fsdecode(exn.filename)}" if exn.filename is not None else what
+        return f"{what}: {os.fsdecode(exn.filename)}" if isinstance(exn.filename, str | bytes | os.PathLike) else what
     return str(exn)
 
 
