@@ -126,12 +126,10 @@ def main() -> None:
     from clipforge.fusion.config import load_fuse_config
     from clipforge.fusion.kinds import build_fusion
     from clipforge.fusion.train import fit, load_sets
+    from clipforge.training.synth import ensure_questions
 
     q = Path(a.data) / "questions"
-    if not all((q / f).is_file() for t in TASKS.values() for f in t[1:]):
-        from clipforge.training.synth import write_questions
-
-        write_questions(q)
+    ensure_questions(q)  # written if missing; an older set gets the 3-way task added for its own images
     out = Path(a.out or tempfile.mkdtemp(prefix="fusion-bench-"))
     results = {
         task: run_task(task, q, out / task.replace("/", "-"), a.bundle, a.set)

@@ -27,16 +27,15 @@ QUICKSTART_TASKS = {
 
 
 def quickstart_fusion(bundle: str | Path, data: str | Path, out: str | Path, kind: str = QUICKSTART_KIND) -> list[Path]:
-    """Write the question sets if `data` lacks them; per task, embed it once (cached), train `late`,
+    """Write the question sets if `data` lacks them (or add the 3-way task to an older set); per task, embed it once (cached), train `late`,
     `additive` and `kind`, print their held-out accuracies; return the head folders of `kind`, named after
     their task (the ones the service loads)."""
     t0 = time.perf_counter()
     data, out = Path(data), Path(out)
     questions = data / "questions"
-    if not all((questions / t[n]).is_file() for t in QUICKSTART_TASKS.values() for n in (1, 2)):
-        from clipforge.training.synth import write_questions  # the data generator only, never the trainer
+    from clipforge.training.synth import ensure_questions  # the data generator only, never the trainer
 
-        write_questions(questions)  # an older set lacks the 3-way task: rewritten, the yes/no rows identical
+    ensure_questions(questions)  # an older set lacks the 3-way task: added for its images, nothing else touched
     heads = []
     for name, (preset, train_table, test_table, what) in QUICKSTART_TASKS.items():
         cfg = load_fuse_config(

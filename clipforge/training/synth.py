@@ -146,8 +146,9 @@ def write_synth(
         "heldout_classes": heldout,
         "counts": counts,
     }
-    n_q = train * 3 // 40 if questions is None else questions
-    summary["questions"] = write_questions(out / "questions", train=n_q, test=n_q * 2 // 5, seed=seed)
+    n_q = max(1, train * 3 // 40) if questions is None else questions  # at least one image per split
+    n_test = max(1, n_q * 2 // 5) if n_q else 0
+    summary["questions"] = write_questions(out / "questions", train=n_q, test=n_test, seed=seed)
     (out / "synth.json").write_text(json.dumps(summary, indent=2))
     return summary
 
@@ -227,25 +228,19 @@ def write_questions(out: str | Path, *, train: int = 1500, test: int = 600, seed
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed + 7919)  # its own stream: write_synth's other outputs do not change
-    rng3 = random.Random(seed + 104_729)  # and the 3-way task's: the yes/no rows stay as they were
-    every = [(c, s) for c in COLORS for s in SHAPES]
-    seen = [cs for cs in every if cs not in HELDOUT]
     counts: dict[str, int] = {}
-    for split, n, combos in (("train", train, seen), ("test", test, every)):
-        lines, lines3 = [], []
+    images: dict[str, list[dict]] = {}
+    for split, n, combos in (("train", train, SEEN), ("test", test, EVERY)):
+        lines, images[split] = [], []
         for i in range(n):
             color, shape = rng.choice(combos)
             im, attrs = draw_shape(color, shape, rng)
             name = f"images/{split}-{i:06d}.jpg"
             im.save(out / name, quality=90)
+            images[split].append({"image": name, **attrs})
             for r in _question_rows(color, shape, rng, combos):
-                held = (color, shape) in HELDOUT or (r["q_color"], r["q_shape"]) in HELDOUT
-                lines.append(json.dumps({"image": name, **attrs, **r, "heldout": held}))
-            for r in threeway_rows(color, shape, rng3, combos):
-                held = (color, shape) in HELDOUT or (r["q_color"], r["q_shape"]) in HELDOUT
-                lines3.append(json.dumps({"image": name, **attrs, **r, "heldout": held}))
-        (out / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
-        (out / f"3way-{split}.jsonl").write_text("\n".join(lines3) + "\n")
+                lines.append(json.dumps({"image": name, **attrs, **r, "heldout": _held(color, shape, r)}))
+        _write_table(out / f"{split}.jsonl", lines)
         counts[split] = len(lines)
     summary = {
         "train": str(out / "train.jsonl"),
@@ -253,12 +248,62 @@ def write_questions(out: str | Path, *, train: int = 1500, test: int = 600, seed
         "pairs": counts,
         "images": {"train": train, "test": test},
         "wordings": len(QUESTIONS),
-        "3way": {
-            "train": str(out / "3way-train.jsonl"),
-            "test": str(out / "3way-test.jsonl"),
-            "labels": list(THREEWAY_LABELS),
-            "wordings": len(THREEWAY),
-        },
+        "seed": seed,
+        "3way": write_threeway(out, images, seed),
     }
     (out / "questions.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+EVERY = [(c, s) for c in COLORS for s in SHAPES]
+SEEN = [cs for cs in EVERY if cs not in HELDOUT]
+
+
+def _held(color: str, shape: str, row: dict) -> bool:
+    return (color, shape) in HELDOUT or (row["q_color"], row["q_shape"]) in HELDOUT
+
+
+def _write_table(path: Path, lines: list[str]) -> None:
+    path.write_text("".join(f"{line}\n" for line in lines))
+
+
+def write_threeway(out: Path, images: dict[str, list[dict]], seed: int) -> dict:
+    """The yes/no/absent task's tables for `images` ({split: [{"image", "color", "shape", ...}]}), from its own
+    random stream: the same images and seed always give the same rows, whether written with the yes/no task or
+    added later to a set that lacks them (`ensure_questions`)."""
+    rng = random.Random(seed + 104_729)
+    for split, combos in (("train", SEEN), ("test", EVERY)):
+        lines = [
+            json.dumps({**im, **r, "heldout": _held(im["color"], im["shape"], r)})
+            for im in images.get(split, [])
+            for r in threeway_rows(im["color"], im["shape"], rng, combos)
+        ]
+        _write_table(out / f"3way-{split}.jsonl", lines)
+    return {
+        "train": str(out / "3way-train.jsonl"),
+        "test": str(out / "3way-test.jsonl"),
+        "labels": list(THREEWAY_LABELS),
+        "wordings": len(THREEWAY),
+    }
+
+
+def ensure_questions(out: str | Path) -> dict:
+    """The question set under `out`, both tasks: written (default size) if absent; a set written before the
+    yes/no/absent task existed gets that task added for ITS images, its yes/no tables and images untouched."""
+    out = Path(out)
+    meta_path = out / "questions.json"
+    if not meta_path.is_file():
+        return write_questions(out)
+    summary = json.loads(meta_path.read_text())
+    if all((out / f"3way-{split}.jsonl").is_file() for split in ("train", "test")):
+        return summary
+    images: dict[str, list[dict]] = {}
+    for split in ("train", "test"):
+        table = out / f"{split}.jsonl"
+        rows = [json.loads(line) for line in table.read_text().splitlines() if line.strip()] if table.is_file() else []
+        firsts = {r["image"]: r for r in reversed(rows)}  # each image's first row (reversed: the first one wins)
+        order = dict.fromkeys(r["image"] for r in rows)
+        images[split] = [{k: firsts[name][k] for k in ("image", "color", "shape", "pos", "size")} for name in order]
+    summary["3way"] = write_threeway(out, images, int(summary.get("seed", 0)))
+    meta_path.write_text(json.dumps(summary, indent=2))
     return summary

@@ -89,3 +89,35 @@ def test_three_way_questions_are_balanced_and_their_answers_follow_from_the_imag
         assert r["heldout"] == ((r["color"], r["shape"]) in held or (r["q_color"], r["q_shape"]) in held)
     yes_no = rows(questions / "train.jsonl")
     assert {r["image"] for r in train} == {r["image"] for r in yes_no}  # one set of images, two tasks
+
+
+def test_an_older_set_gets_the_three_way_task_for_its_own_images(tmp_path: Path) -> None:
+    """The fusion step found the 3-way tables missing in a set written before them and rewrote the whole set at
+    the default size and seed: the yes/no tables and images the user had were replaced."""
+    from clipforge.training.synth import ensure_questions, write_questions
+
+    out = tmp_path / "q"
+    write_questions(out, train=7, test=3, seed=5)
+    fresh = {f: (out / f).read_bytes() for f in ("3way-train.jsonl", "3way-test.jsonl")}
+    for f in fresh:
+        (out / f).unlink()
+    meta = json.loads((out / "questions.json").read_text())
+    del meta["3way"]  # as an older set's summary
+    (out / "questions.json").write_text(json.dumps(meta))
+    before = {p.name: p.read_bytes() for p in [*(out / "images").iterdir(), out / "train.jsonl", out / "test.jsonl"]}
+    summary = ensure_questions(out)
+    assert {
+        p.name: p.read_bytes() for p in [*(out / "images").iterdir(), out / "train.jsonl", out / "test.jsonl"]
+    } == before
+    assert {f: (out / f).read_bytes() for f in fresh} == fresh  # the same rows a fresh write gives
+    assert summary["3way"]["labels"] == ["yes", "no", "absent"]
+    assert json.loads((out / "questions.json").read_text())["3way"] == summary["3way"]
+    assert ensure_questions(out) == summary  # complete: nothing rewritten
+
+
+def test_a_tiny_synth_still_has_questions_to_train_on(tmp_path: Path) -> None:
+    """`data synth --train 13` wrote question tables without a single row (1,500 is 7.5% of 20,000)."""
+    summary = write_synth(tmp_path / "s", train=13, val=2, per_class=1, shard_size=10, seed=1)
+    assert summary["questions"]["images"] == {"train": 1, "test": 1}
+    for table in ("train.jsonl", "test.jsonl", "3way-train.jsonl", "3way-test.jsonl"):
+        assert len(rows(tmp_path / "s" / "questions" / table)) == 6
