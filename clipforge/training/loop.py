@@ -63,16 +63,16 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True) -> dict
     model, arch, model_cfg = build_training_model(cfg)
     state = TrainState.create(model, cfg, rt, find_checkpoint(run_dir, resume))
     checkpointer = Checkpointer(run_dir, cfg, rt.info, {"arch": arch, "model_cfg": model_cfg})
-    if rt.info.is_main:
-        save_config(cfg, run_dir / "config.yaml")
-        if state.step == 0:
-            set_aside(run_dir)
-        else:
-            rewind(run_dir / "metrics.jsonl", state.step)
-    batches = training_batches(cfg, model_cfg, rt, state.data)
-    step_cfg = StepCfg.from_config(cfg, rt)
     global_batch = cfg.train.batch_size * rt.info.world_size
     total_steps = max(1, cfg.train.samples // global_batch)
+    if rt.info.is_main:
+        if state.step == 0:  # before anything is written: the earlier run's files are moved, not overwritten
+            set_aside(run_dir)
+        else:
+            rewind(run_dir / "metrics.jsonl", state.step, continuing=state.step < total_steps)
+        save_config(cfg, run_dir / "config.yaml")
+    batches = training_batches(cfg, model_cfg, rt, state.data)
+    step_cfg = StepCfg.from_config(cfg, rt)
     metrics = MetricsLog(run_dir / "metrics.jsonl", rt.info.is_main, resumed_at=state.step)
     encoder = as_encoder(model, model_cfg, rt.device, rt.precision)
     preprocess = eval_preprocess(preprocess_cfg(model_cfg))

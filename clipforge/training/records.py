@@ -44,18 +44,25 @@ class MetricsLog:
 
 
 def set_aside(run_dir: Path) -> int | None:
-    """Rename an earlier run's metrics.jsonl, tensorboard/ and checkpoints/ to metrics.N.jsonl, tensorboard.N
-    and checkpoints.N (the first N free for all) and return N. A run that starts at step 0 (afresh, or
-    `--resume auto` that found no readable checkpoint) must not append to the run before it: the report
-    would draw both as one, and keeping the last K checkpoints by name would delete the new run's own
-    (the old run's higher step numbers sort after them) and hand a later `--resume auto` the old run's."""
-    records = [run_dir / "metrics.jsonl", run_dir / "tensorboard", ckpt_dir(run_dir)]
+    """Rename an earlier run's metrics.jsonl, tensorboard/, checkpoints/, config.yaml and bundle/ to
+    metrics.N.jsonl, tensorboard.N, checkpoints.N, config.N.yaml and bundle.N (the first N free for all) and
+    return N. A run that starts at step 0 (afresh, or `--resume auto` that found no readable checkpoint) must
+    not append to or overwrite the run before it: the report would draw both as one, keeping the last K
+    checkpoints by name would delete the new run's own (the old run's higher step numbers sort after them)
+    and hand a later `--resume auto` the old run's, and the old config and bundle would be replaced."""
+    records = [
+        run_dir / "metrics.jsonl",
+        run_dir / "tensorboard",
+        ckpt_dir(run_dir),
+        run_dir / "config.yaml",
+        run_dir / "bundle",
+    ]
     old = [p for p in records if (p.is_file() and p.stat().st_size) or (p.is_dir() and any(p.iterdir()))]
     if not old:
         return None
 
     def numbered(path: Path, n: int) -> Path:
-        return path.with_name(f"{path.stem}.{n}{path.suffix}")  # metrics.1.jsonl, tensorboard.1, checkpoints.1
+        return path.with_name(f"{path.stem}.{n}{path.suffix}")  # metrics.1.jsonl, tensorboard.1, bundle.1
 
     n = 1
     while any(numbered(p, n).exists() for p in records):
@@ -67,26 +74,32 @@ def set_aside(run_dir: Path) -> int | None:
     return n
 
 
-def rewind(path: Path, step: int) -> int:
-    """Resuming from a checkpoint at `step`: drop the records the interrupted run wrote after it (and a final
-    evaluation at it), which the resumed run writes again, and a line torn by a crash; returns how many.
-    The file is rewritten whole and swapped in, so a crash here leaves the old file, never half of one."""
+def rewind(path: Path, step: int, continuing: bool = True) -> int:
+    """Resuming from a checkpoint at `step`: drop the records the interrupted run wrote after it, which the
+    resumed run writes again, and a line torn by a crash; returns how many. A final evaluation AT `step` is
+    kept as an ordinary one when the run goes on (`continuing`) and dropped when it ends there (it is
+    evaluated again). The file is rewritten whole and swapped in: a crash here leaves the old file."""
     if not path.is_file():
         return 0
+    text = path.read_text()
     kept, dropped = [], 0
-    for line in path.read_text().splitlines():
+    for line in text.splitlines():
         try:
             record = json.loads(line)
-            stale = record["step"] > step or (record["step"] == step and record.get("final"))
+            stale = record["step"] > step or (record["step"] == step and record.get("final") and not continuing)
         except (ValueError, KeyError, TypeError):  # torn by a crash mid-write, or not a record at all
-            stale = bool(line.strip())
+            record, stale = None, bool(line.strip())
         if stale:
             dropped += 1
-        else:
+        elif record is not None and record.get("final"):  # the run goes on past it: no longer its last word
+            kept.append(json.dumps({k: v for k, v in record.items() if k != "final"}))
+        elif line.strip():
             kept.append(line)
-    if dropped:
+    rewritten = "".join(f"{line}\n" for line in kept)
+    if rewritten != text:  # also a last line left without its newline: the next record would join it
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text("".join(f"{line}\n" for line in kept))
+        tmp.write_text(rewritten)
         os.replace(tmp, path)
+    if dropped:
         log.warning("%s: resuming at step %d, dropped %d record(s) written after it", path, step, dropped)
     return dropped

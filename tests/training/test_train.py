@@ -307,6 +307,38 @@ def test_a_fresh_start_keeps_the_earlier_runs_checkpoints_apart(synth_data, tmp_
     assert latest_valid_checkpoint(run)[1]["step"] == 3
 
 
+def test_extending_a_finished_run_keeps_its_last_evaluation(synth_data, tmp_path):
+    """Resuming a finished run with more samples dropped its final evaluation (at the checkpoint's step, not
+    after it), and no later step evaluates that step again. Kept, as an ordinary evaluation."""
+    run = tmp_path / "run"
+    train(smoke_cfg(synth_data, run, "train.samples=80", "data.val=null"), progress=False)  # 5 steps
+    train(smoke_cfg(synth_data, run, "train.samples=160", "data.val=null"), resume="auto", progress=False)
+    evals = [(r["step"], bool(r.get("final"))) for r in read_metrics(run) if "eval" in r]
+    assert (5, False) in evals and evals[-1] == (10, True) and sum(final for _, final in evals) == 1, evals
+
+
+def test_a_fresh_start_keeps_the_earlier_runs_config_and_bundle(synth_data, tmp_path, caplog):
+    """The warning said the earlier run was kept aside, but its config.yaml was overwritten at once and its
+    bundle at the end: only its checkpoints still held its weights."""
+    run, quick = tmp_path / "run", ("data.val=null", "data.zeroshot=null")
+    first = train(smoke_cfg(synth_data, run, "train.samples=80", *quick), progress=False)
+    config = (run / "config.yaml").read_text()
+    second = train(smoke_cfg(synth_data, run, "train.samples=32", *quick), progress=False)
+    assert (run / "config.1.yaml").read_text() == config and "samples: 80" in config
+    assert load_bundle(run / "bundle.1").fingerprint == first["fingerprint"] != second["fingerprint"]
+    assert load_bundle(run / "bundle").fingerprint == second["fingerprint"]
+    assert "config.1.yaml, bundle.1" in caplog.text
+
+
+def test_rewind_ends_the_file_with_a_newline(tmp_path):
+    """A last record written without its newline (nothing to drop) made the next record join its line."""
+    from clipforge.training.records import rewind
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1}\n{"step": 2}')
+    assert rewind(path, 2) == 0 and path.read_text() == '{"step": 1}\n{"step": 2}\n'
+
+
 def test_lit_style_tuning_from_a_bundle_keeps_the_locked_tower(synth_data, tmp_path):
     first = tmp_path / "first"
     train(smoke_cfg(synth_data, first, "train.samples=32", "data.zeroshot=null", "data.val=null"), progress=False)
