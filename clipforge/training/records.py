@@ -82,15 +82,16 @@ def rewind(path: Path, step: int, continuing: bool = True) -> int:
     if not path.is_file():
         return 0
     text = path.read_text()
-    kept, dropped = [], 0
+    kept, dropped, redone = [], 0, 0  # redone: the final evaluation at `step` of a run that ends there
     for line in text.splitlines():
         try:
             record = json.loads(line)
-            stale = record["step"] > step or (record["step"] == step and record.get("final") and not continuing)
+            stale = record["step"] > step
+            redo = record["step"] == step and bool(record.get("final")) and not continuing
         except (ValueError, KeyError, TypeError):  # torn by a crash mid-write, or not a record at all
-            record, stale = None, bool(line.strip())
-        if stale:
-            dropped += 1
+            record, stale, redo = None, bool(line.strip()), False
+        if stale or redo:
+            dropped, redone = dropped + stale, redone + redo
         elif record is not None and record.get("final"):  # the run goes on past it: no longer its last word
             kept.append(json.dumps({k: v for k, v in record.items() if k != "final"}))
         elif line.strip():
@@ -100,6 +101,6 @@ def rewind(path: Path, step: int, continuing: bool = True) -> int:
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         tmp.write_text(rewritten)
         os.replace(tmp, path)
-    if dropped:
+    if dropped:  # work the interrupted run did and lost (a finished run evaluated again is routine: silent)
         log.warning("%s: resuming at step %d, dropped %d record(s) written after it", path, step, dropped)
-    return dropped
+    return dropped + redone

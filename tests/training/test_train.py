@@ -409,3 +409,14 @@ def test_gradient_checkpointing_and_channels_last_give_the_same_loss(synth_data,
         )
         losses.append(read_metrics(run)[0]["loss"])
     assert losses[0] == pytest.approx(losses[1], abs=1e-5)
+
+
+def test_rerunning_a_finished_run_redoes_its_final_evaluation_quietly(tmp_path, caplog):
+    """`make demo` twice: the second run resumes at the last step and evaluates it again. Its old final record
+    is replaced, without the warning meant for work an interrupted run lost."""
+    from clipforge.training.records import rewind
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "loss": 1.0}\n{"step": 2, "eval": {}, "final": true}\n')
+    assert rewind(path, 2, continuing=False) == 1 and path.read_text() == '{"step": 1, "loss": 1.0}\n'
+    assert "dropped" not in caplog.text
