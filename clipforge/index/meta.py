@@ -99,6 +99,24 @@ def filter_target(name: Any) -> str | list[str]:
     return [plain] if escaped == plain else [plain, escaped]
 
 
+def check_filters(filters: dict[str, Any]) -> list[tuple[str | list[str], list[Any]]]:
+    """The index's rule for a search's filters (the service checks requests with it before any work): per
+    field, what it reads (`filter_target`) and its values, a list meaning any of them."""
+    if len(filters) > MAX_FILTER_FIELDS:
+        raise IndexInputError(f"{len(filters)} filter fields is over the limit of {MAX_FILTER_FIELDS}")
+    checked = []
+    for name, value in filters.items():
+        target = filter_target(name)
+        values = list(value) if isinstance(value, list | tuple | set) else [value]
+        if not values:
+            raise IndexInputError(f"filter {name!r} has an empty list of values")
+        if any(isinstance(v, dict | list) for v in values):
+            raise IndexInputError(f"filter {name!r}: values must be strings, numbers or booleans")
+        check_extra(values, f"filter {name!r}")  # 64-bit integers, finite numbers, valid Unicode
+        checked.append((target, values))
+    return checked
+
+
 def check_metadata(value: dict[str, Any], where: str = "metadata") -> None:
     """One item's metadata: storable and searchable (`check_extra`), and at most MAX_METADATA_BYTES as JSON."""
     check_extra(value, where)
@@ -181,16 +199,7 @@ class MetaReader:
         """Ids whose fields equal the filter values (a list means any of them); extra fields via JSON."""
         clauses: list[str] = []
         args: list[Any] = []
-        if len(filters) > MAX_FILTER_FIELDS:
-            raise IndexInputError(f"{len(filters)} filter fields is over the limit of {MAX_FILTER_FIELDS}")
-        for name, value in filters.items():
-            target = filter_target(name)
-            values = list(value) if isinstance(value, list | tuple | set) else [value]
-            if not values:
-                raise IndexInputError(f"filter {name!r} has an empty list of values")
-            if any(isinstance(v, dict | list) for v in values):
-                raise IndexInputError(f"filter {name!r}: values must be strings, numbers or booleans")
-            check_extra(values, f"filter {name!r}")
+        for target, values in check_filters(filters):
             marks = ",".join("?" * len(values))
             if isinstance(target, str):  # a column
                 clauses.append(f"{target} IN ({marks})")
