@@ -1,10 +1,11 @@
 """Fusion heads on the synthetic question sets: every kind at one parameter budget, and the targets.
 
-    python benchmarks/fusion_bench.py --bundle runs/quickstart/bundle --data data/synth [--task yes/no]
+    python benchmarks/fusion_bench.py --bundle runs/quickstart/bundle --data data/synth [--task yes-no]
 
-Two tasks on the same images (`clipforge data synth` writes both under questions/):
-  yes/no         "is there a red circle?"           (preset synth-questions)
-  yes/no/absent  "is the circle red?": yes, no (the circle is another colour), absent (no circle)
+Two tasks on the same images (`clipforge data synth` writes both under questions/), named as the main job
+serves their heads (`QUICKSTART_TASKS` in clipforge/fusion/quickstart.py):
+  yes-no         "is there a red circle?"           (preset synth-questions)
+  yes-no-absent  "is the circle red?": yes, no (the circle is another colour), absent (no circle)
                                                     (preset synth-questions-3way)
 For each, trains all seven kinds on the same cached features of the main job's bundle (`fuse compare`),
 prints the comparison table, then each target as measured figures:
@@ -30,11 +31,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-# task -> (preset, training table, test table) under <data>/questions/
-TASKS = {
-    "yes/no": ("synth-questions", "train.jsonl", "test.jsonl"),
-    "yes/no/absent": ("synth-questions-3way", "3way-train.jsonl", "3way-test.jsonl"),
-}
+from clipforge.fusion.quickstart import QUICKSTART_TASKS  # noqa: E402
+
 RELATIONS = ("match", "shape_only", "colour_only", "neither")  # what of the question the image matches
 
 
@@ -49,7 +47,7 @@ def run_task(task: str, q: Path, out: Path, bundle: str, overrides: list[str]) -
     from clipforge.fusion.kinds import INTERACTION_KINDS
     from clipforge.fusion.train import load_sets
 
-    preset, train_file, test_file = TASKS[task]
+    preset, train_file, test_file, _ = QUICKSTART_TASKS[task]  # the main job's two tasks, named as it serves them
     cfg = load_fuse_config(
         preset,
         [
@@ -117,7 +115,7 @@ def main() -> None:
     p.add_argument("--bundle", default="runs/quickstart/bundle")
     p.add_argument("--data", default="data/synth", help="synth folder; questions/ is written there if missing")
     p.add_argument("--out", default=None, help="where the compare runs go (default: a temporary folder)")
-    p.add_argument("--task", choices=[*TASKS, "all"], default="all")
+    p.add_argument("--task", choices=[*QUICKSTART_TASKS, "all"], default="all")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     a = p.parse_args()
 
@@ -132,8 +130,8 @@ def main() -> None:
     ensure_questions(q)  # written if missing; an older set gets the 3-way task added for its own images
     out = Path(a.out or tempfile.mkdtemp(prefix="fusion-bench-"))
     results = {
-        task: run_task(task, q, out / task.replace("/", "-"), a.bundle, a.set)
-        for task in (TASKS if a.task == "all" else [a.task])
+        task: run_task(task, q, out / task, a.bundle, a.set)
+        for task in (QUICKSTART_TASKS if a.task == "all" else [a.task])
     }
     rates = sorted(
         (r["pairs_per_s"], r["kind"]) for res in results.values() for r in res["rows"] if r["kind"] != "late"

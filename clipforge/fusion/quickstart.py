@@ -27,9 +27,9 @@ QUICKSTART_TASKS = {
 
 
 def quickstart_fusion(bundle: str | Path, data: str | Path, out: str | Path, kind: str = QUICKSTART_KIND) -> list[Path]:
-    """Write the question sets if `data` lacks them (or add the 3-way task to an older set); per task, embed it once (cached), train `late`,
-    `additive` and `kind`, print their held-out accuracies; return the head folders of `kind`, named after
-    their task (the ones the service loads)."""
+    """Write the question sets if `data` lacks them (or add the 3-way task to an older set); per task, embed it
+    once (cached), train `late`, `additive` and `kind`, print their held-out accuracies; return the head folders
+    of `kind`, named after their task (the ones the service loads)."""
     t0 = time.perf_counter()
     data, out = Path(data), Path(out)
     questions = data / "questions"

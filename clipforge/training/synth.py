@@ -301,9 +301,10 @@ def ensure_questions(out: str | Path) -> dict:
     for split in ("train", "test"):
         table = out / f"{split}.jsonl"
         rows = [json.loads(line) for line in table.read_text().splitlines() if line.strip()] if table.is_file() else []
-        firsts = {r["image"]: r for r in reversed(rows)}  # each image's first row (reversed: the first one wins)
-        order = dict.fromkeys(r["image"] for r in rows)
-        images[split] = [{k: firsts[name][k] for k in ("image", "color", "shape", "pos", "size")} for name in order]
+        firsts: dict[str, dict] = {}
+        for r in rows:  # each image once, in the order it was written, from its first row
+            firsts.setdefault(r["image"], r)
+        images[split] = [{k: r[k] for k in ("image", "color", "shape", "pos", "size")} for r in firsts.values()]
     summary["3way"] = write_threeway(out, images, int(summary.get("seed", 0)))
     meta_path.write_text(json.dumps(summary, indent=2))
     return summary
