@@ -178,9 +178,10 @@ class Engine:
 
         return await self.labels.get_or_compute(key, compute)
 
-    def scores(self, image_features: np.ndarray, class_features: np.ndarray) -> np.ndarray:
-        """[N, D] x [L, D] -> [N, L] probabilities: softmax over labels (InfoNCE) or per-label sigmoid (SigLIP)."""
-        logits = self.logit_scale() * image_features @ class_features.T  # [N, L]
+    def scores(self, similarity: np.ndarray) -> np.ndarray:
+        """Cosines [N, L] of images and labels -> [N, L] probabilities: softmax over labels (InfoNCE) or
+        per-label sigmoid (SigLIP)."""
+        logits = self.logit_scale() * similarity  # [N, L]
         if self.loss == "siglip":
             with np.errstate(over="ignore"):  # exp overflow -> inf -> a score of exactly 0, as it should be
                 return 1.0 / (1.0 + np.exp(-(logits + self.logit_bias)))

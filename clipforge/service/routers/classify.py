@@ -94,7 +94,7 @@ async def classify(request: Request, settings: SettingsDep, engine: EngineDep, m
     class_features, cached = await engine.class_embeddings(labels, templates)  # [L, D]
     metrics.label_cache.labels("hit" if cached else "miss").inc()
     similarity = image_features @ class_features.T  # [N, L]: both L2-normalised
-    probs = engine.scores(image_features, class_features)  # [N, L]
+    probs = engine.scores(similarity)  # [N, L]
     top_k = min(req.top_k or len(labels), len(labels))
     results = []
     for row, sims in zip(probs, similarity, strict=True):
