@@ -2,6 +2,7 @@
 
 Training: bf16 autocast is only used on CPU when this CPU runs bf16 matmuls fast (AMX / AVX512-BF16): on
 plain AVX2 machines PyTorch emulates bf16 and it is ~100x slower than fp32, so "auto" measures before choosing.
+Where the matmul is fast, the trainer then times the model's own step in both (clipforge.training.precision).
 
 Inference on CPU ("auto" for a loaded bundle) is always fp32: under bf16 autocast an image's embedding depends
 on which other images share its batch (~1e-3 apart, as oneDNN blocks the matmuls differently per batch shape)

@@ -17,6 +17,7 @@ from clipforge.training.config import Config, save_config
 from clipforge.training.evaluate import retrieval_eval, zeroshot_eval
 from clipforge.training.loss import FiniteWatch
 from clipforge.training.optim import lr_at, set_lr
+from clipforge.training.precision import settle_cpu_precision
 from clipforge.training.records import MetricsLog, rewind, set_aside
 from clipforge.training.setup import Runtime, build_training_model, check_inputs, training_batches
 from clipforge.training.state import Checkpointer, TrainState, find_checkpoint
@@ -61,6 +62,7 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True) -> dict
     run_dir = Path(cfg.out_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     model, arch, model_cfg = build_training_model(cfg)
+    rt = settle_cpu_precision(cfg.train.precision, rt, model, model_cfg)
     state = TrainState.create(model, cfg, rt, find_checkpoint(run_dir, resume))
     checkpointer = Checkpointer(run_dir, cfg, rt.info, {"arch": arch, "model_cfg": model_cfg})
     global_batch = cfg.train.batch_size * rt.info.world_size
@@ -111,9 +113,15 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True) -> dict
         "samples_seen": state.samples_seen,
         "skipped": state.data.skipped,
         "samples_per_s": meter.last,
+        "precision": rt.precision,
     }
     if rt.info.is_main:  # the bundle first: a final evaluation that fails costs no weights
-        meta = {"arch": arch, "model_cfg": model_cfg, "loss": cfg.loss.kind, "provenance": provenance(cfg, state)}
+        meta = {
+            "arch": arch,
+            "model_cfg": model_cfg,
+            "loss": cfg.loss.kind,
+            "provenance": provenance(cfg, state, rt.precision),
+        }
         summary.update(
             {"bundle": str(run_dir / "bundle"), "fingerprint": save_bundle(model, run_dir / "bundle", **meta)}
         )
@@ -160,9 +168,10 @@ def log_record(state: TrainState, out: StepOut, lr: float, rate: float, bar: tqd
     }
 
 
-def provenance(cfg: Config, state: TrainState) -> dict[str, Any]:
+def provenance(cfg: Config, state: TrainState, precision: str) -> dict[str, Any]:
     return {
         "steps": state.step,
+        "precision": precision,  # what `train.precision` (perhaps "auto") resolved to
         "samples_seen": state.samples_seen,
         "data": list(cfg.data.train),
         "config": cfg.to_dict(),

@@ -1,0 +1,67 @@
+import json
+
+import pytest
+import torch
+
+from clipforge.encoders import device
+from clipforge.encoders.model import build_model, resolve_model_config
+from clipforge.training import precision
+from clipforge.training.distributed import DistInfo
+from clipforge.training.loop import train
+from clipforge.training.setup import Runtime
+from tests.training.test_train import smoke_cfg
+
+CPU = torch.device("cpu")
+
+
+def runtime(prec: str) -> Runtime:
+    return Runtime(CPU, prec, DistInfo(), torch.contiguous_format)
+
+
+def test_the_step_probe_times_both_precisions_and_leaves_the_model_and_random_state_alone():
+    _, model_cfg = resolve_model_config("cf-micro-vit")
+    model = build_model(model_cfg)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    times = precision.step_seconds(model, model_cfg, batch=2, rounds=1)
+    assert set(times) == {"fp32", "bf16"} and all(t > 0 for t in times.values())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
+    assert torch.equal(rng, torch.get_rng_state())  # the run's augmentation stream is not shifted
+
+
+def test_bf16_is_chosen_only_when_the_step_is_clearly_faster():
+    assert precision.faster({"fp32": 1.0, "bf16": 0.5}) == "bf16"
+    assert precision.faster({"fp32": 1.0, "bf16": 0.9}) == "fp32"  # within noise of fp32: not worth bf16's error
+    assert precision.faster({"fp32": 1.0, "bf16": 2.0}) == "fp32"  # fast matmuls, slow step (cf-tiny-vit on AMX)
+
+
+def test_only_auto_on_a_cpu_with_fast_bf16_matmuls_is_measured(monkeypatch):
+    def boom(*a, **k):
+        raise AssertionError("measured")
+
+    monkeypatch.setattr(precision, "step_seconds", boom)
+    model, model_cfg = torch.nn.Linear(1, 1), {}
+    assert precision.settle_cpu_precision("bf16", runtime("bf16"), model, model_cfg).precision == "bf16"  # asked for
+    assert precision.settle_cpu_precision("auto", runtime("fp32"), model, model_cfg).precision == "fp32"  # AVX2
+    monkeypatch.setattr(precision, "step_seconds", lambda *a, **k: {"fp32": 1.0, "bf16": 2.0})
+    assert precision.settle_cpu_precision("auto", runtime("bf16"), model, model_cfg).precision == "fp32"
+    monkeypatch.setattr(precision, "step_seconds", lambda *a, **k: {"fp32": 2.0, "bf16": 1.0})
+    assert precision.settle_cpu_precision("auto", runtime("bf16"), model, model_cfg).precision == "bf16"
+
+
+@pytest.mark.parametrize(
+    "step_times, chosen", [({"fp32": 1.0, "bf16": 2.0}, "fp32"), ({"fp32": 2.0, "bf16": 1.0}, "bf16")]
+)
+def test_a_run_trains_in_the_precision_its_own_step_is_faster_in_and_records_it(
+    synth_data, tmp_path, monkeypatch, step_times, chosen
+):
+    monkeypatch.setattr(device, "cpu_bf16_is_fast", lambda: True)  # as on an AMX / AVX512-BF16 CPU
+    monkeypatch.setattr(precision, "step_seconds", lambda *a, **k: step_times)
+    run = tmp_path / "run"
+    summary = train(
+        smoke_cfg(synth_data, run, "train.samples=32", "train.precision=auto", "data.val=", "data.zeroshot="),
+        progress=False,
+    )
+    assert summary["precision"] == chosen
+    assert json.loads((run / "bundle" / "bundle.json").read_text())["provenance"]["precision"] == chosen
