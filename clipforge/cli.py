@@ -181,7 +181,10 @@ def cmd_quickstart(a: argparse.Namespace) -> int:
             f"{ev['zeroshot_chance']:.3f}); on held-out combinations: {ev.get('zeroshot_top1_heldout', 0):.3f}"
         )
         print(f"  retrieval R@1 image->text {ev['image_to_text_R@1']:.3f}, text->image {ev['text_to_image_R@1']:.3f}")
-    print(f"  bundle: {summary['bundle']} (fingerprint {summary['fingerprint'][:12]})")
+    print(
+        f"  bundle: {summary['bundle']} (fingerprint {summary['fingerprint'][:12]}; trained in "
+        f"{summary['precision']} at {summary['samples_per_s']:.0f} samples/s)"
+    )
     print(f"  report (curves, diagnostics, confusion matrix, retrieval examples): {write_report(run)}")
     export_onnx(summary["bundle"])  # the ONNX Runtime backend: the fastest encoder on CPU (benchmarks/RESULTS.md)
     index_dir = run / "index"
@@ -193,6 +196,12 @@ def cmd_quickstart(a: argparse.Namespace) -> int:
 
     print(f"[5/6] fusion heads: questions that need colour AND shape -> {run / 'fusion'}", flush=True)
     head_dirs = quickstart_fusion(summary["bundle"], data, run / "fusion")
+    if a.no_serve:
+        heads = "".join(f" --head {h}" for h in head_dirs)
+        print(
+            f"[6/6] not serving (--no-serve); to serve it: clipforge serve --bundle {summary['bundle']} --index {index_dir}{heads}"
+        )
+        return 0
     url = f"http://{a.host}:{a.port}"
     print(f"[6/6] serving on {url}  (web page: {url}/ , API docs: {url}/docs)")
     print(f'  curl -s {url}/v1/search -H \'Content-Type: application/json\' -d \'{{"text": "a red circle", "k": 3}}\'')
@@ -203,8 +212,6 @@ def cmd_quickstart(a: argparse.Namespace) -> int:
         f"  curl -s {url}/v1/heads/{head_dirs[-1].parent.parent.name}/predict -F images=@{data}/zeroshot/red_square/0000.jpg "
         "-F texts='is the circle red?'"
     )
-    if a.no_serve:
-        return 0
     served = quickstart_settings(settings, summary["bundle"], index_dir, head_dirs)
     return serve(served, log_level="warning", access_log=False)
 

@@ -1,6 +1,7 @@
 """The training side of the `clipforge` command on bad input: exit 1 with one line, or a warning and exit 0."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -210,3 +211,23 @@ def test_a_file_that_is_not_a_checkpoint_is_named_as_such(synth_data, tmp_path, 
         assert main(command) == 1
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "notes.txt is not a readable checkpoint (not a PyTorch file" in err, err
+
+
+def test_quickstart_no_serve_runs_every_step_and_says_how_to_serve_what_it_made(synth_data, tmp_path, capsys):
+    import shutil
+
+    data = tmp_path / "synth"
+    shutil.copytree(synth_data["root"], data)  # the fusion step adds its question set to the data folder
+    out = tmp_path / "qs"
+    tiny = ["--set", "model.arch=cf-micro-vit", "--set", "train.samples=64", "--set", "train.batch_size=32"]
+    assert main(["quickstart", "--data", str(data), "--out", str(out), "--no-serve", *tiny]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    bundle_line = next(line for line in lines if line.startswith("  bundle: "))
+    assert "trained in fp32" in bundle_line or "trained in bf16" in bundle_line
+    last = lines[-1]  # it used to print "[6/6] serving on http://..." and curl examples, then exit
+    assert last.startswith("[6/6] not serving (--no-serve); to serve it: clipforge serve --bundle ")
+    words = last.split("clipforge serve ")[1].split()
+    flags = dict(zip(words[::2], words[1::2], strict=True)) | {"--head": words[words.index("--head") + 1]}
+    assert (out / "bundle").samefile(flags["--bundle"]) and (out / "index").samefile(flags["--index"])
+    heads = [words[i + 1] for i, w in enumerate(words) if w == "--head"]
+    assert len(heads) == 2 and all((Path(h) / "head.json").is_file() for h in heads)
