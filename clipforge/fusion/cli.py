@@ -1,4 +1,4 @@
-"""`clipforge fuse train | eval | compare`: the fusion subcommands (registered by clipforge/cli.py)."""
+"""`clipforge fuse train | eval | predict | compare`: the fusion subcommands (registered by clipforge/cli.py)."""
 
 from __future__ import annotations
 
@@ -70,6 +70,61 @@ def cmd_fuse_eval(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fuse_predict(a: argparse.Namespace) -> int:
+    import os
+    import sys
+    import tempfile
+    from collections import Counter
+
+    from clipforge.encoders.bundle import read_bundle_meta
+    from clipforge.fusion.head import load_head, read_head_meta
+    from clipforge.fusion.predict import predict_pairs
+
+    path = head_dir(a.head)
+    bundle = a.bundle or read_head_meta(path).get("provenance", {}).get("bundle")
+    if not bundle:
+        raise ValueError("give --bundle (the head does not record the bundle it was trained with)")
+    head = load_head(path, fingerprint=str(read_bundle_meta(bundle)["weights_sha256"]))
+    stats: Counter = Counter()
+    answers = predict_pairs(
+        head,
+        bundle,
+        a.data,
+        image_key=a.image_key,
+        text_key=a.text_key,
+        batch_size=a.batch_size,
+        device=a.device,
+        stats=stats,
+    )
+    n = 0
+    if a.out in (None, "-"):
+        for answer in answers:
+            print(json.dumps(answer))
+            n += 1
+    else:  # written whole or not at all: a failure half-way leaves no torn file that looks complete
+        out = Path(a.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                for answer in answers:
+                    f.write(json.dumps(answer) + "\n")
+                    n += 1
+            os.replace(tmp, out)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    missed = stats["unanswered"]
+    why = {k: v for k, v in stats.items() if v and k not in ("unanswered", "embedded", "embed_seconds_x1000")}
+    print(
+        f"{n} pairs, {n - missed} answered by head {head.name} ({head.kind}, {head.task}: {', '.join(head.labels)})"
+        + (f"; {missed} not, with an error line each ({why})" if missed else "")
+        + (f" -> {a.out}" if a.out not in (None, "-") else ""),
+        file=sys.stderr,
+    )
+    return 0
+
+
 def cmd_fuse_compare(a: argparse.Namespace) -> int:
     from clipforge.fusion.compare import compare, parse_kinds, table_markdown
     from clipforge.fusion.config import load_fuse_config
@@ -102,6 +157,19 @@ def register(sub: Any) -> None:
     s.add_argument("--device", default="auto")
     s.add_argument("--full", action="store_true", help="also print the reliability bins and confusion matrix")
     s.set_defaults(func=cmd_fuse_eval)
+
+    s = fuse.add_parser("predict", help="a saved head's answers for every (image, text) pair of a table or shards")
+    s.add_argument("head", help="head folder (or a fuse train run folder)")
+    s.add_argument(
+        "--data", required=True, help=".jsonl/.csv table (image, text) or WebDataset shards; no labels needed"
+    )
+    s.add_argument("--out", help="JSON lines file, one answer per pair in input order (default: standard output)")
+    s.add_argument("--bundle", help="the bundle (default: the one recorded in head.json)")
+    s.add_argument("--image-key", default="image")
+    s.add_argument("--text-key", default="text")
+    s.add_argument("--batch-size", type=at_least(1), default=128, help="images per encoder batch")
+    s.add_argument("--device", default="auto")
+    s.set_defaults(func=cmd_fuse_predict)
 
     s = fuse.add_parser("compare", help="train every kind on the same cached features; table + HTML report")
     s.add_argument("config")

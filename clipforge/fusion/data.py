@@ -2,8 +2,8 @@
 
 Table: one row per pair; `image` is a path relative to the table's folder (or absolute), `text` the
 question or caption, `label` the answer (binary: yes/no, true/false, 1/0; multiclass: a name; multilabel: a
-list of names). Shards: the image member (jpg/png/webp), the text from `txt` (or `json:<field>`), the label
-from a field of the `json` member. Boolean fields named in `group_keys` (e.g. `heldout`) mark subsets that
+list of names). Shards: the image member (jpg/png/webp), the text from `txt` (the default key "text" reads
+it; or `json:<field>`), the label from a field of the `json` member. Boolean fields named in `group_keys` (e.g. `heldout`) mark subsets that
 evaluation reports separately.
 """
 
@@ -31,6 +31,7 @@ class Row:
     label: Any
     groups: dict[str, bool] = field(default_factory=dict)
     data: bytes | None = None  # a shard member's bytes (tables read the file at `image` instead)
+    ref: str = ""  # where the pair came from, for a person: "row N" of a table, a shard sample's key
 
 
 def is_table(spec: str) -> bool:
@@ -62,8 +63,9 @@ def _checked(where: str, text: Any, label: Any, text_key: str) -> str:
 
 
 def table_rows(
-    path: str | Path, image_key: str, text_key: str, label_key: str, group_keys: tuple[str, ...]
+    path: str | Path, image_key: str, text_key: str, label_key: str | None, group_keys: tuple[str, ...]
 ) -> list[Row]:
+    """The table's rows; `label_key` None reads unlabelled pairs (label None), as `fuse predict` does."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no table {path}")
@@ -83,16 +85,18 @@ def table_rows(
                     raise ValueError(f"{path}:{n}: not a JSON line") from None
     rows: list[Row] = []
     seen: set[str] = set()
+    needed = (image_key, text_key) + ((label_key,) if label_key is not None else ())
     for n, rec in enumerate(records, 1):
-        if not isinstance(rec, dict) or not all(k in rec for k in (image_key, text_key, label_key)):
-            raise ValueError(f"{path}: row {n} lacks one of the fields {image_key!r}, {text_key!r}, {label_key!r}")
+        if not isinstance(rec, dict) or not all(k in rec for k in needed):
+            raise ValueError(f"{path}: row {n} lacks one of the fields {', '.join(map(repr, needed))}")
         image = Path(str(rec[image_key]))
         image = image if image.is_absolute() else path.parent / image
         where = f"{path}: row {n}"
-        text = _checked(where, rec[text_key], rec[label_key], text_key)
+        label = rec[label_key] if label_key is not None else None
+        text = _checked(where, rec[text_key], label, text_key)
         groups = {g: _flag(rec.get(g), where, g) for g in group_keys}
         seen.update(g for g in group_keys if g in rec)
-        rows.append(Row(str(image.resolve()), text, rec[label_key], groups))
+        rows.append(Row(str(image.resolve()), text, label, groups, ref=f"row {n}"))
     _warn_unseen(str(path), group_keys, seen)
     return rows
 
@@ -103,7 +107,9 @@ def _warn_unseen(spec: str, group_keys: tuple[str, ...], seen: set[str]) -> None
             log.warning("%s: no row has the group field %r: its subset is empty", spec, g)
 
 
-def shard_rows(spec: str, text_key: str, label_key: str, group_keys: tuple[str, ...], stats: Counter) -> list[Row]:
+def shard_rows(
+    spec: str, text_key: str, label_key: str | None, group_keys: tuple[str, ...], stats: Counter
+) -> list[Row]:
     urls = expand_urls(spec)
     missing = [u for u in urls if "://" not in u and not u.startswith("pipe:") and not Path(u).is_file()]
     if missing:
@@ -114,19 +120,22 @@ def shard_rows(spec: str, text_key: str, label_key: str, group_keys: tuple[str, 
         ext = next((k for k in IMAGE_KEYS if k in sample), None)
         try:
             text = read_caption(sample, text_key)
+            if text is None and text_key == "text":  # the default key names the WebDataset member `txt`
+                text = read_caption(sample, "txt")
             meta = json.loads(sample["json"]) if "json" in sample else {}
         except (ValueError, UnicodeDecodeError):
             stats["bad_json_or_text"] += 1
             continue
-        if ext is None or not text or not isinstance(meta, dict) or label_key not in meta:
+        if ext is None or not text or not isinstance(meta, dict) or (label_key is not None and label_key not in meta):
             stats["incomplete"] += 1
             continue
         data = sample[ext]
         where = f"{spec}: sample {sample.get('__key__', '?')!r}"
         groups = {g: _flag(meta.get(g), where, g) for g in group_keys}
         seen.update(g for g in group_keys if g in meta)
-        label = meta[label_key]
-        rows.append(Row(hashlib.sha1(data).hexdigest(), _checked(where, text, label, "text"), label, groups, data))
+        label = meta[label_key] if label_key is not None else None
+        text = _checked(where, text, label, "text")
+        rows.append(Row(hashlib.sha1(data).hexdigest(), text, label, groups, data, ref=str(sample.get("__key__", "?"))))
     _warn_unseen(spec, group_keys, seen)
     return rows
 

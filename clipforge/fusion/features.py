@@ -109,13 +109,13 @@ def load_pairs(
     return pairs
 
 
-def _embed(
-    rows: list[Row], bundle_path: Any, fingerprint: str, batch_size: int, device: str, progress: bool, stats: Counter
-) -> PairSet:
-    from clipforge.encoders.bundle import load_bundle
+def embed_rows(
+    rows: list[Row], bundle: Any, batch_size: int, progress: bool, stats: Counter
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(image identity -> feature, text -> feature): every unique image once (those that do not decode are
+    left out and counted in `stats`), and every unique text of a pair whose image decoded."""
     from clipforge.index.embed import Record, embed_records
 
-    bundle = load_bundle(bundle_path, device=device)
     images = list(dict.fromkeys(r.image for r in rows))  # unique, in first-seen order
     data = {r.image: r.data for r in rows if r.data is not None}
     records = (
@@ -128,6 +128,21 @@ def _embed(
     ):
         for item, f in zip(batch.items, batch.image_features, strict=True):
             feats[item.key] = f
+    texts = list(dict.fromkeys(r.text for r in rows if r.image in feats))
+    text_feats: dict[str, np.ndarray] = {}
+    for i in tqdm(range(0, len(texts), 256), desc="embed texts", unit="batch", disable=not progress):
+        chunk = texts[i : i + 256]
+        text_feats.update(zip(chunk, bundle.encode_texts(chunk).numpy(), strict=True))
+    return feats, text_feats
+
+
+def _embed(
+    rows: list[Row], bundle_path: Any, fingerprint: str, batch_size: int, device: str, progress: bool, stats: Counter
+) -> PairSet:
+    from clipforge.encoders.bundle import load_bundle
+
+    bundle = load_bundle(bundle_path, device=device)
+    feats, text_feats = embed_rows(rows, bundle, batch_size, progress, stats)
     kept = [r for r in rows if r.image in feats]
     if len(kept) < len(rows):
         log.warning(
@@ -135,17 +150,14 @@ def _embed(
         )
     if not kept:
         raise ValueError("no image of the data set could be decoded")
-    images = [im for im in images if im in feats]
-    texts = list(dict.fromkeys(r.text for r in kept))
-    text_feats = []
-    for i in tqdm(range(0, len(texts), 256), desc="embed texts", unit="batch", disable=not progress):
-        text_feats.append(bundle.encode_texts(texts[i : i + 256]).numpy())
+    images = list(dict.fromkeys(r.image for r in kept))  # first-seen order, as the cache has always held them
+    texts = list(text_feats)
     img_pos = {im: i for i, im in enumerate(images)}
     txt_pos = {t: i for i, t in enumerate(texts)}
     group_names = list(kept[0].groups)
     return PairSet(
         image_features=np.stack([feats[im] for im in images]).astype(np.float32),
-        text_features=np.concatenate(text_feats).astype(np.float32),
+        text_features=np.stack([text_feats[t] for t in texts]).astype(np.float32),
         image_idx=np.array([img_pos[r.image] for r in kept], np.int64),
         text_idx=np.array([txt_pos[r.text] for r in kept], np.int64),
         labels=[r.label for r in kept],

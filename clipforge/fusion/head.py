@@ -84,6 +84,18 @@ class Head:
         """[N, D] x2 (float32, L2-normalised; numpy or torch) -> probabilities [N, len(labels)] float32."""
         return probabilities(self.logits(image_features, text_features), self.task)
 
+    def answers(self, probs: np.ndarray) -> list[dict[str, Any]]:
+        """Each row of `predict`'s output as the service answers it: {"probabilities": {label: p}, "top": label}
+        and, for a binary head, "p" (the positive label's probability)."""
+        out: list[dict[str, Any]] = []
+        for row in probs:
+            a: dict[str, Any] = {"probabilities": {label: float(row[j]) for j, label in enumerate(self.labels)}}
+            a["top"] = self.labels[int(row.argmax())]
+            if self.task == "binary":
+                a["p"] = float(row[1])
+            out.append(a)
+        return out
+
     def __repr__(self) -> str:
         return f"Head({self.name!r}, kind={self.kind}, task={self.task}, labels={len(self.labels)}, dim={self.dim})"
 

@@ -143,13 +143,5 @@ async def predict(
     metrics.head_seconds.labels(head.name).observe(time.perf_counter() - t0)
     metrics.label_cache.labels("hit").inc(cached)
     metrics.label_cache.labels("miss").inc(len(set(texts)) - cached)
-    binary = head.task == "binary"
-    results = [
-        PairResult(
-            probabilities={label: float(row[j]) for j, label in enumerate(head.labels)},
-            top=head.labels[int(row.argmax())],
-            p=float(row[1]) if binary else None,
-        )
-        for row in probs
-    ]
+    results = [PairResult(**answer) for answer in head.answers(probs)]
     return PredictResponse(head=head.name, task=head.task, labels=list(head.labels), results=results)

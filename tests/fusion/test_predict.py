@@ -1,0 +1,112 @@
+"""`clipforge fuse predict`: a head's answers offline, one per input pair, in order, no labels needed."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clipforge.cli import main
+from clipforge.fusion.config import load_fuse_config
+from clipforge.fusion.features import load_pairs
+from clipforge.fusion.head import load_head
+from clipforge.fusion.train import train_head
+from tests.fusion.test_head import other_bundle  # noqa: F401 (a fixture)
+
+
+@pytest.fixture(scope="module")
+def head(questions: Path, micro_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("predict-head")
+    cfg = load_fuse_config(
+        "smoke",
+        [
+            f"out_dir={out}",
+            f"data.bundle={micro_bundle}",
+            f"data.train={questions / 'train.jsonl'}",
+            f"data.val={questions / 'test.jsonl'}",
+            f"data.cache_dir={out / 'cache'}",
+            "head.task=multiclass",
+        ],
+    )
+    train_head(cfg, progress=False)
+    return out / "head"
+
+
+def unlabelled_table(questions: Path, out: Path) -> tuple[Path, list[dict]]:
+    """The test questions without their labels, with a missing and a corrupt image in rows 2 and 4."""
+    rows = [json.loads(line) for line in (questions / "test.jsonl").read_text().splitlines()][:6]
+    (out / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    table = [{"image": str((questions / r["image"]).resolve()), "text": r["text"]} for r in rows]
+    table[1]["image"] = str(out / "missing.jpg")
+    table[3]["image"] = str(out / "broken.jpg")
+    path = out / "ask.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in table))
+    return path, rows
+
+
+def run(args: list[str], capsys) -> tuple[int, str, str]:  # type: ignore[no-untyped-def]
+    code = main(["fuse", "predict", *args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_predict_answers_every_pair_in_order_and_says_which_it_could_not(
+    head: Path, questions: Path, micro_bundle: Path, tmp_path: Path, capsys
+) -> None:  # type: ignore[no-untyped-def]
+    table, rows = unlabelled_table(questions, tmp_path)
+    code, out, err = run([str(head), "--data", str(table), "--bundle", str(micro_bundle)], capsys)
+    assert code == 0
+    answers = [json.loads(line) for line in out.splitlines()]
+    assert [a["ref"] for a in answers] == [f"row {n}" for n in range(1, 7)]
+    assert [a["text"] for a in answers] == [r["text"] for r in rows]
+    assert "error" in answers[1] and "error" in answers[3] and "probabilities" not in answers[1]
+    assert "6 pairs, 4 answered" in err and "2 not" in err
+    # the answers are the head's own predictions on the bundle's features (as `fuse eval` computes them)
+    loaded = load_head(head)
+    feats = load_pairs(str(questions / "test.jsonl"), micro_bundle, cache_dir=tmp_path / "cache", progress=False)
+    zi, zt = feats.pairs()
+    expected = loaded.predict(zi[:6], zt[:6])
+    for i in (0, 2, 4, 5):
+        got = [answers[i]["probabilities"][label] for label in loaded.labels]
+        np.testing.assert_allclose(got, expected[i], atol=1e-5)
+        assert answers[i]["top"] == loaded.labels[int(expected[i].argmax())]
+
+
+def test_predict_writes_a_file_whole_and_reads_shards(
+    head: Path, questions: Path, micro_bundle: Path, tmp_path: Path, capsys
+) -> None:  # type: ignore[no-untyped-def]
+    rows = [json.loads(line) for line in (questions / "test.jsonl").read_text().splitlines()][:3]
+    shard = tmp_path / "ask.tar"
+    with tarfile.open(shard, "w") as tar:
+        for i, r in enumerate(rows):
+            for ext, data in (("jpg", (questions / r["image"]).read_bytes()), ("txt", r["text"].encode())):
+                info = tarfile.TarInfo(f"q{i:03d}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    out = tmp_path / "answers" / "a.jsonl"
+    code, stdout, err = run([str(head), "--data", str(shard), "--bundle", str(micro_bundle), "--out", str(out)], capsys)
+    assert code == 0 and stdout == "" and f"-> {out}" in err
+    answers = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [a["ref"] for a in answers] == ["q000", "q001", "q002"] and all("top" in a for a in answers)
+    assert [p.name for p in out.parent.iterdir()] == ["a.jsonl"]  # no temporary file left behind
+
+
+def test_predict_refuses_a_head_of_another_bundle_and_bad_tables_in_one_line(
+    head: Path,
+    questions: Path,
+    other_bundle: Path,  # noqa: F811
+    tmp_path: Path,
+    capsys,
+) -> None:  # type: ignore[no-untyped-def]
+    table, _ = unlabelled_table(questions, tmp_path)
+    out = tmp_path / "a.jsonl"
+    code, _, err = run([str(head), "--data", str(table), "--bundle", str(other_bundle), "--out", str(out)], capsys)
+    assert code == 1 and "trained on bundle" in err and err.count("\n") == 1 and not out.exists()
+    no_text = tmp_path / "no-text.jsonl"
+    no_text.write_text(json.dumps({"image": "x.jpg", "question": "?"}) + "\n")
+    code, _, err = run([str(head), "--data", str(no_text)], capsys)
+    assert code == 1 and "row 1 lacks one of the fields 'image', 'text'" in err and err.count("\n") == 1
