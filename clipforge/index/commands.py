@@ -71,6 +71,7 @@ def _filters(raw: list[str]) -> dict[str, Any] | None:
 
 
 def cmd_search(a: argparse.Namespace) -> int:
+    from clipforge.encoders.images import ImageDecodeError
     from clipforge.index import Index
     from clipforge.index.search import check_paging
 
@@ -95,13 +96,18 @@ def cmd_search(a: argparse.Namespace) -> int:
         else:
             if not Path(a.image).is_file():
                 raise FileNotFoundError(f"no image at {a.image}")
-            hits = idx.search_image(bundle, bundle.load_image(a.image), a.k, **kw)
+            try:
+                image = bundle.load_image(a.image)
+            except ImageDecodeError as exn:
+                raise ImageDecodeError(exn.reason, f"--image {a.image}: {exn}") from None
+            hits = idx.search_image(bundle, image, a.k, **kw)
     print_json([_hit_json(h) for h in hits])
     return 0
 
 
 def cmd_add(a: argparse.Namespace) -> int:
     from clipforge.index import Index
+    from clipforge.index.types import IndexInputError
 
     bundle = _bundle_for(a.index, a.bundle, a.device)
     idx = Index.open(a.index, bundle=bundle)
@@ -113,7 +119,12 @@ def cmd_add(a: argparse.Namespace) -> int:
         txt = p.with_suffix(".txt")
         caption = a.caption if a.caption is not None else (txt.read_text().strip() if txt.is_file() else None)
         items.append((p.read_bytes(), caption, {"file": p.name}))
-    ids = idx.add(bundle, items)
+    try:
+        ids = idx.add(bundle, items)
+    except IndexInputError as exn:  # "item 3: not a recognised image format" -> the file's name
+        if exn.item is None:
+            raise
+        raise IndexInputError(f"{a.images[exn.item]}: {exn.reason}") from None
     print_json({"added": ids, "items": len(idx)})
     return 0
 

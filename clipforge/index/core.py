@@ -266,7 +266,7 @@ class Index:
             try:
                 images.append(bundle.decode_image(data)[0])
             except ImageDecodeError as exn:
-                raise IndexInputError(f"item {n}: {exn}") from exn
+                raise IndexInputError(f"item {n}: {exn}", item=n, reason=str(exn)) from exn
         image_features = bundle.encode_images(bundle.preprocess(images)).numpy()  # [n, D]
         captions = [caption for _, caption, _ in checked if caption]
         caption_features = (

@@ -8,7 +8,12 @@ from typing import Any
 
 class IndexInputError(ValueError):
     """What the index refuses, with a one-line reason: a bad query (k, dimension, filter), an unknown id,
-    data with nothing usable in it, a truncated or corrupt index file."""
+    data with nothing usable in it, a truncated or corrupt index file. `item`: which of the items given to an
+    update it is about, where it is about one (a caller that knows their names can say which)."""
+
+    def __init__(self, message: str, item: int | None = None, reason: str = "") -> None:
+        super().__init__(message)
+        self.item, self.reason = item, reason or message
 
 
 class IndexMismatchError(IndexInputError):

@@ -7,6 +7,7 @@ eval preprocessing (`Bundle.preprocess`, or `encoders.model.eval_preprocess(prep
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -162,14 +163,16 @@ def retrieval_eval(
             images.clear()
             captions.clear()
 
-    for image, caption, _ in iter_pairs(shards, caption_key=caption_key, limit=limit):
+    skipped: Counter = Counter()
+    for image, caption, _ in iter_pairs(shards, caption_key=caption_key, limit=limit, stats=skipped):
         images.append(image)
         captions.append(caption)
         if len(images) == batch_size:
             flush()
     flush()
     if not image_feats:
-        raise ValueError(f"no usable image-caption pairs in {shards}")
+        why = ", ".join(f"{k}: {v}" for k, v in sorted(skipped.items()) if v) or "it holds no samples"
+        raise ValueError(f"no usable image-caption pairs in {shards} ({why})")
     img, txt = torch.cat(image_feats), torch.cat(text_feats)  # [N, D] each
     sim = img @ txt.T  # [N, N]
     i2t, t2i = recall_at(sim), recall_at(sim.T)

@@ -171,3 +171,23 @@ def test_cli_search_refuses_what_the_http_route_refuses(micro_index, micro_bundl
         assert captured.out == ""
     else:
         assert isinstance(json.loads(captured.out), list)
+
+
+def test_an_unreadable_image_is_named_by_its_path(micro_index, micro_bundle, synth_data, tmp_path, capsys):
+    """`index search --image x.jpg` said only "not a recognised image format"; `index add a.jpg b.jpg` said
+    "item 1: ...", leaving the user to count the arguments."""
+    import shutil
+
+    from clipforge.cli import main
+
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image")
+    argv = ["index", "search", str(micro_index), "--image", str(bad), "--bundle", str(micro_bundle)]
+    assert main([*argv, "--device", "cpu"]) == 1
+    assert capsys.readouterr().err == f"clipforge: error: --image {bad}: not a recognised image format\n"
+    copy = tmp_path / "idx"
+    shutil.copytree(micro_index, copy)
+    good = next((synth_data["root"] / "zeroshot" / "red_circle").glob("*.jpg"))
+    assert main(["index", "add", str(copy), str(good), str(bad), "--bundle", str(micro_bundle)]) == 1
+    assert capsys.readouterr().err == f"clipforge: error: {bad}: not a recognised image format\n"
+    assert main(["index", "info", str(copy)]) == 0 and json.loads(capsys.readouterr().out)["live"]["items"] == 100

@@ -231,3 +231,22 @@ def test_quickstart_no_serve_runs_every_step_and_says_how_to_serve_what_it_made(
     assert (out / "bundle").samefile(flags["--bundle"]) and (out / "index").samefile(flags["--index"])
     heads = [words[i + 1] for i, w in enumerate(words) if w == "--head"]
     assert len(heads) == 2 and all((Path(h) / "head.json").is_file() for h in heads)
+
+
+def test_eval_of_shards_with_no_usable_pair_says_why(micro_bundle, tmp_path, capsys):
+    """It said only "no usable image-caption pairs in X", whether X was empty, not a tar, or all bad images."""
+    import io
+    import tarfile
+
+    empty, broken, bad_images = tmp_path / "empty.tar", tmp_path / "broken.tar", tmp_path / "bad.tar"
+    tarfile.open(empty, "w").close()
+    broken.write_bytes(b"x")
+    with tarfile.open(bad_images, "w") as tar:
+        for name, data in (("a.jpg", b"not an image"), ("a.txt", b"a red circle")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    for shard, why in ((empty, "it holds no samples"), (broken, "broken_member: 1"), (bad_images, "bad_image: 1")):
+        assert main(["eval", str(micro_bundle), "--val", str(shard), "--device", "cpu"]) == 1
+        err = capsys.readouterr().err
+        assert err == f"clipforge: error: no usable image-caption pairs in {shard} ({why})\n", err
