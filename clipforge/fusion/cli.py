@@ -36,18 +36,25 @@ def head_dir(path: str) -> Path:
     return p / "head" if not (p / "head.json").is_file() and (p / "head" / "head.json").is_file() else p
 
 
-def cmd_fuse_eval(a: argparse.Namespace) -> int:
+def head_and_bundle(head_arg: str, bundle_arg: str | None) -> tuple[Path, str, Any]:
+    """(head folder, bundle path, loaded head): the bundle given, else the one head.json records; a head of
+    another bundle is refused in one line."""
     from clipforge.encoders.bundle import read_bundle_meta
-    from clipforge.fusion.features import load_pairs
     from clipforge.fusion.head import load_head, read_head_meta
+
+    path = head_dir(head_arg)
+    bundle = bundle_arg or read_head_meta(path).get("provenance", {}).get("bundle")
+    if not bundle:
+        raise ValueError("give --bundle (the head does not record the bundle it was trained with)")
+    return path, str(bundle), load_head(path, fingerprint=str(read_bundle_meta(bundle)["weights_sha256"]))
+
+
+def cmd_fuse_eval(a: argparse.Namespace) -> int:
+    from clipforge.fusion.features import load_pairs
     from clipforge.fusion.metrics import evaluate_groups
     from clipforge.fusion.train import encode_targets
 
-    path = head_dir(a.head)
-    bundle = a.bundle or read_head_meta(path).get("provenance", {}).get("bundle")
-    if not bundle:
-        raise ValueError("give --bundle (the head does not record the bundle it was trained with)")
-    head = load_head(path, fingerprint=str(read_bundle_meta(bundle)["weights_sha256"]))
+    path, bundle, head = head_and_bundle(a.head, a.bundle)
     data = load_pairs(
         a.data,
         bundle,
@@ -76,15 +83,9 @@ def cmd_fuse_predict(a: argparse.Namespace) -> int:
     import tempfile
     from collections import Counter
 
-    from clipforge.encoders.bundle import read_bundle_meta
-    from clipforge.fusion.head import load_head, read_head_meta
     from clipforge.fusion.predict import predict_pairs
 
-    path = head_dir(a.head)
-    bundle = a.bundle or read_head_meta(path).get("provenance", {}).get("bundle")
-    if not bundle:
-        raise ValueError("give --bundle (the head does not record the bundle it was trained with)")
-    head = load_head(path, fingerprint=str(read_bundle_meta(bundle)["weights_sha256"]))
+    _, bundle, head = head_and_bundle(a.head, a.bundle)
     stats: Counter = Counter()
     answers = predict_pairs(
         head,
