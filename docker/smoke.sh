@@ -58,6 +58,9 @@ if [ -d /opt/pypi-more/simple/torch ]; then
   MIRROR_PID=$!
   BUILD_ARGS+=(--build-arg TORCH_INDEX_URL= --build-arg "PIP_EXTRA_INDEX_URL=http://127.0.0.1:$MPORT/simple")
   log "PyTorch from the local wheel mirror (CUDA build: a much larger image than with the CPU index)"
+elif ! curl -fsS --max-time 15 -o /dev/null https://download.pytorch.org/whl/cpu/torch/; then
+  BUILD_ARGS+=(--build-arg TORCH_INDEX_URL=)
+  log "PyTorch's CPU wheel index is not reachable: PyTorch from PyPI (CUDA build: a much larger image)"
 fi
 
 # the host's CA bundle, for pip behind a TLS-intercepting proxy (harmless elsewhere)
@@ -76,12 +79,16 @@ run data synth /work/data --train 400 --val 100 --per-class 2 --shard-size 100 >
 run train smoke --set out_dir=/work/run --set "data.train=['/work/data/train/shard-{000000..000003}.tar']" \
   --set data.zeroshot=/work/data/zeroshot --set train.samples=320 >/dev/null
 run index build --bundle /work/run/bundle --data "/work/data/val/shard-000000.tar" --out /work/index >/dev/null
-log "bundle and index made inside the image"
+run fuse train synth-questions-3way --set data.bundle=/work/run/bundle --set out_dir=/work/fuse \
+  --set data.train=/work/data/questions/3way-train.jsonl --set data.val=/work/data/questions/3way-test.jsonl \
+  --set data.cache_dir=/work/cache --set fit.epochs=5 --set name=yes-no-absent >/dev/null
+log "bundle, index and a fusion head made inside the image"
 
 # 6. serve and time to ready
 t0=$(date +%s.%N)
 docker run -d --name cf-smoke -p "127.0.0.1:$PORT:8000" -v "$WORK/run/bundle:/models/bundle:ro" \
-  -v "$WORK/index:/models/index" -e CLIPFORGE_API_KEY=smoke-key "$IMAGE" >/dev/null
+  -v "$WORK/index:/models/index" -v "$WORK/fuse/head:/models/heads/yes-no-absent:ro" \
+  -e CLIPFORGE_HEADS=/models/heads/yes-no-absent -e CLIPFORGE_API_KEY=smoke-key "$IMAGE" >/dev/null
 ready=""
 for _ in $(seq 240); do
   if curl -fsS "http://127.0.0.1:$PORT/readyz" >/dev/null 2>&1; then ready=1; break; fi
@@ -92,7 +99,7 @@ ready_s=$(python3 -c "import time; print(f'{time.time() - $t0:.1f}')")
 log "ready in ${ready_s}s"
 [ "$(docker exec cf-smoke id -u)" != 0 ] || { echo "container runs as root" >&2; exit 1; }
 
-# 7. classify an image and search by text
+# 7. classify an image, search by text, ask the fusion head about an image
 python3 - "$PORT" "$WORK/data/zeroshot" <<'PY'
 import json, pathlib, sys, urllib.request, uuid
 port, zs = sys.argv[1], pathlib.Path(sys.argv[2])
@@ -109,6 +116,16 @@ req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/search", data=json.dum
                              headers={"Content-Type": "application/json"})
 hits = json.load(urllib.request.urlopen(req, timeout=30))["results"]
 assert len(hits) == 3 and all("score" in h for h in hits), hits
+b = uuid.uuid4().hex
+body = b"".join([f"--{b}\r\nContent-Disposition: form-data; name=\"images\"; filename=\"x.jpg\"\r\nContent-Type: image/jpeg\r\n\r\n".encode(), img,
+                 f"\r\n--{b}\r\nContent-Disposition: form-data; name=\"texts\"\r\n\r\nis the square red?\r\n--{b}--\r\n".encode()])
+req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/heads/yes-no-absent/predict", data=body,
+                             headers={"Content-Type": f"multipart/form-data; boundary={b}"})
+answer = json.load(urllib.request.urlopen(req, timeout=30))
+assert answer["labels"] == ["yes", "no", "absent"] and len(answer["results"]) == 1, answer
+heads = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/heads", timeout=30))
+assert [h["name"] for h in heads["heads"]] == ["yes-no-absent"], heads
+print("[smoke] head 'yes-no-absent', 'is the square red?' about a red square:", answer["results"][0])
 print("[smoke] classify:", [(x["label"], round(x["score"], 3)) for x in labels], "| search top-3 captions:", [h.get("caption") for h in hits])
 PY
 
