@@ -10,6 +10,11 @@ With `--against DIR` (another clipforge checkout, e.g. `git worktree add ../befo
 checkout's trainer with that one's instead of open_clip's, to measure a change to the trainer:
 
     python benchmarks/train_throughput.py --against ../before --samples 1280 --batch 64 --rounds 3
+
+With `--precisions` it alternates this trainer in fp32, bf16 and `auto`, and prints what `auto`'s probe
+measured of the model's own step (clipforge.training.precision): whether auto picks the faster one here.
+
+    python benchmarks/train_throughput.py --precisions --samples 3840 --rounds 2
 """
 
 from __future__ import annotations
@@ -55,10 +60,13 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1, help="DataLoader workers for both (best on 2 cores: 1)")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--against", type=Path, help="another clipforge checkout to compare with, instead of open_clip")
+    ap.add_argument("--precisions", action="store_true", help="fp32 vs bf16 vs auto, instead of open_clip")
     a = ap.parse_args()
     data = ensure_data()
     if a.against:
         return compare_checkouts(data, a)
+    if a.precisions:
+        return compare_precisions(data, a)
     env = prepare_peer_env()
     common = dict(arch=a.arch, samples=a.samples, batch=a.batch, lr=1e-3, wd=0.1, warmup=10, workers=a.workers, seed=0)
     ours, theirs = [], []
@@ -97,6 +105,40 @@ def compare_checkouts(data: dict, a: argparse.Namespace) -> None:
     )
     print(f"{str(a.against):24s} {t:8.1f} samples/s (median)\nthis checkout            {o:8.1f} samples/s (median)")
     print(f"ratio this/other: {o / t:.3f}x")
+
+
+def compare_precisions(data: dict, a: argparse.Namespace) -> None:
+    from clipforge.encoders.device import cpu_bf16_is_fast
+    from clipforge.encoders.model import build_model, resolve_model_config
+    from clipforge.training.precision import faster, step_seconds
+
+    common = dict(arch=a.arch, samples=a.samples, batch=a.batch, lr=1e-3, wd=0.1, warmup=10, workers=a.workers, seed=0)
+    rates: dict[str, list[float]] = {"fp32": [], "bf16": [], "auto": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(a.rounds):  # alternate, so drifts in machine load hit all three
+            for p in rates:
+                rates[p].append(run_ours(data, out=Path(tmp), precision=p, **common)["samples_per_s"])
+            print(
+                f"round {r + 1}: " + ", ".join(f"{p} {v[-1]:.1f}" for p, v in rates.items()) + " samples/s", flush=True
+            )
+    _, model_cfg = resolve_model_config(a.arch)
+    probe = step_seconds(build_model(model_cfg), model_cfg) if cpu_bf16_is_fast() else None
+    med = {p: statistics.median(v) for p, v in rates.items()}
+    print(
+        f"\nmachine: {platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cores; "
+        f"arch {a.arch}, batch {a.batch}, workers {a.workers}, {a.samples} samples per run, {a.rounds} rounds"
+    )
+    for p, v in med.items():
+        print(f"{p:5s} {v:8.1f} samples/s (median)")
+    print(
+        f"bf16/fp32: {med['bf16'] / med['fp32']:.2f}x; auto/best of the two: {med['auto'] / max(med['fp32'], med['bf16']):.2f}x"
+    )
+    if probe is None:
+        print("auto: bf16 matmuls are not fast on this CPU -> fp32 without timing the step")
+    else:
+        print(
+            f"auto's probe: a step takes {probe['bf16']:.3f} s in bf16, {probe['fp32']:.3f} s in fp32 -> {faster(probe)}"
+        )
 
 
 if __name__ == "__main__":
