@@ -65,3 +65,19 @@ def test_a_run_trains_in_the_precision_its_own_step_is_faster_in_and_records_it(
     )
     assert summary["precision"] == chosen
     assert json.loads((run / "bundle" / "bundle.json").read_text())["provenance"]["precision"] == chosen
+
+
+def test_under_torchrun_every_rank_trains_in_rank_0s_choice(tmp_path):
+    """Ranks in different precisions would all-reduce gradients of different models."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    script = root / "tests" / "training" / "ddp_precision.py"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([*cmd, str(tmp_path)], capture_output=True, text=True, env=env, timeout=240, cwd=root)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [(tmp_path / f"rank{r}.txt").read_text() for r in (0, 1)] == ["bf16", "bf16"]
