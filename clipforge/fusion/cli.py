@@ -116,10 +116,12 @@ def cmd_fuse_predict(a: argparse.Namespace) -> int:
             Path(tmp).unlink(missing_ok=True)
             raise
     missed = stats["unanswered"]
-    why = {k: v for k, v in stats.items() if v and k not in ("unanswered", "embedded", "embed_seconds_x1000")}
+    samples = {k: v for k, v in stats.items() if v and k.startswith("skipped sample")}
+    why = {k: v for k, v in stats.items() if v and k not in ("unanswered", "embedded", "embed_seconds_x1000", *samples)}
     print(
         f"{n} pairs, {n - missed} answered by head {head.name} ({head.kind}, {head.task}: {', '.join(head.labels)})"
         + (f"; {missed} not, with an error line each ({why})" if missed else "")
+        + (f"; shard samples that are not pairs: {samples}" if samples else "")
         + (f" -> {a.out}" if a.out not in (None, "-") else ""),
         file=sys.stderr,
     )

@@ -44,8 +44,10 @@ def predict_pairs(
     stats = Counter() if stats is None else stats
     if is_table(spec):
         rows = table_rows(spec, image_key, text_key, None, ())
-    else:
-        rows = shard_rows(spec, text_key, None, (), stats)
+    else:  # samples with no image or no text are not pairs: counted apart from pairs whose image fails
+        skipped: Counter = Counter()
+        rows = shard_rows(spec, text_key, None, (), skipped)
+        stats.update({f"skipped sample, {k}": v for k, v in skipped.items()})
     if not rows:
         raise ValueError(f"{spec}: no usable (image, text) pairs")
     bundle = load_bundle(bundle_path, device=device)

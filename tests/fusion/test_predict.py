@@ -81,17 +81,22 @@ def test_predict_writes_a_file_whole_and_reads_shards(
 ) -> None:  # type: ignore[no-untyped-def]
     rows = [json.loads(line) for line in (questions / "test.jsonl").read_text().splitlines()][:3]
     shard = tmp_path / "ask.tar"
+    members = [(f"q{i:03d}", (questions / r["image"]).read_bytes(), r["text"].encode()) for i, r in enumerate(rows)]
+    members.insert(1, ("bad", b"not an image", b"is it red?"))
     with tarfile.open(shard, "w") as tar:
-        for i, r in enumerate(rows):
-            for ext, data in (("jpg", (questions / r["image"]).read_bytes()), ("txt", r["text"].encode())):
-                info = tarfile.TarInfo(f"q{i:03d}.{ext}")
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
+        for key, image, text in [*members, ("notext", members[0][1], None)]:
+            for ext, data in (("jpg", image), ("txt", text)):
+                if data is not None:
+                    info = tarfile.TarInfo(f"{key}.{ext}")
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
     out = tmp_path / "answers" / "a.jsonl"
     code, stdout, err = run([str(head), "--data", str(shard), "--bundle", str(micro_bundle), "--out", str(out)], capsys)
     assert code == 0 and stdout == "" and f"-> {out}" in err
+    assert "4 pairs, 3 answered" in err and "1 not" in err and "shard samples that are not pairs" in err, err
     answers = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [a["ref"] for a in answers] == ["q000", "q001", "q002"] and all("top" in a for a in answers)
+    assert [a["ref"] for a in answers] == ["q000", "bad", "q001", "q002"]
+    assert "error" in answers[1] and all("top" in a for a in answers[:1] + answers[2:])
     assert [p.name for p in out.parent.iterdir()] == ["a.jsonl"]  # no temporary file left behind
 
 
