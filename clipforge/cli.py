@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import sys
 import warnings
 from collections.abc import Sequence
@@ -181,9 +182,10 @@ def cmd_quickstart(a: argparse.Namespace) -> int:
             f"{ev['zeroshot_chance']:.3f}); on held-out combinations: {ev.get('zeroshot_top1_heldout', 0):.3f}"
         )
         print(f"  retrieval R@1 image->text {ev['image_to_text_R@1']:.3f}, text->image {ev['text_to_image_R@1']:.3f}")
+    rate = summary["samples_per_s"]
+    how = f"at {rate:.0f} samples/s" if rate else "earlier: this run had finished, no new steps"
     print(
-        f"  bundle: {summary['bundle']} (fingerprint {summary['fingerprint'][:12]}; trained in "
-        f"{summary['precision']} at {summary['samples_per_s']:.0f} samples/s)"
+        f"  bundle: {summary['bundle']} (fingerprint {summary['fingerprint'][:12]}; trained in {summary['precision']} {how})"
     )
     print(f"  report (curves, diagnostics, confusion matrix, retrieval examples): {write_report(run)}")
     export_onnx(summary["bundle"])  # the ONNX Runtime backend: the fastest encoder on CPU (benchmarks/RESULTS.md)
@@ -197,10 +199,9 @@ def cmd_quickstart(a: argparse.Namespace) -> int:
     print(f"[5/6] fusion heads: questions that need colour AND shape -> {run / 'fusion'}", flush=True)
     head_dirs = quickstart_fusion(summary["bundle"], data, run / "fusion")
     if a.no_serve:
-        heads = "".join(f" --head {h}" for h in head_dirs)
-        print(
-            f"[6/6] not serving (--no-serve); to serve it: clipforge serve --bundle {summary['bundle']} --index {index_dir}{heads}"
-        )
+        cmd = ["clipforge", "serve", "--bundle", str(summary["bundle"]), "--index", str(index_dir)]
+        cmd += [x for h in head_dirs for x in ("--head", str(h))] + ["--host", a.host, "--port", str(a.port)]
+        print(f"[6/6] not serving (--no-serve); to serve it: {shlex.join(cmd)}")
         return 0
     url = f"http://{a.host}:{a.port}"
     print(f"[6/6] serving on {url}  (web page: {url}/ , API docs: {url}/docs)")

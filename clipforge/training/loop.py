@@ -62,9 +62,13 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True) -> dict
     run_dir = Path(cfg.out_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     model, arch, model_cfg = build_training_model(cfg)
-    rt = settle_cpu_precision(cfg.train.precision, rt, model, model_cfg)
-    state = TrainState.create(model, cfg, rt, find_checkpoint(run_dir, resume))
-    checkpointer = Checkpointer(run_dir, cfg, rt.info, {"arch": arch, "model_cfg": model_cfg})
+    resume_from = find_checkpoint(run_dir, resume)
+    resumed = str(resume_from[1].get("precision", "")) if resume_from else None
+    rt = settle_cpu_precision(cfg.train.precision, rt, model, model_cfg, resumed=resumed)
+    state = TrainState.create(model, cfg, rt, resume_from)
+    checkpointer = Checkpointer(
+        run_dir, cfg, rt.info, {"arch": arch, "model_cfg": model_cfg, "precision": rt.precision}
+    )
     global_batch = cfg.train.batch_size * rt.info.world_size
     total_steps = max(1, cfg.train.samples // global_batch)
     if rt.info.is_main:

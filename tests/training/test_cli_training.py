@@ -1,6 +1,7 @@
 """The training side of the `clipforge` command on bad input: exit 1 with one line, or a warning and exit 0."""
 
 import json
+import shlex
 from pathlib import Path
 
 import pytest
@@ -226,11 +227,17 @@ def test_quickstart_no_serve_runs_every_step_and_says_how_to_serve_what_it_made(
     assert "trained in fp32" in bundle_line or "trained in bf16" in bundle_line
     last = lines[-1]  # it used to print "[6/6] serving on http://..." and curl examples, then exit
     assert last.startswith("[6/6] not serving (--no-serve); to serve it: clipforge serve --bundle ")
-    words = last.split("clipforge serve ")[1].split()
-    flags = dict(zip(words[::2], words[1::2], strict=True)) | {"--head": words[words.index("--head") + 1]}
+    words = shlex.split(last.split("to serve it: ")[1])
+    assert words[:2] == ["clipforge", "serve"]
+    flags = dict(zip(words[2::2], words[3::2], strict=True))
     assert (out / "bundle").samefile(flags["--bundle"]) and (out / "index").samefile(flags["--index"])
+    assert flags["--host"] == "127.0.0.1" and flags["--port"] == "8000"
     heads = [words[i + 1] for i, w in enumerate(words) if w == "--head"]
     assert len(heads) == 2 and all((Path(h) / "head.json").is_file() for h in heads)
+    # run again on the finished run: nothing is retrained, and it says so rather than "at 0 samples/s"
+    assert main(["quickstart", "--data", str(data), "--out", str(out), "--no-serve", *tiny]) == 0
+    again = capsys.readouterr().out
+    assert "this run had finished, no new steps" in again and "0 samples/s" not in again
 
 
 def test_eval_of_shards_with_no_usable_pair_says_why(micro_bundle, tmp_path, capsys):

@@ -50,6 +50,39 @@ def test_only_auto_on_a_cpu_with_fast_bf16_matmuls_is_measured(monkeypatch):
     assert precision.settle_cpu_precision("auto", runtime("bf16"), model, model_cfg).precision == "bf16"
 
 
+def test_a_resumed_run_keeps_its_precision_unless_bf16_is_slow_here(monkeypatch):
+    def boom(*a, **k):
+        raise AssertionError("measured")
+
+    monkeypatch.setattr(precision, "step_seconds", boom)
+    model, model_cfg = torch.nn.Linear(1, 1), {}
+    assert precision.settle_cpu_precision("auto", runtime("bf16"), model, model_cfg, resumed="fp32").precision == "fp32"
+    assert precision.settle_cpu_precision("auto", runtime("bf16"), model, model_cfg, resumed="bf16").precision == "bf16"
+    # a bf16 run resumed on a CPU that emulates bf16 (~100x slower) goes on in fp32
+    assert precision.settle_cpu_precision("auto", runtime("fp32"), model, model_cfg, resumed="bf16").precision == "fp32"
+
+
+def test_resuming_reads_the_precision_from_the_checkpoint_and_does_not_measure_again(synth_data, tmp_path, monkeypatch):
+    monkeypatch.setattr(device, "cpu_bf16_is_fast", lambda: True)
+    calls = []
+    monkeypatch.setattr(precision, "step_seconds", lambda *a, **k: calls.append(1) or {"fp32": 2.0, "bf16": 1.0})
+    run = tmp_path / "run"
+    args = ("train.precision=auto", "data.val=", "data.zeroshot=", "train.ckpt_every=1")
+    assert train(smoke_cfg(synth_data, run, "train.samples=32", *args), progress=False)["precision"] == "bf16"
+    monkeypatch.setattr(precision, "step_seconds", lambda *a, **k: calls.append(2) or {"fp32": 1.0, "bf16": 2.0})
+    summary = train(smoke_cfg(synth_data, run, "train.samples=64", *args), resume="auto", progress=False)
+    assert calls == [1] and summary["precision"] == "bf16"  # not switched half-way by a second, noisy measurement
+
+
+def test_a_model_that_cannot_step_in_bf16_trains_in_fp32(monkeypatch, caplog):
+    def no_kernel(*a, **k):
+        raise RuntimeError("\"some_op\" not implemented for 'BFloat16'")
+
+    monkeypatch.setattr(precision, "step_seconds", no_kernel)
+    assert precision.settle_cpu_precision("auto", runtime("bf16"), torch.nn.Linear(1, 1), {}).precision == "fp32"
+    assert "the bf16 step failed" in caplog.text and "BFloat16" in caplog.text
+
+
 @pytest.mark.parametrize(
     "step_times, chosen", [({"fp32": 1.0, "bf16": 2.0}, "fp32"), ({"fp32": 2.0, "bf16": 1.0}, "bf16")]
 )
