@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +49,8 @@ def head_and_bundle(head_arg: str, bundle_arg: str | None) -> tuple[Path, str, A
     bundle = bundle_arg or read_head_meta(path).get("provenance", {}).get("bundle")
     if not bundle:
         raise ValueError("give --bundle (the head does not record the bundle it was trained with)")
+    if not bundle_arg and not (Path(bundle) / "bundle.json").is_file():
+        raise ValueError(f"the bundle {path / 'head.json'} records, {bundle}, is not there: give --bundle")
     return path, str(bundle), load_head(path, fingerprint=str(read_bundle_meta(bundle)["weights_sha256"]))
 
 
@@ -78,9 +83,8 @@ def cmd_fuse_eval(a: argparse.Namespace) -> int:
 
 
 def cmd_fuse_predict(a: argparse.Namespace) -> int:
-    import os
+    import itertools
     import sys
-    import tempfile
     from collections import Counter
 
     from clipforge.fusion.predict import predict_pairs
@@ -97,35 +101,65 @@ def cmd_fuse_predict(a: argparse.Namespace) -> int:
         device=a.device,
         stats=stats,
     )
-    n = 0
-    if a.out in (None, "-"):
-        for answer in answers:
-            print(json.dumps(answer))
-            n += 1
-    else:  # written whole or not at all: a failure half-way leaves no torn file that looks complete
-        out = Path(a.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                for answer in answers:
-                    f.write(json.dumps(answer) + "\n")
-                    n += 1
-            os.replace(tmp, out)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+    to_stdout = a.out in (None, "-")
+    if not to_stdout:
+        check_out_file(Path(a.out))  # before the encoders run
+    answers = iter(answers)
+    first = next(answers, None)  # the data is read, embedded and checked: nothing is created if it fails
+    rest = itertools.chain([first] if first is not None else [], answers)
+    n = write_lines(rest, None if to_stdout else Path(a.out))
     missed = stats["unanswered"]
     samples = {k: v for k, v in stats.items() if v and k.startswith("skipped sample")}
     why = {k: v for k, v in stats.items() if v and k not in ("unanswered", "embedded", "embed_seconds_x1000", *samples)}
     print(
         f"{n} pairs, {n - missed} answered by head {head.name} ({head.kind}, {head.task}: {', '.join(head.labels)})"
-        + (f"; {missed} not, with an error line each ({why})" if missed else "")
+        + (f"; {missed} not, with an error line each (their images: {why})" if missed else "")
         + (f"; shard samples that are not pairs: {samples}" if samples else "")
         + (f" -> {a.out}" if a.out not in (None, "-") else ""),
         file=sys.stderr,
     )
     return 0
+
+
+def check_out_file(out: Path) -> None:
+    """Refuse at once an --out that cannot become a file: a directory, or a path through a file."""
+    if out.is_dir():
+        raise ValueError(f"--out {out}: is a directory; give the name of the file to write")
+    existing = next((p for p in out.parents if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise ValueError(f"--out {out}: {existing} is a file, not a directory")
+
+
+def write_lines(rows: Iterable[dict[str, Any]], out: Path | None) -> int:
+    """JSON lines to standard output, or to `out` whole or not at all (temp file, fsync, rename: a failure
+    half-way leaves no torn file that looks complete, and an earlier `out` as it was). Returns the count."""
+    n = 0
+    if out is None:
+        for row in rows:
+            print(json.dumps(row))
+            n += 1
+        return n
+    tmp: str | None = None
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row) + "\n")
+                n += 1
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600: a result file is as readable as any other
+        os.replace(tmp, out)
+    except OSError as exn:
+        why = exn.strerror or str(exn)
+        raise ValueError(f"--out {out}: {why[:1].lower()}{why[1:]}") from None
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+    return n
 
 
 def cmd_fuse_compare(a: argparse.Namespace) -> int:

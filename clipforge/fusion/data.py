@@ -135,7 +135,16 @@ def shard_rows(
         seen.update(g for g in group_keys if g in meta)
         label = meta[label_key] if label_key is not None else None
         text = _checked(where, text, label, "text")
-        rows.append(Row(hashlib.sha1(data).hexdigest(), text, label, groups, data, ref=str(sample.get("__key__", "?"))))
+        rows.append(
+            Row(
+                hashlib.sha1(data).hexdigest(),
+                text,
+                label,
+                groups,
+                data,
+                ref=f"{sample.get('__url__', spec)}:{sample.get('__key__', '?')}",
+            )
+        )
     _warn_unseen(spec, group_keys, seen)
     return rows
 

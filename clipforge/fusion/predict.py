@@ -48,12 +48,18 @@ def predict_pairs(
         skipped: Counter = Counter()
         rows = shard_rows(spec, text_key, None, (), skipped)
         stats.update({f"skipped sample, {k}": v for k, v in skipped.items()})
+        if not rows:
+            why = ", ".join(f"{k}: {v}" for k, v in sorted(skipped.items()) if v) or "it holds no samples"
+            raise ValueError(f"{spec}: no (image, text) pairs ({why})")
     if not rows:
-        raise ValueError(f"{spec}: no usable (image, text) pairs")
+        raise ValueError(f"{spec}: no (image, text) pairs")
     bundle = load_bundle(bundle_path, device=device)
     if bundle.fingerprint != head.bundle_fingerprint:
         raise ValueError(f"head {head.name} was trained on bundle {head.bundle_fingerprint[:12]}, not {bundle_path}")
     image_feats, text_feats = embed_rows(rows, bundle, batch_size, progress, stats)
+    if not image_feats:  # an answer file of error lines alone is a failed run, not a result
+        why = ", ".join(f"{k}: {v}" for k, v in sorted(stats.items()) if v and not k.startswith(("embed", "skipped")))
+        raise ValueError(f"{spec}: not one of its {len(rows)} pairs has an image that could be read ({why})")
     for start in range(0, len(rows), CHUNK):
         chunk = rows[start : start + CHUNK]
         ok = [r for r in chunk if r.image in image_feats]

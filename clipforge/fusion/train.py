@@ -285,7 +285,7 @@ def _finish(
         provenance={
             "train": cfg.data.train,
             "val": cfg.data.val,
-            "bundle": cfg.data.bundle,
+            "bundle": str(Path(cfg.data.bundle).resolve()),  # fuse eval / predict find it from any directory
             "pairs": len(train),
             "epochs": cfg.fit.epochs,
             "config": cfg.to_dict(),

@@ -48,6 +48,14 @@ def unlabelled_table(questions: Path, out: Path) -> tuple[Path, list[dict]]:
     return path, rows
 
 
+def current_umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def run(args: list[str], capsys) -> tuple[int, str, str]:  # type: ignore[no-untyped-def]
     code = main(["fuse", "predict", *args])
     captured = capsys.readouterr()
@@ -95,9 +103,10 @@ def test_predict_writes_a_file_whole_and_reads_shards(
     assert code == 0 and stdout == "" and f"-> {out}" in err
     assert "4 pairs, 3 answered" in err and "1 not" in err and "shard samples that are not pairs" in err, err
     answers = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [a["ref"] for a in answers] == ["q000", "bad", "q001", "q002"]
+    assert [a["ref"] for a in answers] == [f"{shard}:{key}" for key in ("q000", "bad", "q001", "q002")]
     assert "error" in answers[1] and all("top" in a for a in answers[:1] + answers[2:])
     assert [p.name for p in out.parent.iterdir()] == ["a.jsonl"]  # no temporary file left behind
+    assert out.stat().st_mode & 0o777 == 0o666 & ~current_umask()  # not mkstemp's 0600
 
 
 def test_predict_refuses_a_head_of_another_bundle_and_bad_tables_in_one_line(
@@ -115,3 +124,55 @@ def test_predict_refuses_a_head_of_another_bundle_and_bad_tables_in_one_line(
     no_text.write_text(json.dumps({"image": "x.jpg", "question": "?"}) + "\n")
     code, _, err = run([str(head), "--data", str(no_text)], capsys)
     assert code == 1 and "row 1 lacks one of the fields 'image', 'text'" in err and err.count("\n") == 1
+
+
+def test_predict_refuses_outputs_and_inputs_that_give_no_answers_before_writing_anything(
+    head: Path, questions: Path, micro_bundle: Path, tmp_path: Path, capsys
+) -> None:  # type: ignore[no-untyped-def]
+    table, _ = unlabelled_table(questions, tmp_path)
+    base = [str(head), "--bundle", str(micro_bundle)]
+    (tmp_path / "adir").mkdir()
+    code, _, err = run([*base, "--data", str(table), "--out", str(tmp_path / "adir")], capsys)
+    assert (
+        code == 1
+        and err == f"clipforge: error: --out {tmp_path / 'adir'}: is a directory; give the name of the file to write\n"
+    )
+    code, _, err = run([*base, "--data", str(table), "--out", str(table / "x.jsonl")], capsys)
+    assert code == 1 and f"--out {table / 'x.jsonl'}: {table} is a file, not a directory" in err
+    # every image unreadable: a failure, not a file of error lines
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text("".join(json.dumps({"image": str(tmp_path / "broken.jpg"), "text": t}) + "\n" for t in "abc"))
+    out = tmp_path / "new" / "a.jsonl"
+    code, _, err = run([*base, "--data", str(broken), "--out", str(out)], capsys)
+    last = err.strip().splitlines()[-1]  # after the encoder's progress bar
+    assert (
+        code == 1 and last.startswith("clipforge: error: ") and "not one of its 3 pairs has an image that could" in last
+    )
+    assert not (tmp_path / "new").exists()  # nor its folder
+    # shards with samples but no pairs say why
+    shard = tmp_path / "notext.tar"
+    with tarfile.open(shard, "w") as tar:
+        info = tarfile.TarInfo("a.jpg")
+        info.size = 3
+        tar.addfile(info, io.BytesIO(b"abc"))
+    code, _, err = run([*base, "--data", str(shard)], capsys)
+    assert code == 1 and err == f"clipforge: error: {shard}: no (image, text) pairs (incomplete: 1)\n", err
+
+
+def test_a_head_finds_its_bundle_from_any_directory_or_says_to_give_it(
+    head: Path, questions: Path, micro_bundle: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    recorded = json.loads((head / "head.json").read_text())["provenance"]["bundle"]
+    assert Path(recorded).is_absolute() and Path(recorded).samefile(micro_bundle)
+    table, _ = unlabelled_table(questions, tmp_path)
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = run([str(head), "--data", str(table)], capsys)
+    assert code == 0 and len(out.splitlines()) == 6
+    moved = tmp_path / "moved-head"
+    moved.mkdir()
+    meta = json.loads((head / "head.json").read_text())
+    meta["provenance"]["bundle"] = "runs/elsewhere/bundle"
+    (moved / "head.json").write_text(json.dumps(meta))
+    (moved / "head.safetensors").write_bytes((head / "head.safetensors").read_bytes())
+    code, _, err = run([str(moved), "--data", str(table)], capsys)
+    assert code == 1 and "records, runs/elsewhere/bundle, is not there: give --bundle" in err
