@@ -15,6 +15,7 @@ import io
 import json
 import logging
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -110,12 +111,33 @@ def _warn_unseen(spec: str, group_keys: tuple[str, ...], seen: set[str]) -> None
 def shard_rows(
     spec: str, text_key: str, label_key: str | None, group_keys: tuple[str, ...], stats: Counter
 ) -> list[Row]:
+    seen: set[str] = set()
+    rows = list(iter_shard_rows(spec, text_key, label_key, group_keys, stats, seen))
+    _warn_unseen(spec, group_keys, seen)
+    return rows
+
+
+def iter_shard_rows(
+    spec: str, text_key: str, label_key: str | None, group_keys: tuple[str, ...], stats: Counter, seen: set[str]
+) -> Iterator[Row]:
+    """The shards' rows one at a time (a missing shard is refused at once, before the first); the group
+    fields met are added to `seen`, samples that are not rows counted in `stats`."""
     urls = expand_urls(spec)
     missing = [u for u in urls if "://" not in u and not u.startswith("pipe:") and not Path(u).is_file()]
     if missing:
         raise FileNotFoundError(f"shard not found: {missing[0]}")
-    rows: list[Row] = []
-    seen: set[str] = set()
+    return _shard_rows(spec, urls, text_key, label_key, group_keys, stats, seen)
+
+
+def _shard_rows(
+    spec: str,
+    urls: list[str],
+    text_key: str,
+    label_key: str | None,
+    group_keys: tuple[str, ...],
+    stats: Counter,
+    seen: set[str],
+) -> Iterator[Row]:
     for sample in raw_samples(urls, stats):
         ext = next((k for k in IMAGE_KEYS if k in sample), None)
         try:
@@ -135,18 +157,8 @@ def shard_rows(
         seen.update(g for g in group_keys if g in meta)
         label = meta[label_key] if label_key is not None else None
         text = _checked(where, text, label, "text")
-        rows.append(
-            Row(
-                hashlib.sha1(data).hexdigest(),
-                text,
-                label,
-                groups,
-                data,
-                ref=f"{sample.get('__url__', spec)}:{sample.get('__key__', '?')}",
-            )
-        )
-    _warn_unseen(spec, group_keys, seen)
-    return rows
+        ref = f"{sample.get('__url__', spec)}:{sample.get('__key__', '?')}"
+        yield Row(hashlib.sha1(data).hexdigest(), text, label, groups, data, ref=ref)
 
 
 def data_files(spec: str, rows: list[Row] | None = None) -> list[Path]:

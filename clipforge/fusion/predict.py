@@ -2,13 +2,16 @@
 offline, without a server and without labels.
 
 One answer per input pair, in the input's order, in the service's form ({"probabilities", "top"}, and "p" for
-binary heads) plus where the pair came from ("row N" of a table, a shard sample's key) and its text. A pair
-whose image does not decode gets {"error": ...} in its place: nothing is dropped silently, and the line
-numbers of the output still match the input's pairs.
+binary heads) plus where the pair came from ("row N" of a table, "SHARD:KEY" of a shard sample) and its text.
+A pair whose image does not decode gets {"error": ...} in its place: nothing is dropped silently, and the
+line numbers of the output still match the input's pairs; data in which no image decodes is an error.
+Shards are read as a stream, CHUNK pairs at a time (each unique image and text of a chunk embedded once):
+memory stays bounded however large the data.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections import Counter
 from collections.abc import Iterator
@@ -16,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
-from clipforge.fusion.data import is_table, shard_rows, table_rows
+from clipforge.fusion.data import Row, is_table, iter_shard_rows, table_rows
 from clipforge.fusion.features import check_device, embed_rows
 from clipforge.fusion.head import Head
 
@@ -42,26 +46,22 @@ def predict_pairs(
 
     check_device(device)
     stats = Counter() if stats is None else stats
+    skipped: Counter = Counter()  # shard samples with no image or no text: not pairs, counted apart
+    total: int | None = None
     if is_table(spec):
-        rows = table_rows(spec, image_key, text_key, None, ())
-    else:  # samples with no image or no text are not pairs: counted apart from pairs whose image fails
-        skipped: Counter = Counter()
-        rows = shard_rows(spec, text_key, None, (), skipped)
-        stats.update({f"skipped sample, {k}": v for k, v in skipped.items()})
-        if not rows:
-            why = ", ".join(f"{k}: {v}" for k, v in sorted(skipped.items()) if v) or "it holds no samples"
-            raise ValueError(f"{spec}: no (image, text) pairs ({why})")
-    if not rows:
-        raise ValueError(f"{spec}: no (image, text) pairs")
+        table = table_rows(spec, image_key, text_key, None, ())
+        rows: Iterator[Row] = iter(table)
+        total = len(table)
+    else:
+        rows = iter_shard_rows(spec, text_key, None, (), skipped, set())
     bundle = load_bundle(bundle_path, device=device)
     if bundle.fingerprint != head.bundle_fingerprint:
         raise ValueError(f"head {head.name} was trained on bundle {head.bundle_fingerprint[:12]}, not {bundle_path}")
-    image_feats, text_feats = embed_rows(rows, bundle, batch_size, progress, stats)
-    if not image_feats:  # an answer file of error lines alone is a failed run, not a result
-        why = ", ".join(f"{k}: {v}" for k, v in sorted(stats.items()) if v and not k.startswith(("embed", "skipped")))
-        raise ValueError(f"{spec}: not one of its {len(rows)} pairs has an image that could be read ({why})")
-    for start in range(0, len(rows), CHUNK):
-        chunk = rows[start : start + CHUNK]
+    pending: list[dict[str, Any]] = []  # error lines before the first answer: held back until one comes
+    n = answered = 0
+    bar = tqdm(total=total, desc="predict", unit="pair", disable=not progress, dynamic_ncols=True)
+    while chunk := list(itertools.islice(rows, CHUNK)):  # bounded memory, however large the data
+        image_feats, text_feats = embed_rows(chunk, bundle, batch_size, False, stats)
         ok = [r for r in chunk if r.image in image_feats]
         answers: Iterator[dict[str, Any]] = iter([])
         if ok:
@@ -71,7 +71,27 @@ def predict_pairs(
         for r in chunk:
             where = {"ref": r.ref, "text": r.text}
             if r.image in image_feats:
+                if pending:
+                    yield from pending
+                    pending.clear()
+                answered += 1
                 yield where | next(answers)
             else:
                 stats["unanswered"] += 1
-                yield where | {"error": "the image could not be read or decoded"}
+                error = where | {"error": "the image could not be read or decoded"}
+                if answered:
+                    yield error
+                else:
+                    pending.append(error)
+        n += len(chunk)
+        bar.update(len(chunk))
+    bar.close()
+    stats.update({f"skipped sample, {k}": v for k, v in skipped.items()})
+    if not n:
+        why = ", ".join(f"{k}: {v}" for k, v in sorted(skipped.items()) if v) or "it holds no samples"
+        raise ValueError(f"{spec}: no (image, text) pairs ({why})")
+    if not answered:  # an answer file of error lines alone is a failed run, not a result
+        why = ", ".join(
+            f"{k}: {v}" for k, v in sorted(stats.items()) if v and not k.startswith(("embed", "skipped", "unanswered"))
+        )
+        raise ValueError(f"{spec}: not one of its {n} pairs has an image that could be read ({why})")
