@@ -41,6 +41,7 @@ class HeadCfg:
     width_text: int = 0  # text side's width if different (0: = width)
     rank: int = 4  # lowrank
     hidden: int = 64  # concat's hidden layer
+    post_hidden: int = 0  # structured kinds: a ReLU layer of this width after the fusion (TFN / LMF); 0 = none
     budget: int = 0  # compare: give each kind the width whose parameter count is closest below this
 
 
@@ -77,6 +78,7 @@ MINIMUM = {
     "head.width_text": 0,
     "head.rank": 1,
     "head.hidden": 1,
+    "head.post_hidden": 0,
     "head.budget": 0,
     "data.batch_size": 1,
 }

@@ -97,7 +97,13 @@ def loss_fn(logits: torch.Tensor, target: torch.Tensor, task: str) -> torch.Tens
 
 def module_kwargs(cfg: FuseConfig) -> dict[str, int]:
     h = cfg.head
-    return {"width": h.width, "width_text": h.width_text, "rank": h.rank, "hidden": h.hidden}
+    return {
+        "width": h.width,
+        "width_text": h.width_text,
+        "rank": h.rank,
+        "hidden": h.hidden,
+        "post_hidden": h.post_hidden,
+    }
 
 
 def budget_width(kind: str, dim: int, out: int, budget: int, **kw: int) -> int:

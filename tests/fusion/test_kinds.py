@@ -159,3 +159,51 @@ def test_yes_no_absent_defeats_the_cosine_by_construction() -> None:
         acc[kind] = evaluate(predict(m, val, "multiclass"), y, "multiclass", labels)["accuracy"]
     assert acc["late"] <= 5 / 6 + 0.02 and acc["additive"] < 0.6, acc
     assert acc["multiplicative"] >= 0.95 and acc["tensor"] >= 0.95, acc
+
+
+STRUCTURED = ("multiplicative", "tensor", "lowrank", "gated")
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_a_post_fusion_layer_is_where_it_belongs_and_numpy_agrees(kind: str) -> None:
+    """head.post_hidden: a ReLU layer after the fusion of the structured kinds (TFN's and LMF's inference
+    subnetwork). Not for additive (a hinge of f(z_i) + g(z_t) is an interaction: it would stop being the
+    control), concat (its hidden layer is `hidden`) or late."""
+    zi, zt = features()
+    plain = build_fusion(kind, D, 3, width=5, rank=2, hidden=6)
+    post = build_fusion(kind, D, 3, width=5, rank=2, hidden=6, post_hidden=4)
+    if kind not in STRUCTURED:
+        assert post.post_hidden == 0 and post.n_params() == plain.n_params()
+        return
+    fused = {"multiplicative": 3 * 5, "tensor": 6 * 6, "gated": 10}
+    if kind == "lowrank":  # the factors produce post_hidden values instead of 3 logits
+        assert post.n_params() - plain.n_params() == 2 * (5 + 1) * 2 * (4 - 3) + (4 - 3) + (4 * 3 + 3)
+    else:  # the fusion layer widens from 3 outputs to 4, then 4 -> 3
+        assert post.n_params() - plain.n_params() == (fused[kind] + 1) * (4 - 3) + (4 * 3 + 3)
+    for p in post.parameters():
+        torch.nn.init.normal_(p, std=0.5)
+    out = post(zi, zt)
+    assert out.shape == (7, 3) and post.config()["post_hidden"] == 4
+    assert np.allclose(post.numpy_forward(post.numpy_params(), zi.numpy(), zt.numpy()), out.detach().numpy(), atol=1e-5)
+    again = build_fusion(kind, **post.config())  # what load_head does with head.json's "module"
+    again.load_state_dict(post.state_dict())
+    assert torch.equal(again(zi, zt), out)
+
+
+def test_a_head_json_from_before_post_hidden_loads_as_a_linear_head() -> None:
+    config = build_fusion("tensor", D, 2, width=3).config()
+    del config["post_hidden"]  # head.json files written before the option
+    assert build_fusion("tensor", **config).post_hidden == 0
+
+
+def test_the_structured_kinds_with_a_post_layer_still_solve_xor_and_additive_stays_at_chance() -> None:
+    train, val = xor_set(1200, seed=0), xor_set(600, seed=1)
+    cfg = load_fuse_config("smoke", ["fit.epochs=25", "fit.lr=0.02", "fit.batch_size=128"])
+    y = encode_targets(val.labels, "binary", ["no", "yes"])
+    acc = {}
+    for kind in ("additive", *STRUCTURED):
+        m = build_fusion(kind, 16, 1, width=4, rank=2, post_hidden=8)
+        fit(m, train, None, cfg, ["no", "yes"], progress=False)
+        acc[kind] = evaluate(predict(m, val, "binary"), y, "binary", ["no", "yes"])["accuracy"]
+    assert acc["additive"] < 0.6, acc
+    assert all(acc[k] >= 0.95 for k in ("multiplicative", "tensor", "lowrank")), acc

@@ -46,14 +46,28 @@ def with_one(h: Any, ops: Any) -> Any:
 
 class Fusion(nn.Module):
     """z_i, z_t [N, D] (L2-normalised) -> logits [N, out]. Parameters are flat and named so `state_dict`
-    keys are the names `fuse` reads. width 0 = no projection (h = z, p = D)."""
+    keys are the names `fuse` reads. width 0 = no projection (h = z, p = D). post_hidden > 0: the structured
+    kinds put a ReLU layer of that width between the fusion and the output (the "inference subnetwork" of
+    the tensor- and low-rank-fusion papers); their fusion then produces `fused_out` = post_hidden values."""
 
     kind: ClassVar[str] = ""
     convex: ClassVar[bool] = False  # the loss is convex in the parameters: `fit` solves it with L-BFGS
+    takes_post: ClassVar[bool] = True  # post_hidden applies (concat has its own hidden layer; late none)
 
-    def __init__(self, dim: int, out: int, width: int = 16, width_text: int = 0, rank: int = 4, hidden: int = 64):
+    def __init__(
+        self,
+        dim: int,
+        out: int,
+        width: int = 16,
+        width_text: int = 0,
+        rank: int = 4,
+        hidden: int = 64,
+        post_hidden: int = 0,
+    ):
         super().__init__()
         self.dim, self.out, self.rank, self.hidden = dim, out, rank, hidden
+        self.post_hidden = post_hidden if self.takes_post else 0
+        self.fused_out = self.post_hidden or out  # what the fusion stage produces
         self.width, self.width_text = width, width_text
         self.p_i = width or dim  # width of the image side after projection
         self.p_t = (width_text or width) or dim  # width of the text side
@@ -61,6 +75,8 @@ class Fusion(nn.Module):
             self.linear("proj_i", dim, self.p_i)
             self.linear("proj_t", dim, self.p_t)
         self.build()
+        if self.post_hidden:
+            self.linear("post", self.post_hidden, out)
 
     def build(self) -> None:  # each kind registers its own parameters
         raise NotImplementedError
@@ -74,6 +90,7 @@ class Fusion(nn.Module):
             "width_text": self.width_text,
             "rank": self.rank,
             "hidden": self.hidden,
+            "post_hidden": self.post_hidden,
         }
 
     def param(self, name: str, *shape: int, scale: float | None = None, value: float | None = None) -> None:
@@ -101,6 +118,10 @@ class Fusion(nn.Module):
 
     def fuse(self, P: dict[str, Any], zi: Any, zt: Any, ops: Any) -> Any:
         raise NotImplementedError
+
+    def finish(self, P: dict[str, Any], fused: Any, ops: Any) -> Any:
+        """[N, fused_out] -> logits [N, out]: the post-fusion ReLU layer's output layer, or nothing."""
+        return self.lin(P, "post", ops.relu(fused)) if self.post_hidden else fused
 
     def forward(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
         return self.fuse(dict(self.named_parameters()), image_features, text_features, TorchOps)

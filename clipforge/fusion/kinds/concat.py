@@ -10,6 +10,7 @@ from clipforge.fusion.kinds.base import Fusion
 
 class Concat(Fusion):
     kind = "concat"
+    takes_post = False  # its hidden layer is `hidden`
 
     def build(self) -> None:
         self.linear("hid", self.p_i + self.p_t, self.hidden)

@@ -16,10 +16,10 @@ class Gated(Fusion):
     def build(self) -> None:
         self.linear("gate_i", self.p_t, self.p_i)  # text -> gate on the image side
         self.linear("gate_t", self.p_i, self.p_t)  # image -> gate on the text side
-        self.linear("head", self.p_i + self.p_t, self.out)
+        self.linear("head", self.p_i + self.p_t, self.fused_out)
 
     def fuse(self, P: dict[str, Any], zi: Any, zt: Any, ops: Any) -> Any:
         hi, ht = self.project(P, zi, zt)
         gi = ops.sigmoid(self.lin(P, "gate_i", ht))  # [N, p_i], in (0, 1)
         gt = ops.sigmoid(self.lin(P, "gate_t", hi))  # [N, p_t]
-        return self.lin(P, "head", ops.cat([gi * hi, gt * ht]))  # [N, out]
+        return self.finish(P, self.lin(P, "head", ops.cat([gi * hi, gt * ht])), ops)  # [N, out]

@@ -10,6 +10,7 @@ from clipforge.fusion.kinds.base import Fusion
 
 class Late(Fusion):
     kind = "late"
+    takes_post = False
     convex = True  # a 2-parameter logistic: fitted to its optimum by full-batch L-BFGS, not SGD epochs
 
     def __init__(self, dim: int, out: int, **kw: Any):

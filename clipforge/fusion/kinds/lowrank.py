@@ -15,7 +15,7 @@ class LowRank(Fusion):
     kind = "lowrank"
 
     def build(self) -> None:
-        r, out = self.rank, self.out
+        r, out = self.rank, self.fused_out
         if r < 1:
             raise ValueError(f"lowrank fusion needs rank >= 1, got {r}")
         # factors stored [p + 1, r * out] so one matmul per modality gives every rank's projection
@@ -27,6 +27,6 @@ class LowRank(Fusion):
     def fuse(self, P: dict[str, Any], zi: Any, zt: Any, ops: Any) -> Any:
         hi, ht = self.project(P, zi, zt)
         n, r = zi.shape[0], self.rank
-        fi = (with_one(hi, ops) @ P["factor_i"]).reshape(n, r, self.out)  # [N, r, out]
-        ft = (with_one(ht, ops) @ P["factor_t"]).reshape(n, r, self.out)  # [N, r, out]
-        return (fi * ft * P["lam"][:, None]).sum(1) + P["bias"]  # [N, out]
+        fi = (with_one(hi, ops) @ P["factor_i"]).reshape(n, r, self.fused_out)  # [N, r, out]
+        ft = (with_one(ht, ops) @ P["factor_t"]).reshape(n, r, self.fused_out)  # [N, r, out]
+        return self.finish(P, (fi * ft * P["lam"][:, None]).sum(1) + P["bias"], ops)  # [N, out]

@@ -14,8 +14,8 @@ class Multiplicative(Fusion):
     def build(self) -> None:
         if self.p_i != self.p_t:
             raise ValueError("multiplicative fusion multiplies the two sides elementwise: give them one width")
-        self.linear("head", 3 * self.p_i, self.out)
+        self.linear("head", 3 * self.p_i, self.fused_out)
 
     def fuse(self, P: dict[str, Any], zi: Any, zt: Any, ops: Any) -> Any:
         hi, ht = self.project(P, zi, zt)
-        return self.lin(P, "head", ops.cat([hi, ht, hi * ht]))  # [N, 3p] -> [N, out]
+        return self.finish(P, self.lin(P, "head", ops.cat([hi, ht, hi * ht])), ops)  # [N, 3p] -> [N, out]

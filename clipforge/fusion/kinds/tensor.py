@@ -13,10 +13,10 @@ class Tensor(Fusion):
     kind = "tensor"
 
     def build(self) -> None:
-        self.linear("head", (self.p_i + 1) * (self.p_t + 1), self.out)
+        self.linear("head", (self.p_i + 1) * (self.p_t + 1), self.fused_out)
 
     def fuse(self, P: dict[str, Any], zi: Any, zt: Any, ops: Any) -> Any:
         hi, ht = self.project(P, zi, zt)
         hi1, ht1 = with_one(hi, ops), with_one(ht, ops)  # [N, p_i + 1], [N, p_t + 1]
         outer = (hi1[:, :, None] * ht1[:, None, :]).reshape(hi1.shape[0], -1)  # [N, (p_i+1)(p_t+1)]
-        return self.lin(P, "head", outer)  # [N, out]
+        return self.finish(P, self.lin(P, "head", outer), ops)  # [N, out]
