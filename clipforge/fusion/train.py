@@ -249,6 +249,7 @@ def train_head(
         _targets(cfg.data.val, val, cfg.head.task, labels)
     if cfg.head.task == "binary" and len(np.unique(y)) < 2:
         log.warning("%s: every training label is %r: the head can only learn one answer", cfg.data.train, labels[y[0]])
+    torch.manual_seed(cfg.fit.seed)  # the initial weights too: a head must not depend on what ran before it
     module = build_fusion(cfg.head.kind, train.dim, outputs(cfg.head.task, labels), **module_kwargs(cfg))
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))

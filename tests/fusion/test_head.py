@@ -226,3 +226,18 @@ def test_cli_train_eval_compare(
     assert additive["gain_vs_late"]["gain"] == pytest.approx(additive["accuracy"] - late["accuracy"])
     page = (tmp_path / "cmp" / "report.html").read_text()
     assert page.count('data-kind="') == 3 and "reliability" in page and "confusion" in page
+
+
+def test_a_head_does_not_depend_on_what_ran_before_it_in_the_process(
+    questions: Path, micro_bundle: Path, tmp_path: Path
+) -> None:
+    """`fuse compare` and the bench build many modules (budget search, other kinds) before each head: the
+    initial weights came from whatever the global random stream held, so one head scored a point apart."""
+    import torch
+
+    first = train_head(_cfg(questions, micro_bundle, tmp_path / "a", "head.kind=tensor"), progress=False)
+    torch.randn(1000)  # someone else's random numbers
+    second = train_head(_cfg(questions, micro_bundle, tmp_path / "b", "head.kind=tensor"), progress=False)
+    a = load_head(Path(first["head"])).module.state_dict()
+    b = load_head(Path(second["head"])).module.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
