@@ -6,7 +6,7 @@ import argparse
 import json
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -87,11 +87,11 @@ def cmd_fuse_predict(a: argparse.Namespace) -> int:
     import sys
     from collections import Counter
 
-    from clipforge.fusion.predict import predict_pairs
+    from clipforge.fusion.predict import answers_page, predict_rows, thumbnail
 
     _, bundle, head = head_and_bundle(a.head, a.bundle)
     stats: Counter = Counter()
-    answers = predict_pairs(
+    rows = predict_rows(
         head,
         bundle,
         a.data,
@@ -102,12 +102,22 @@ def cmd_fuse_predict(a: argparse.Namespace) -> int:
         stats=stats,
     )
     to_stdout = a.out in (None, "-")
-    if not to_stdout:
-        check_out_file(Path(a.out))  # before the encoders run
-    answers = iter(answers)
-    first = next(answers, None)  # the data is read, embedded and checked: nothing is created if it fails
-    rest = itertools.chain([first] if first is not None else [], answers)
-    n = write_lines(rest, None if to_stdout else Path(a.out))
+    for given, flag in ((a.out, "--out"), (a.html, "--html")):
+        if given not in (None, "-"):
+            check_out_file(Path(given), flag)  # before the encoders run
+    shown: list[tuple[str | None, dict[str, Any]]] = []
+
+    def answers() -> Iterator[dict[str, Any]]:
+        for row, answer in rows:
+            if a.html and len(shown) < a.html_limit:
+                shown.append((thumbnail(row), answer))
+            yield answer
+
+    stream = answers()
+    first = next(stream, None)  # the data is read, embedded and checked: nothing is created if it fails
+    n = write_lines(itertools.chain([first] if first is not None else [], stream), None if to_stdout else Path(a.out))
+    if a.html:
+        write_text(Path(a.html), answers_page(head, a.data, shown, n), "--html")
     missed = stats["unanswered"]
     samples = {k: v for k, v in stats.items() if v and k.startswith("skipped sample")}
     why = {k: v for k, v in stats.items() if v and k not in ("unanswered", "embedded", "embed_seconds_x1000", *samples)}
@@ -115,51 +125,63 @@ def cmd_fuse_predict(a: argparse.Namespace) -> int:
         f"{n} pairs, {n - missed} answered by head {head.name} ({head.kind}, {head.task}: {', '.join(head.labels)})"
         + (f"; {missed} not, with an error line each (their images: {why})" if missed else "")
         + (f"; shard samples that are not pairs: {samples}" if samples else "")
-        + (f" -> {a.out}" if a.out not in (None, "-") else ""),
+        + (f" -> {a.out}" if a.out not in (None, "-") else "")
+        + (f"; page of the first {len(shown)}: {a.html}" if a.html else ""),
         file=sys.stderr,
     )
     return 0
 
 
-def check_out_file(out: Path) -> None:
-    """Refuse at once an --out that cannot become a file: a directory, or a path through a file."""
+def check_out_file(out: Path, flag: str = "--out") -> None:
+    """Refuse at once an output that cannot become a file: a directory, or a path through a file."""
     if out.is_dir():
-        raise ValueError(f"--out {out}: is a directory; give the name of the file to write")
+        raise ValueError(f"{flag} {out}: is a directory; give the name of the file to write")
     existing = next((p for p in out.parents if p.exists()), None)
     if existing is not None and not existing.is_dir():
-        raise ValueError(f"--out {out}: {existing} is a file, not a directory")
+        raise ValueError(f"{flag} {out}: {existing} is a file, not a directory")
 
 
 def write_lines(rows: Iterable[dict[str, Any]], out: Path | None) -> int:
-    """JSON lines to standard output, or to `out` whole or not at all (temp file, fsync, rename: a failure
-    half-way leaves no torn file that looks complete, and an earlier `out` as it was). Returns the count."""
+    """JSON lines to standard output, or to `out` (atomically, see `write_text`). Returns the count."""
     n = 0
     if out is None:
         for row in rows:
             print(json.dumps(row))
             n += 1
         return n
+
+    def lines() -> Iterator[str]:
+        nonlocal n
+        for row in rows:
+            n += 1
+            yield json.dumps(row) + "\n"
+
+    write_text(out, lines(), "--out")
+    return n
+
+
+def write_text(out: Path, chunks: Iterable[str], flag: str) -> None:
+    """`out` whole or not at all: temp file, fsync, rename (a failure half-way leaves no torn file that looks
+    complete, and an earlier `out` as it was), readable as any other file (mkstemp makes 0600)."""
     tmp: str | None = None
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row) + "\n")
-                n += 1
+            for chunk in chunks:
+                f.write(chunk)
             f.flush()
             os.fsync(f.fileno())
         umask = os.umask(0)
         os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600: a result file is as readable as any other
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, out)
     except OSError as exn:
         why = exn.strerror or str(exn)
-        raise ValueError(f"--out {out}: {why[:1].lower()}{why[1:]}") from None
+        raise ValueError(f"{flag} {out}: {why[:1].lower()}{why[1:]}") from None
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
-    return n
 
 
 def cmd_fuse_compare(a: argparse.Namespace) -> int:
@@ -206,6 +228,8 @@ def register(sub: Any) -> None:
     s.add_argument("--text-key", default="text")
     s.add_argument("--batch-size", type=at_least(1), default=128, help="images per encoder batch")
     s.add_argument("--device", default="auto")
+    s.add_argument("--html", help="also a page to look at: each pair's image, text and answer")
+    s.add_argument("--html-limit", type=at_least(1), default=200, help="pairs on the page (the first N)")
     s.set_defaults(func=cmd_fuse_predict)
 
     s = fuse.add_parser("compare", help="train every kind on the same cached features; table + HTML report")

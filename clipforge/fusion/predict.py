@@ -29,7 +29,12 @@ log = logging.getLogger(__name__)
 CHUNK = 4096  # pairs per head call
 
 
-def predict_pairs(
+def predict_pairs(head: Head, bundle_path: str | Path, spec: str, **kw: Any) -> Iterator[dict[str, Any]]:
+    """Answers for the pairs of `spec`, in order. `head` must belong to the bundle (load_head checks that)."""
+    return (answer for _, answer in predict_rows(head, bundle_path, spec, **kw))
+
+
+def predict_rows(
     head: Head,
     bundle_path: str | Path,
     spec: str,
@@ -40,8 +45,8 @@ def predict_pairs(
     device: str = "auto",
     progress: bool = True,
     stats: Counter | None = None,
-) -> Iterator[dict[str, Any]]:
-    """Answers for the pairs of `spec`, in order. `head` must belong to the bundle (load_head checks that)."""
+) -> Iterator[tuple[Row, dict[str, Any]]]:
+    """(row, answer) for the pairs of `spec`, in order: the row says where its image is (for a page)."""
     from clipforge.encoders.bundle import load_bundle
 
     check_device(device)
@@ -57,7 +62,7 @@ def predict_pairs(
     bundle = load_bundle(bundle_path, device=device)
     if bundle.fingerprint != head.bundle_fingerprint:
         raise ValueError(f"head {head.name} was trained on bundle {head.bundle_fingerprint[:12]}, not {bundle_path}")
-    pending: list[dict[str, Any]] = []  # error lines before the first answer: held back until one comes
+    pending: list[tuple[Row, dict[str, Any]]] = []  # error lines before the first answer: held back until one comes
     n = answered = 0
     bar = tqdm(total=total, desc="predict", unit="pair", disable=not progress, dynamic_ncols=True)
     while chunk := list(itertools.islice(rows, CHUNK)):  # bounded memory, however large the data
@@ -75,10 +80,10 @@ def predict_pairs(
                     yield from pending
                     pending.clear()
                 answered += 1
-                yield where | next(answers)
+                yield r, where | next(answers)
             else:
                 stats["unanswered"] += 1
-                error = where | {"error": "the image could not be read or decoded"}
+                error = (r, where | {"error": "the image could not be read or decoded"})
                 if answered:
                     yield error
                 else:
@@ -95,3 +100,75 @@ def predict_pairs(
             f"{k}: {v}" for k, v in sorted(stats.items()) if v and not k.startswith(("embed", "skipped", "unanswered"))
         )
         raise ValueError(f"{spec}: not one of its {n} pairs has an image that could be read ({why})")
+
+
+def thumbnail(row: Row, size: int = 96) -> str | None:
+    """The row's image as a base64 JPEG of at most `size` px a side, or None if it does not decode."""
+    import base64
+    import io
+
+    from clipforge.encoders.images import ImageDecodeError, load_image
+
+    try:
+        image = load_image(row.data if row.data is not None else row.image)
+    except (ImageDecodeError, OSError):
+        return None
+    image.thumbnail((size, size))
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG", quality=85)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def answers_page(head: Head, spec: str, shown: list[tuple[str | None, dict[str, Any]]], total: int) -> str:
+    """A self-contained HTML page: each shown pair's image, text and answer, with a bar per label."""
+    import html
+
+    def bars(probabilities: dict[str, float]) -> str:
+        return "".join(
+            f'<div class="bar"><span class="label">{html.escape(label)}</span>'
+            f'<span class="track"><span class="fill" style="width:{100 * p:.1f}%"></span></span>'
+            f'<span class="p">{p:.3f}</span></div>'
+            for label, p in probabilities.items()
+        )
+
+    cards = []
+    for thumb, a in shown:
+        img = f'<img alt="" src="data:image/jpeg;base64,{thumb}">' if thumb else '<div class="noimg">no image</div>'
+        body = (
+            f'<p class="error">{html.escape(a["error"])}</p>'
+            if "error" in a
+            else f'<p class="top">{html.escape(a["top"])}</p>{bars(a["probabilities"])}'
+        )
+        cls = "pair error" if "error" in a else "pair"
+        cards.append(
+            f'<div class="{cls}" data-ref="{html.escape(a["ref"])}">{img}<div><p class="text">'
+            f'{html.escape(a["text"])}</p>{body}<p class="ref">{html.escape(a["ref"])}</p></div></div>'
+        )
+    more = (
+        f"<p>The first {len(shown)} of {total} pairs; every answer is in the JSON lines.</p>"
+        if total > len(shown)
+        else ""
+    )
+    title = f"{head.name}: {head.kind} head, {head.task} ({', '.join(head.labels)})"
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 1.5rem; color: #222; }}
+.grid {{ display: grid; grid-template-columns: repeat(auto-fill, minmax(22rem, 1fr)); gap: 0.8rem; }}
+.pair {{ display: flex; gap: 0.7rem; border: 1px solid #ddd; border-radius: 6px; padding: 0.5rem; }}
+.pair.error {{ border-color: #c33; background: #fff5f5; }}
+.pair img, .noimg {{ width: 96px; height: 96px; object-fit: contain; flex: none; background: #f4f4f4; }}
+.noimg {{ display: flex; align-items: center; justify-content: center; font-size: 0.8rem; color: #999; }}
+.pair > div {{ flex: 1; min-width: 0; }} .pair > .noimg {{ flex: none; }}
+.text {{ margin: 0 0 0.3rem; font-weight: 600; }} .top {{ margin: 0 0 0.3rem; }} .error {{ color: #c33; }}
+.ref {{ margin: 0.3rem 0 0; font-size: 0.75rem; color: #888; overflow-wrap: anywhere; }}
+.bar {{ display: flex; align-items: center; gap: 0.3rem; font-size: 0.8rem; height: 1.1rem; }}
+.bar .label {{ flex: none; width: 4.5rem; overflow: hidden; text-overflow: ellipsis; white-space: nowrap; }}
+.bar .track {{ flex: 1; min-width: 2rem; }} .bar .p {{ flex: none; width: 2.8rem; text-align: right; }}
+.bar .fill {{ display: block; background: #4a7bd0; height: 0.7rem; min-width: 1px; }}
+</style></head><body>
+<h1>{html.escape(title)}</h1>
+<p>{html.escape(spec)}: {total} pairs</p>{more}
+<div class="grid">{"".join(cards)}</div>
+</body></html>
+"""

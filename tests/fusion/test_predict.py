@@ -198,3 +198,45 @@ def test_predict_streams_in_chunks_and_keeps_the_order_when_the_first_images_fai
     assert code == 0 and [a["ref"] for a in answers] == [f"row {n}" for n in range(1, 7)]
     assert ["error" in a for a in answers] == [True, True, True, False, False, False]
     assert "6 pairs, 3 answered" in err
+
+
+def test_predict_html_shows_the_first_pairs_images_texts_and_answers(
+    head: Path, questions: Path, micro_bundle: Path, tmp_path: Path, capsys
+) -> None:  # type: ignore[no-untyped-def]
+    from html.parser import HTMLParser
+
+    table, rows = unlabelled_table(questions, tmp_path)
+    with table.open("a") as f:  # a text that must be shown, not run
+        f.write(
+            json.dumps({"image": str((questions / rows[0]["image"]).resolve()), "text": "<script>x()</script>"}) + "\n"
+        )
+    page = tmp_path / "page" / "answers.html"
+    args = [str(head), "--data", str(table), "--bundle", str(micro_bundle), "--html", str(page), "--html-limit", "7"]
+    code, out, err = run(args, capsys)
+    assert code == 0 and len(out.splitlines()) == 7 and f"page of the first 7: {page}" in err
+
+    class Cards(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.cards: list[dict] = []
+            self.scripts = 0
+
+        def handle_starttag(self, tag, attrs):  # type: ignore[no-untyped-def]
+            a = dict(attrs)
+            if tag == "script":
+                self.scripts += 1
+            if tag == "div" and (a.get("class") or "").startswith("pair"):
+                self.cards.append({"ref": a["data-ref"], "error": "error" in a["class"], "img": False})
+            if tag == "img" and self.cards:
+                self.cards[-1]["img"] = a["src"].startswith("data:image/jpeg;base64,")
+
+    parsed = Cards()
+    parsed.feed(page.read_text())
+    assert [c["ref"] for c in parsed.cards] == [f"row {n}" for n in range(1, 8)]
+    assert [c["error"] for c in parsed.cards] == [False, True, False, True, False, False, False]
+    assert [c["img"] for c in parsed.cards] == [True, False, True, False, True, True, True]
+    assert parsed.scripts == 0 and "&lt;script&gt;x()&lt;/script&gt;" in page.read_text()
+    assert page.stat().st_mode & 0o777 == 0o666 & ~current_umask()
+    # fewer shown than answered: the page says so
+    run([*args[:-1], "3"], capsys)
+    assert "The first 3 of 7 pairs" in page.read_text()
