@@ -35,7 +35,8 @@ Row = tuple[int, str, str | None, str, str | None, str | None, int, int, str]
 MAX_FILTER_FIELDS = 64  # SQLite's expression tree is 1,000 deep: ~1,000 ANDed fields would overflow it
 # a filter key is a field, or a dotted path into nested metadata ("exif.camera"): at most MAX_PATH_DEPTH names of
 # at most 64 characters, none of which ends the quoted label of a JSON path ('"', '\\') or is a control character.
-# (A flat key that itself contains a dot cannot be named: the dot always means "inside".)
+# A dotted key also matches a flat key spelled with that dot ({"exif.camera": ...}, as flattened EXIF or CSV
+# headers often are): either reading may match.
 MAX_PATH_DEPTH = 8
 UNNAMEABLE = re.compile(r'["\\\x00-\x1f\x7f]')
 INT64 = (-(2**63), 2**63 - 1)
@@ -83,9 +84,10 @@ MAX_METADATA_BYTES = 16 * 1024  # one item's metadata as JSON: a record about an
 
 
 def filter_target(name: Any) -> str | list[str]:
-    """What a filter key reads: a table column's name, or the JSON paths `$."a"."b"` of a metadata field. A
-    non-ASCII key has a second, escaped spelling: rows stored before 2026-12-01 kept such keys as \\u escapes,
-    and SQLite matches a path's labels against keys as stored."""
+    """What a filter key reads: a table column's name, or the JSON paths of a metadata field: `$."a"."b"` (b
+    inside a) and `$."a.b"` (a flat key with the dot in it). A non-ASCII key has a second, escaped spelling:
+    rows stored before 2026-12-01 kept such keys as \\u escapes, and SQLite matches a path's labels against
+    keys as stored."""
     parts = name.split(".") if isinstance(name, str) else []
     if not parts or len(parts) > MAX_PATH_DEPTH or any(not 1 <= len(p) <= 64 or UNNAMEABLE.search(p) for p in parts):
         raise IndexInputError(
@@ -94,9 +96,12 @@ def filter_target(name: Any) -> str | list[str]:
         )
     if name in COLUMNS or name == "id":
         return str(name)
-    plain = "$" + "".join(f'."{p}"' for p in parts)
-    escaped = "$" + "".join(f".{json.dumps(p)}" for p in parts)  # json.dumps escapes non-ASCII as \\uXXXX
-    return [plain] if escaped == plain else [plain, escaped]
+    paths = []
+    for labels in [parts, [name]] if len(parts) > 1 else [parts]:  # nested, then a flat key with the dots in it
+        plain = "$" + "".join(f'."{p}"' for p in labels)
+        escaped = "$" + "".join(f".{json.dumps(p)}" for p in labels)  # json.dumps escapes non-ASCII as \\uXXXX
+        paths += [plain] if escaped == plain else [plain, escaped]
+    return paths
 
 
 def check_filters(filters: dict[str, Any]) -> list[tuple[str | list[str], list[Any]]]:

@@ -242,6 +242,10 @@ def test_nested_metadata_is_filtered_by_a_dotted_path(index_copy, trained_bundle
     assert found({"exif": json.dumps({"camera": "X100", "iso": 200}, separators=(",", ":"))}) == []
     # keys go to SQLite as bound parameters: quotes, spaces, combining accents are plain characters
     assert found({"a') OR 1=1 --": 1}) == [] and found({"e\u0301": 1}) == [] and found({"camera model": "x"}) == []
+    # a flat key with a dot in it (flattened EXIF, CSV headers) is found by the same dotted key
+    flat = idx.add(trained_bundle, [(png_bytes((40, 200, 40)), "green", {"exif.camera": "X100", "a.b.c": 1})])
+    assert found({"exif.camera": "X100"}) == sorted([ids[0], *flat]) and found({"a.b.c": 1}) == flat
+    assert found({"exif.camera": "X100", "exif.iso": 200}) == [ids[0]]
     for bad in ("exif..camera", ".exif", "exif.", 'a"b', "a\\b", "a\x00b", "x" * 65, ".".join("abcdefghi")):
         with pytest.raises(IndexInputError, match="filter key"):
             found({bad: 1})

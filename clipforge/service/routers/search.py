@@ -36,7 +36,7 @@ class SearchRequest(BaseModel):
     filters: dict[str, FilterValue | list[FilterValue]] | None = Field(
         None,
         description="metadata filter: {field: value} or {field: [any of these values]}; a field inside an "
-        'object is named by its path, e.g. {"exif.camera": "X100"}',
+        'object is named by its path, e.g. {"exif.camera": "X100"} (which also matches a flat key "exif.camera")',
     )
     threshold: float | None = Field(
         None, ge=SCORE_RANGE[0], le=SCORE_RANGE[1], description="drop results scoring below this"
