@@ -13,7 +13,7 @@ import os
 import re
 import warnings
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import braceexpand
@@ -64,6 +64,12 @@ def decode_sample(
     except ImageDecodeError as exn:
         return "image_too_large" if exn.reason == "too_large" else "bad_image"
     return image, clean_caption(caption, max_chars) or ""
+
+
+def skip_reasons(stats: Counter, *, ignore: Iterable[str] = (), none: str = "") -> str:
+    """`stats`' non-zero counts as "reason: n, ..." (sorted), leaving out the `ignore`d keys; `none` if none."""
+    left_out = set(ignore)
+    return ", ".join(f"{k}: {v}" for k, v in sorted(stats.items()) if v and k not in left_out) or none
 
 
 def raw_samples(shards: list[str], stats: Counter) -> Iterator[dict[str, Any]]:

@@ -87,10 +87,13 @@ def cmd_fuse_predict(a: argparse.Namespace) -> int:
     import sys
     from collections import Counter
 
+    from clipforge.data.shards import skip_reasons
     from clipforge.fusion.predict import answers_page, predict_rows, thumbnail
+    from clipforge.index.embed import TALLIES
 
     _, bundle, head = head_and_bundle(a.head, a.bundle)
     stats: Counter = Counter()
+    samples: Counter = Counter()
     rows = predict_rows(
         head,
         bundle,
@@ -100,11 +103,13 @@ def cmd_fuse_predict(a: argparse.Namespace) -> int:
         batch_size=a.batch_size,
         device=a.device,
         stats=stats,
+        skipped=samples,
     )
     to_stdout = a.out in (None, "-")
-    for given, flag in ((a.out, "--out"), (a.html, "--html")):
-        if given not in (None, "-"):
-            check_out_file(Path(given), flag)  # before the encoders run
+    if not to_stdout:  # before the encoders run
+        check_out_file(Path(a.out), "--out")
+    if a.html:
+        check_out_file(Path(a.html), "--html")
     shown: list[tuple[str | None, dict[str, Any]]] = []
 
     def answers() -> Iterator[dict[str, Any]]:
@@ -119,13 +124,12 @@ def cmd_fuse_predict(a: argparse.Namespace) -> int:
     if a.html:
         write_text(Path(a.html), answers_page(head, a.data, shown, n), "--html")
     missed = stats["unanswered"]
-    samples = {k: v for k, v in stats.items() if v and k.startswith("skipped sample")}
-    why = {k: v for k, v in stats.items() if v and k not in ("unanswered", "embedded", "embed_seconds_x1000", *samples)}
+    why, not_pairs = skip_reasons(stats, ignore=(*TALLIES, "unanswered")), skip_reasons(samples)
     print(
         f"{n} pairs, {n - missed} answered by head {head.name} ({head.kind}, {head.task}: {', '.join(head.labels)})"
         + (f"; {missed} not, with an error line each (their images: {why})" if missed else "")
-        + (f"; shard samples that are not pairs: {samples}" if samples else "")
-        + (f" -> {a.out}" if a.out not in (None, "-") else "")
+        + (f"; shard samples that are not pairs: {not_pairs}" if not_pairs else "")
+        + (f" -> {a.out}" if not to_stdout else "")
         + (f"; page of the first {len(shown)}: {a.html}" if a.html else ""),
         file=sys.stderr,
     )

@@ -12,7 +12,6 @@ memory stays bounded however large the data.
 from __future__ import annotations
 
 import itertools
-import logging
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,17 +20,13 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from clipforge.data.shards import skip_reasons
 from clipforge.fusion.data import Row, is_table, iter_shard_rows, table_rows
 from clipforge.fusion.features import check_device, embed_rows
 from clipforge.fusion.head import Head
+from clipforge.index.embed import TALLIES
 
-log = logging.getLogger(__name__)
 CHUNK = 4096  # pairs per head call
-
-
-def predict_pairs(head: Head, bundle_path: str | Path, spec: str, **kw: Any) -> Iterator[dict[str, Any]]:
-    """Answers for the pairs of `spec`, in order. `head` must belong to the bundle (load_head checks that)."""
-    return (answer for _, answer in predict_rows(head, bundle_path, spec, **kw))
 
 
 def predict_rows(
@@ -45,13 +40,16 @@ def predict_rows(
     device: str = "auto",
     progress: bool = True,
     stats: Counter | None = None,
+    skipped: Counter | None = None,
 ) -> Iterator[tuple[Row, dict[str, Any]]]:
-    """(row, answer) for the pairs of `spec`, in order: the row says where its image is (for a page)."""
+    """(row, answer) for the pairs of `spec`, in order; the row says where its image is (for a page). `head`
+    must belong to the bundle. `stats`: images that failed (and "unanswered" pairs); `skipped`: shard samples
+    with no image or no text, which are not pairs."""
     from clipforge.encoders.bundle import load_bundle
 
     check_device(device)
     stats = Counter() if stats is None else stats
-    skipped: Counter = Counter()  # shard samples with no image or no text: not pairs, counted apart
+    skipped = Counter() if skipped is None else skipped
     total: int | None = None
     if is_table(spec):
         table = table_rows(spec, image_key, text_key, None, ())
@@ -91,14 +89,10 @@ def predict_rows(
         n += len(chunk)
         bar.update(len(chunk))
     bar.close()
-    stats.update({f"skipped sample, {k}": v for k, v in skipped.items()})
     if not n:
-        why = ", ".join(f"{k}: {v}" for k, v in sorted(skipped.items()) if v) or "it holds no samples"
-        raise ValueError(f"{spec}: no (image, text) pairs ({why})")
+        raise ValueError(f"{spec}: no (image, text) pairs ({skip_reasons(skipped, none='it holds no samples')})")
     if not answered:  # an answer file of error lines alone is a failed run, not a result
-        why = ", ".join(
-            f"{k}: {v}" for k, v in sorted(stats.items()) if v and not k.startswith(("embed", "skipped", "unanswered"))
-        )
+        why = skip_reasons(stats, ignore=(*TALLIES, "unanswered"))
         raise ValueError(f"{spec}: not one of its {n} pairs has an image that could be read ({why})")
 
 

@@ -21,7 +21,14 @@ import numpy as np
 
 from clipforge.index import choice, faiss_index, tuning
 from clipforge.index import refine as rx
-from clipforge.index.embed import count_folder_images, embed_records, folder_records, is_folder, shard_records
+from clipforge.index.embed import (
+    TALLIES,
+    count_folder_images,
+    embed_records,
+    folder_records,
+    is_folder,
+    shard_records,
+)
 from clipforge.index.meta import MetaWriter, row_for
 from clipforge.index.parts import Parts, PartWriter, check_parts
 from clipforge.index.types import IndexInputError, IndexMismatchError
@@ -71,7 +78,7 @@ def embed_to_parts(
         w.flush()
     meta.close()
     seconds = time.perf_counter() - t0
-    skipped = {k: v for k, v in stats.items() if k not in ("embedded", "embed_seconds_x1000")}
+    skipped = {k: v for k, v in stats.items() if k not in TALLIES}
     info = {
         "data": data,
         "fingerprint": bundle.fingerprint,

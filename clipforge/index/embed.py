@@ -26,6 +26,8 @@ from clipforge.encoders.text import clean_caption
 from clipforge.index.meta import check_extra
 from clipforge.index.types import IndexInputError, Item
 
+TALLIES = ("embedded", "embed_seconds_x1000")  # keys of embed_records' stats that count work done, not skips
+
 
 @dataclass
 class Record:

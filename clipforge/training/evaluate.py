@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from clipforge.data.shards import iter_pairs
+from clipforge.data.shards import iter_pairs, skip_reasons
 from clipforge.encoders.backends import Encoder
 from clipforge.encoders.images import IMAGE_EXTENSIONS, ImageDecodeError, load_image
 from clipforge.encoders.model import Preprocess
@@ -171,8 +171,9 @@ def retrieval_eval(
             flush()
     flush()
     if not image_feats:
-        why = ", ".join(f"{k}: {v}" for k, v in sorted(skipped.items()) if v) or "it holds no samples"
-        raise ValueError(f"no usable image-caption pairs in {shards} ({why})")
+        raise ValueError(
+            f"no usable image-caption pairs in {shards} ({skip_reasons(skipped, none='it holds no samples')})"
+        )
     img, txt = torch.cat(image_feats), torch.cat(text_feats)  # [N, D] each
     sim = img @ txt.T  # [N, N]
     i2t, t2i = recall_at(sim), recall_at(sim.T)
