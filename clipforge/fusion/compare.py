@@ -40,6 +40,13 @@ GAINED_OVER = {
 }
 
 
+def best_structured(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The most accurate row of a structured interaction kind (multiplicative, tensor, lowrank, gated): the
+    contender the targets hold against late, additive and concat. None when none of them was run."""
+    structured = [r for r in rows if r["kind"] in INTERACTION_KINDS and r["kind"] != "concat"]
+    return max(structured, key=lambda r: r["accuracy"]) if structured else None
+
+
 def parse_kinds(spec: str) -> list[str]:
     kinds = list(KINDS) if spec == "all" else [k.strip() for k in spec.split(",") if k.strip()]
     unknown = [k for k in kinds if k not in KINDS]

@@ -18,7 +18,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from clipforge.fusion.kinds import INTERACTION_KINDS  # noqa: E402
+from clipforge.fusion.compare import best_structured  # noqa: E402
 from clipforge.fusion.metrics import GAIN_BASES  # noqa: E402
 
 
@@ -168,8 +168,8 @@ def table_html(result: dict[str, Any]) -> str:
 def write_compare_report(result: dict[str, Any], path: str | Path) -> Path:
     rows = result["rows"]
     best = max(rows, key=lambda r: r["accuracy"])["kind"]
-    fused = [r for r in rows if r["kind"] in INTERACTION_KINDS and r["kind"] != "concat"]
-    best_fused = max(fused, key=lambda r: r["accuracy"])["kind"] if fused else best
+    contender = best_structured(rows)
+    best_fused = contender["kind"] if contender else best
     figs = [
         curves(result["history"], "accuracy", "held-out accuracy per epoch", True),
         curves(result["history"], "loss", "training loss per epoch", False),
