@@ -192,7 +192,15 @@ def cmd_fuse_compare(a: argparse.Namespace) -> int:
     from clipforge.fusion.compare import compare, parse_kinds, table_markdown
     from clipforge.fusion.config import load_fuse_config
 
-    result = compare(load_fuse_config(a.config, a.set), parse_kinds(a.kinds), boot=a.bootstrap)
+    cfg, kinds = load_fuse_config(a.config, a.set), parse_kinds(a.kinds)
+    if a.budgets:
+        from clipforge.fusion.sweep import parse_budgets, sweep, sweep_markdown
+
+        summary = sweep(cfg, kinds, parse_budgets(a.budgets), boot=a.bootstrap)
+        print(sweep_markdown(summary))
+        print(f"report: {summary['report']}")
+        return 0
+    result = compare(cfg, kinds, boot=a.bootstrap)
     print(table_markdown(result))
     print(f"report: {result['report']}")
     return 0
@@ -241,4 +249,9 @@ def register(sub: Any) -> None:
     s.add_argument("--kinds", default="all", help="'all' or a comma list, e.g. late,additive,tensor")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     s.add_argument("--bootstrap", type=at_least(0), default=2000, help="bootstrap resamples for the gain intervals")
+    s.add_argument(
+        "--budgets",
+        help="compare at each of these parameter budgets (e.g. 1200,2400,4800,9600): OUT/budget-N/ each, "
+        "plus OUT/sweep.html, accuracy against parameters per kind",
+    )
     s.set_defaults(func=cmd_fuse_compare)

@@ -1,0 +1,210 @@
+"""`clipforge fuse compare CONFIG --budgets B1,B2,...`: the comparison at several parameter budgets.
+
+One budget is one point. Whether a structured fusion beats an MLP of the same size (`concat`) or is beaten by
+it can depend on the size: a product term is cheap expressiveness when parameters are scarce, and an MLP
+catches up once it has enough hidden units. The sweep runs `compare` once per budget (each in its own
+folder, with its own report; the features come from the cache after the first) and draws accuracy against
+the parameters each kind actually got, one line per kind, with the best structured kind's gain over
+`concat` at each budget as a paired-bootstrap interval.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from clipforge.fusion.compare import best_structured, compare  # noqa: E402
+from clipforge.fusion.config import FuseConfig  # noqa: E402
+from clipforge.fusion.report import _figure  # noqa: E402
+
+
+def parse_budgets(spec: str) -> list[int]:
+    """Parse "1200,4800" into [1200, 4800] (sorted, each once); a budget is a parameter count >= 1."""
+    try:
+        budgets = sorted({int(x) for x in spec.split(",") if x.strip()})
+    except ValueError:
+        raise ValueError(f"budgets must be comma-separated parameter counts, e.g. 1200,4800; got {spec!r}") from None
+    if not budgets or budgets[0] < 1:
+        raise ValueError(f"budgets must be parameter counts >= 1, e.g. 1200,4800; got {spec!r}")
+    return budgets
+
+
+def sweep(
+    cfg: FuseConfig, kinds: list[str], budgets: list[int], *, progress: bool = True, boot: int = 2000
+) -> dict[str, Any]:
+    """`compare` at each budget into OUT/budget-N/; writes OUT/sweep.json, sweep.md and sweep.html. Returns
+    what sweep.json holds, plus "report" (the page) and "results" (each budget's full `compare` result)."""
+    if not budgets:
+        raise ValueError("give at least one budget")
+    out = Path(cfg.out_dir)
+    results: dict[int, dict[str, Any]] = {}
+    for b in budgets:
+        results[b] = compare(
+            replace(cfg, head=replace(cfg.head, budget=b), out_dir=str(out / f"budget-{b}")),
+            kinds,
+            progress=progress,
+            boot=boot,
+        )
+    first = results[budgets[0]]
+    groups = list(first["groups"])
+    points = [
+        {
+            "budget": b,
+            "kind": r["kind"],
+            "width": r["width"],
+            "params": r["params"],
+            "accuracy": r["accuracy"],
+            **{f"{g}/accuracy": r.get(f"{g}/accuracy") for g in groups},
+            "gain_vs_concat": r.get("gain_vs_concat"),
+        }
+        for b, res in results.items()
+        for r in res["rows"]
+    ]
+    verdicts = []
+    for b, res in results.items():
+        best = best_structured(res["rows"])
+        if best is not None and "gain_vs_concat" in best:
+            verdicts.append({"budget": b, "kind": best["kind"], **best["gain_vs_concat"]})
+    summary = {
+        "config": first["config"],
+        "task": first["task"],
+        "labels": first["labels"],
+        "groups": first["groups"],
+        "train_pairs": first["train_pairs"],
+        "val_pairs": first["val_pairs"],
+        "budgets": budgets,
+        "points": points,
+        "best_vs_concat": verdicts,
+        "reports": {b: res["report"] for b, res in results.items()},
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "sweep.json").write_text(json.dumps(summary, indent=2))
+    (out / "sweep.md").write_text(sweep_markdown(summary) + "\n")
+    summary["report"] = str(write_sweep_report(summary, out / "sweep.html"))
+    return summary | {"results": results}
+
+
+def _by_kind(points: list[dict[str, Any]]) -> dict[str, dict[int, dict[str, Any]]]:
+    table: dict[str, dict[int, dict[str, Any]]] = {}
+    for p in points:
+        table.setdefault(p["kind"], {})[p["budget"]] = p
+    return table
+
+
+def _pct(x: Any) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}"
+
+
+def verdict(g: dict[str, Any]) -> str:
+    return "above" if g["lo"] > 0 else ("below" if g["hi"] < 0 else "level (the interval holds 0)")
+
+
+def sweep_markdown(s: dict[str, Any]) -> str:
+    """Rows: kinds; columns: budgets; cells: accuracy % (held-out groups) and the parameters used."""
+    groups = list(s["groups"])
+    head = ["kind", *[f"≤ {b:,} params" for b in s["budgets"]]]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for kind, cells in _by_kind(s["points"]).items():
+        row = [kind]
+        for b in s["budgets"]:
+            p = cells.get(b)
+            extra = "".join(f" / {g} {_pct(p.get(f'{g}/accuracy'))}" for g in groups) if p else ""
+            row.append(f"{_pct(p['accuracy'])}{extra} ({p['params']:,})" if p else "")
+        lines.append("| " + " | ".join(row) + " |")
+    by_budget = {v["budget"]: v for v in s["best_vs_concat"]}
+    if by_budget:
+        row = ["best structured − concat (95% CI)"]
+        for b in s["budgets"]:
+            v = by_budget.get(b)
+            row.append(f"{v['kind']} {100 * v['gain']:+.1f} [{100 * v['lo']:+.1f}, {100 * v['hi']:+.1f}]" if v else "")
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def sweep_table_html(s: dict[str, Any]) -> str:
+    """The same table as `sweep_markdown`, one cell per (kind, budget) with its numbers as data attributes."""
+    groups = list(s["groups"])
+    head = "".join(f"<th>≤ {b:,} params</th>" for b in s["budgets"])
+    body = ""
+    for kind, cells in _by_kind(s["points"]).items():
+        tds = ""
+        for b in s["budgets"]:
+            p = cells.get(b)
+            if p is None:
+                tds += "<td></td>"
+                continue
+            extra = "".join(f"<br><small>{html.escape(g)} {_pct(p.get(f'{g}/accuracy'))}</small>" for g in groups)
+            tds += (
+                f'<td data-budget="{b}" data-params="{p["params"]}" data-accuracy="{p["accuracy"]}">'
+                f"{_pct(p['accuracy'])}{extra}<br><small>{p['params']:,} params</small></td>"
+            )
+        body += f'<tr data-kind="{html.escape(kind)}"><td>{html.escape(kind)}</td>{tds}</tr>'
+    return f'<table id="sweep"><tr><th>kind (test accuracy %)</th>{head}</tr>{body}</table>'
+
+
+def accuracy_plot(s: dict[str, Any], key: str, title: str) -> str:
+    """Accuracy (or a group's) against the parameters each kind got, log x; `late` (2 per output, whatever
+    the budget) as a dashed level."""
+    fig, ax = plt.subplots(figsize=(6.2, 3.8))
+    data: dict[str, dict[str, list[Any]]] = {}
+    for kind, cells in _by_kind(s["points"]).items():
+        pts = [(cells[b]["params"], cells[b][key]) for b in s["budgets"] if cells.get(b, {}).get(key) is not None]
+        if not pts:
+            continue
+        xs, ys = [p for p, _ in pts], [100 * float(a) for _, a in pts]
+        data[kind] = {"params": xs, "accuracy": ys}
+        if kind == "late":
+            ax.axhline(ys[0], color="#888", linestyle="--", linewidth=1, label="late (cosine)")
+        else:
+            ax.plot(xs, ys, marker="o", markersize=3, linewidth=2.2 if kind == "concat" else 1.4, label=kind)
+    ax.set_xscale("log")
+    ax.set_xlabel("parameters (the largest width within each budget)")
+    ax.set_ylabel("accuracy %")
+    ax.set_title(title)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    return _figure(fig, title, data)
+
+
+def write_sweep_report(s: dict[str, Any], path: str | Path) -> Path:
+    figs = [accuracy_plot(s, "accuracy", "test accuracy vs parameters")]
+    figs += [accuracy_plot(s, f"{g}/accuracy", f"test accuracy, subset {g!r}, vs parameters") for g in s["groups"]]
+    rows = "".join(
+        f'<tr data-budget="{v["budget"]}"><td>{v["budget"]:,}</td><td>{html.escape(v["kind"])}</td>'
+        f'<td data-value="{v["gain"]}">{100 * v["gain"]:+.1f} [{100 * v["lo"]:+.1f}, {100 * v["hi"]:+.1f}]</td>'
+        f"<td>{html.escape(verdict(v))}</td></tr>"
+        for v in s["best_vs_concat"]
+    )
+    verdicts = (
+        "<table id='best-vs-concat'><tr><th>budget</th><th>best structured kind</th>"
+        f"<th>gain over concat, points (95% CI)</th><th></th></tr>{rows}</table>"
+        if rows
+        else "<p>(concat or no structured kind was run: no gains over concat)</p>"
+    )
+    links = " · ".join(
+        f'<a href="{html.escape(Path(r).parent.name)}/report.html">{int(b):,}</a>' for b, r in s["reports"].items()
+    )
+    page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>clipforge fusion: accuracy vs parameter budget</title>
+<style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1100px}} figure{{display:inline-block;margin:.5em}}
+table{{border-collapse:collapse}} td,th{{border:1px solid #ddd;padding:3px 7px;font-size:13px}} th{{background:#f3f3f3}}
+td small{{color:#666}}</style></head><body>
+<h1>Fusion kinds at several parameter budgets</h1>
+<p>{s["train_pairs"]:,} training pairs, {s["val_pairs"]:,} held-out pairs; task {html.escape(s["task"])}
+({", ".join(map(html.escape, s["labels"]))}). At each budget every kind but <code>late</code> got the largest
+projection width within it; each point is one trained head. Per-budget reports: {links}.</p>
+{"".join(figs)}
+<h2>Best structured kind vs concat (an MLP of the same size)</h2>{verdicts}
+<h2>Every head</h2>{sweep_table_html(s)}
+</body></html>"""
+    out = Path(path)
+    out.write_text(page)
+    return out
