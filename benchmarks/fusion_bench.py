@@ -1,6 +1,7 @@
-"""Fusion heads on the synthetic question sets: every kind at one parameter budget, and the targets.
+"""Fusion heads on the synthetic question sets: every kind at equal parameter budgets, and the targets.
 
     python benchmarks/fusion_bench.py --bundle runs/quickstart/bundle --data data/synth [--task yes-no]
+        [--budgets 600,1200,2400,4800,9600]
 
 Two tasks on the same images (`clipforge data synth` writes both under questions/), named as the main job
 serves their heads (`QUICKSTART_TASKS` in clipforge/fusion/quickstart.py):
@@ -12,6 +13,8 @@ prints the comparison table, then each target as measured figures:
   - best interaction kind >= late + 15 accuracy points, and above additive and concat at equal budget
     (each kind but late gets the largest projection width within head.budget parameters), with paired
     bootstrap intervals;
+  - the same comparison at several budgets (`fuse compare --budgets`): accuracy against parameters per kind,
+    and the best structured kind's gain over concat at each, since "above concat" can hold at one size only;
   - accuracy on held-out colour+shape combinations (never seen by the bundle nor the heads);
   - accuracy by how the question relates to the image (where the errors are);
   - head training on cached features >= 20,000 pairs/s; and the torch intra-op thread count's effect on it;
@@ -40,11 +43,11 @@ def relation(row: dict) -> str:
     return row.get("relation") or row.get("negative") or "match"  # yes/no rows name only their misses
 
 
-def run_task(task: str, q: Path, out: Path, bundle: str, overrides: list[str]) -> dict:
-    from clipforge.fusion.compare import compare, table_markdown
+def run_task(task: str, q: Path, out: Path, bundle: str, overrides: list[str], budgets: list[int]) -> dict:
+    from clipforge.fusion.compare import best_structured, compare, table_markdown
     from clipforge.fusion.config import load_fuse_config
     from clipforge.fusion.head import load_head
-    from clipforge.fusion.kinds import INTERACTION_KINDS
+    from clipforge.fusion.sweep import sweep, sweep_markdown, verdict
     from clipforge.fusion.train import load_sets
 
     preset, train_file, test_file, _ = QUICKSTART_TASKS[task]  # the main job's two tasks, named as it serves them
@@ -59,10 +62,15 @@ def run_task(task: str, q: Path, out: Path, bundle: str, overrides: list[str]) -
             *overrides,
         ],
     )
+    kinds = ["late", "additive", "concat", "multiplicative", "tensor", "lowrank", "gated"]
     t0 = time.perf_counter()
-    result = compare(
-        cfg, ["late", "additive", "concat", "multiplicative", "tensor", "lowrank", "gated"], progress=False
-    )
+    swept = None
+    if budgets:  # the preset's budget is one of them: its compare is the main table
+        swept = sweep(cfg, kinds, sorted({*budgets, cfg.head.budget}), progress=False)
+        result = swept["results"][cfg.head.budget]
+        out = out / f"budget-{cfg.head.budget}"
+    else:
+        result = compare(cfg, kinds, progress=False)
     print(f"\n## {task} ({preset}): answers {', '.join(result['labels'])}\n")
     print(
         f"{result['train_pairs']:,} training pairs, {result['val_pairs']:,} test pairs "
@@ -72,7 +80,8 @@ def run_task(task: str, q: Path, out: Path, bundle: str, overrides: list[str]) -
     )
     print(table_markdown(result))
     rows = {r["kind"]: r for r in result["rows"]}
-    best = max((rows[k] for k in INTERACTION_KINDS if k != "concat"), key=lambda r: r["accuracy"])
+    best = best_structured(result["rows"])
+    assert best is not None
     late, add, cat = rows["late"], rows["additive"], rows["concat"]
 
     def ci(g: dict) -> str:
@@ -89,10 +98,9 @@ def run_task(task: str, q: Path, out: Path, bundle: str, overrides: list[str]) -
     )
     for name, r in (("additive", add), ("concat", cat)):
         g = best[f"gain_vs_{name}"]
-        verdict = "above" if g["lo"] > 0 else ("below" if g["hi"] < 0 else "not separable: the interval holds 0")
         print(
             f"  vs {name:<9}{100 * r['accuracy']:.1f}% ({r['params']:,} params vs {best['params']:,}): "
-            f"{100 * g['gain']:+.1f} points, {ci(g)}: {verdict}"
+            f"{100 * g['gain']:+.1f} points, {ci(g)}: {verdict(g)}"
         )
     print("\naccuracy by how the question relates to the image (test set): where the errors are")
     _, test = load_sets(cfg, progress=False)
@@ -107,6 +115,13 @@ def run_task(task: str, q: Path, out: Path, bundle: str, overrides: list[str]) -
         pred = np.array(head.labels)[head.predict(zi, zt).argmax(1)]
         print(f"  {k:<15}" + "".join(f"{100 * (pred == truth)[rel == n].mean():12.1f}%" for n in RELATIONS))
     print(f"report: {result['report']}")
+    if swept is not None:
+        print(f"\nthe same kinds at {len(swept['budgets'])} parameter budgets (test accuracy %, parameters used):\n")
+        print(sweep_markdown(swept))
+        print("\nbest structured kind vs concat at each budget:")
+        for v in swept["best_vs_concat"]:
+            print(f"  <= {v['budget']:>6,} params: {v['kind']:<15}{ci(v)} ({100 * v['gain']:+.1f}): {verdict(v)}")
+        print(f"page: {swept['report']}")
     return result
 
 
@@ -117,12 +132,18 @@ def main() -> None:
     p.add_argument("--out", default=None, help="where the compare runs go (default: a temporary folder)")
     p.add_argument("--task", choices=[*QUICKSTART_TASKS, "all"], default="all")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    p.add_argument(
+        "--budgets",
+        default="600,1200,2400,4800,9600",
+        help="also compare at these parameter budgets (accuracy vs parameters per kind); '' for the preset's only",
+    )
     a = p.parse_args()
 
     import torch
 
     from clipforge.fusion.config import load_fuse_config
     from clipforge.fusion.kinds import build_fusion
+    from clipforge.fusion.sweep import parse_budgets
     from clipforge.fusion.train import fit, load_sets
     from clipforge.training.synth import ensure_questions
 
@@ -130,7 +151,7 @@ def main() -> None:
     ensure_questions(q)  # written if missing; an older set gets the 3-way task added for its own images
     out = Path(a.out or tempfile.mkdtemp(prefix="fusion-bench-"))
     results = {
-        task: run_task(task, q, out / task, a.bundle, a.set)
+        task: run_task(task, q, out / task, a.bundle, a.set, parse_budgets(a.budgets) if a.budgets else [])
         for task in (QUICKSTART_TASKS if a.task == "all" else [a.task])
     }
     rates = sorted(
