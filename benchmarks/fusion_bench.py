@@ -43,7 +43,7 @@ def relation(row: dict) -> str:
     return row.get("relation") or row.get("negative") or "match"  # yes/no rows name only their misses
 
 
-def run_task(task: str, q: Path, out: Path, bundle: str, overrides: list[str], budgets: list[int]) -> dict:
+def run_task(task: str, q: Path, out: Path, bundle: str, overrides: list[str], budgets: list[int], seeds: int) -> dict:
     from clipforge.fusion.compare import best_structured, compare, table_markdown
     from clipforge.fusion.config import load_fuse_config
     from clipforge.fusion.head import load_head
@@ -66,11 +66,11 @@ def run_task(task: str, q: Path, out: Path, bundle: str, overrides: list[str], b
     t0 = time.perf_counter()
     swept = None
     if budgets:  # the preset's budget is one of them: its compare is the main table
-        swept = sweep(cfg, kinds, sorted({*budgets, cfg.head.budget}), progress=False)
+        swept = sweep(cfg, kinds, sorted({*budgets, cfg.head.budget}), progress=False, seeds=seeds)
         result = swept["results"][cfg.head.budget]
         out = out / f"budget-{cfg.head.budget}"
     else:
-        result = compare(cfg, kinds, progress=False)
+        result = compare(cfg, kinds, progress=False, seeds=seeds)
     print(f"\n## {task} ({preset}): answers {', '.join(result['labels'])}\n")
     print(
         f"{result['train_pairs']:,} training pairs, {result['val_pairs']:,} test pairs "
@@ -137,6 +137,7 @@ def main() -> None:
         default="600,1200,2400,4800,9600",
         help="also compare at these parameter budgets (accuracy vs parameters per kind); '' for the preset's only",
     )
+    p.add_argument("--seeds", type=int, default=1, help="train each kind with this many seeds (means, sd, intervals)")
     a = p.parse_args()
 
     import torch
@@ -151,7 +152,7 @@ def main() -> None:
     ensure_questions(q)  # written if missing; an older set gets the 3-way task added for its own images
     out = Path(a.out or tempfile.mkdtemp(prefix="fusion-bench-"))
     results = {
-        task: run_task(task, q, out / task, a.bundle, a.set, parse_budgets(a.budgets) if a.budgets else [])
+        task: run_task(task, q, out / task, a.bundle, a.set, parse_budgets(a.budgets) if a.budgets else [], a.seeds)
         for task in (QUICKSTART_TASKS if a.task == "all" else [a.task])
     }
     rates = sorted(

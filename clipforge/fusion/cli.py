@@ -196,11 +196,11 @@ def cmd_fuse_compare(a: argparse.Namespace) -> int:
     if a.budgets:
         from clipforge.fusion.sweep import parse_budgets, sweep, sweep_markdown
 
-        summary = sweep(cfg, kinds, parse_budgets(a.budgets), boot=a.bootstrap)
+        summary = sweep(cfg, kinds, parse_budgets(a.budgets), boot=a.bootstrap, seeds=a.seeds)
         print(sweep_markdown(summary))
         print(f"report: {summary['report']}")
         return 0
-    result = compare(cfg, kinds, boot=a.bootstrap)
+    result = compare(cfg, kinds, boot=a.bootstrap, seeds=a.seeds)
     print(table_markdown(result))
     print(f"report: {result['report']}")
     return 0
@@ -253,5 +253,11 @@ def register(sub: Any) -> None:
         "--budgets",
         help="compare at each of these parameter budgets (e.g. 1200,2400,4800,9600): OUT/budget-N/ each, "
         "plus OUT/sweep.html, accuracy against parameters per kind",
+    )
+    s.add_argument(
+        "--seeds",
+        type=at_least(1),
+        default=1,
+        help="train each kind with this many seeds (fit.seed, +1, ...): means, sd, and intervals that hold seed noise",
     )
     s.set_defaults(func=cmd_fuse_compare)

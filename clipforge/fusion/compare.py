@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -70,9 +71,17 @@ def latency_us(head_dir: Path, dim: int, backend: str, batch: int, reps: int) ->
     return float(np.median(times)) * 1e6 / batch
 
 
-def compare(cfg: FuseConfig, kinds: list[str], *, progress: bool = True, boot: int = 2000) -> dict[str, Any]:
+def compare(
+    cfg: FuseConfig, kinds: list[str], *, progress: bool = True, boot: int = 2000, seeds: int = 1
+) -> dict[str, Any]:
+    """Every kind on the same cached features into OUT/<kind>/. seeds > 1: each kind is also trained with
+    fit.seed + 1 .. + seeds-1 (OUT/<kind>/seeds/seed-N/); a row's metrics are then means over its seeds (with
+    `accuracy_seeds` and `accuracy_sd`) and the gain intervals resample seeds as well as test examples.
+    The curves, calibration, confusion and latency are those of the first seed's head."""
     if boot < 0:
         raise ValueError(f"the number of bootstrap resamples must be at least 0, got {boot}")
+    if seeds < 1:
+        raise ValueError(f"the number of training seeds must be at least 1, got {seeds}")
     out = Path(cfg.out_dir)
     t0 = time.perf_counter()
     train, val = load_sets(cfg, progress)
@@ -89,30 +98,36 @@ def compare(cfg: FuseConfig, kinds: list[str], *, progress: bool = True, boot: i
         if cfg.head.budget and kind != "late":
             kw = {k: v for k, v in module_kwargs(cfg).items() if k not in ("width", "width_text")}
             width = budget_width(kind, train.dim, n_out, cfg.head.budget, **kw)
-        run = train_head(with_kind(cfg, kind, out / kind, width), sets=(train, val), progress=progress)
-        runs[kind] = run
-        probs = predict(run.pop("module"), val, cfg.head.task)
-        correct[kind] = correct_vector(probs, y_val, cfg.head.task)
-        m = run["full_metrics"]
+        metrics, hits = [], []
+        for j in range(seeds):
+            seed = cfg.fit.seed + j
+            c = with_kind(cfg, kind, out / kind if j == 0 else out / kind / "seeds" / f"seed-{seed}", width)
+            run = train_head(replace(c, fit=replace(c.fit, seed=seed)), sets=(train, val), progress=progress)
+            hits.append(correct_vector(predict(run.pop("module"), val, cfg.head.task), y_val, cfg.head.task))
+            metrics.append(run["full_metrics"])
+            if j == 0:
+                runs[kind] = run
+        correct[kind] = np.stack(hits)  # [seeds, N]
+        run = runs[kind]
         head_dir = Path(run["head"])
-        rows.append(
-            {
-                "kind": kind,
-                "width": width if width is not None else (0 if kind == "late" else cfg.head.width),
-                "params": run["n_params"],
-                "accuracy": m["accuracy"],
-                "auroc": m["auroc"],
-                "macro_f1": m["macro_f1"],
-                "ece": m["reliability"]["ece"],
-                **{f"{g}/accuracy": m.get(f"{g}/accuracy") for g in val.groups},
-                "train_s": run["train_seconds"],
-                "pairs_per_s": run["pairs_per_s"],
-                "us_numpy_1": latency_us(head_dir, train.dim, "numpy", 1, 300),
-                "us_torch_1": latency_us(head_dir, train.dim, "torch", 1, 300),
-                "us_numpy_1024": latency_us(head_dir, train.dim, "numpy", 1024, 30),
-                "us_torch_1024": latency_us(head_dir, train.dim, "torch", 1024, 30),
-            }
-        )
+        row = {
+            "kind": kind,
+            "width": width if width is not None else (0 if kind == "late" else cfg.head.width),
+            "params": run["n_params"],
+            **{key: _mean(metrics, key) for key in ("accuracy", "auroc", "macro_f1")},
+            "ece": float(np.mean([x["reliability"]["ece"] for x in metrics])),
+            **{f"{g}/accuracy": _mean(metrics, f"{g}/accuracy") for g in val.groups},
+            "train_s": run["train_seconds"],
+            "pairs_per_s": run["pairs_per_s"],
+            "us_numpy_1": latency_us(head_dir, train.dim, "numpy", 1, 300),
+            "us_torch_1": latency_us(head_dir, train.dim, "torch", 1, 300),
+            "us_numpy_1024": latency_us(head_dir, train.dim, "numpy", 1024, 30),
+            "us_torch_1024": latency_us(head_dir, train.dim, "torch", 1024, 30),
+        }
+        if seeds > 1:
+            accs = [x["accuracy"] for x in metrics]
+            row |= {"seeds": seeds, "accuracy_seeds": accs, "accuracy_sd": float(np.std(accs, ddof=1))}
+        rows.append(row)
     for base in [b for b in GAIN_BASES if b in correct]:
         for r in [r for r in rows if r["kind"] in GAINED_OVER[base]]:
             r[f"gain_vs_{base}"] = bootstrap_gain(correct[r["kind"]], correct[base], n_boot=boot)
@@ -120,10 +135,11 @@ def compare(cfg: FuseConfig, kinds: list[str], *, progress: bool = True, boot: i
             for g, mask in subsets:
                 if mask.any():
                     r[f"{g}/gain_vs_{base}"] = bootstrap_gain(
-                        correct[r["kind"]][mask], correct[base][mask], n_boot=boot
+                        correct[r["kind"]][:, mask], correct[base][:, mask], n_boot=boot
                     )
     result = {
         "config": cfg.to_dict(),
+        "seeds": seeds,
         "train_pairs": len(train),
         "val_pairs": len(val),
         "dim": train.dim,
@@ -145,6 +161,12 @@ def compare(cfg: FuseConfig, kinds: list[str], *, progress: bool = True, boot: i
     return result
 
 
+def _mean(metrics: list[dict[str, Any]], key: str) -> float | None:
+    """A metric's mean over a kind's seeds (None where the metric is absent, e.g. an empty subset)."""
+    values = [m.get(key) for m in metrics]
+    return None if any(v is None for v in values) else float(np.mean([float(v) for v in values if v is not None]))
+
+
 def _pct(x: Any) -> str:
     return "n/a" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{100 * x:.1f}"
 
@@ -155,7 +177,9 @@ def _ci(g: dict[str, float] | None) -> str:
 
 def table_markdown(result: dict[str, Any]) -> str:
     groups = list(result["groups"])
-    head = ["kind", "width", "params", "acc %", "AUROC %", "macro-F1 %", "ECE %"]
+    seeds = result.get("seeds", 1)
+    acc = "acc %" if seeds == 1 else f"acc % (mean ± sd, {seeds} seeds)"
+    head = ["kind", "width", "params", acc, "AUROC %", "macro-F1 %", "ECE %"]
     head += [f"{g} acc %" for g in groups] + [f"gain vs {b} (95% CI)" for b in GAIN_BASES]
     head += [f"{g} gain vs additive (95% CI)" for g in groups] + [
         "train s",
@@ -171,7 +195,7 @@ def table_markdown(result: dict[str, Any]) -> str:
             r["kind"],
             str(r["width"]),
             str(r["params"]),
-            _pct(r["accuracy"]),
+            _pct(r["accuracy"]) + (f" ± {100 * r['accuracy_sd']:.1f}" if "accuracy_sd" in r else ""),
             _pct(r["auroc"]),
             _pct(r["macro_f1"]),
             _pct(r["ece"]),

@@ -118,10 +118,25 @@ GAIN_BASES = ("late", "additive", "concat")  # the baselines `fuse compare` repo
 
 def bootstrap_gain(a: np.ndarray, b: np.ndarray, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> dict:
     """Paired bootstrap of mean(a) - mean(b) (per-example correctness of two heads on the SAME examples):
-    resampling examples keeps the pairing, so the interval reflects test-set noise, not two draws."""
+    resampling examples keeps the pairing, so the interval reflects test-set noise, not two draws.
+
+    a, b may also be [seeds, N]: one row per training seed of that kind. Each resample then also draws the
+    seeds of each kind with replacement, so the interval holds training-seed noise as well (a gain that
+    one lucky seed made is not "above"). With one seed each this is exactly the one-dimensional case."""
+    a2, b2 = np.atleast_2d(a), np.atleast_2d(b)
+    if a2.shape[1] != b2.shape[1]:
+        raise ValueError(f"paired gain needs the same examples: {a2.shape[1]} vs {b2.shape[1]}")
     rng = np.random.default_rng(seed)
-    d = a - b  # [N]
-    idx = rng.integers(0, len(d), size=(n_boot, len(d)))
-    boots = d[idx].mean(1)
+    n = a2.shape[1]
+    idx = rng.integers(0, n, size=(n_boot, n))
+    if len(a2) == 1 and len(b2) == 1:
+        d = a2[0] - b2[0]  # [N]
+        boots = d[idx].mean(1)
+    else:
+        seed_rng = np.random.default_rng(seed + 1)  # its own stream: the example draws stay those of one seed
+        sa = seed_rng.integers(0, len(a2), size=(n_boot, len(a2)))
+        sb = seed_rng.integers(0, len(b2), size=(n_boot, len(b2)))
+        boots = np.array([(a2[sa[k]].mean(0) - b2[sb[k]].mean(0))[idx[k]].mean() for k in range(n_boot)])
     lo, hi = np.quantile(boots, [(1 - level) / 2, 1 - (1 - level) / 2])
-    return {"gain": float(d.mean()), "lo": float(lo), "hi": float(hi), "level": level}
+    gain = float(a2.mean() - b2.mean())
+    return {"gain": gain, "lo": float(lo), "hi": float(hi), "level": level}

@@ -122,7 +122,7 @@ def table_html(result: dict[str, Any]) -> str:
         "us_torch_1024",
     ]
     names = {
-        "accuracy": "acc %",
+        "accuracy": "acc %" if result.get("seeds", 1) == 1 else f"acc % ({result['seeds']} seeds)",
         "auroc": "AUROC %",
         "macro_f1": "macro-F1 %",
         "ece": "ECE %",
@@ -144,6 +144,8 @@ def table_html(result: dict[str, Any]) -> str:
             return f'<td class="{cls}" data-key="{c}">{s}</td>'
         if v is None:
             return f'<td data-key="{c}"></td>'
+        if c == "accuracy" and "accuracy_sd" in r:
+            return f'<td data-key="{c}" data-value="{v}">{100 * v:.1f} ± {100 * r["accuracy_sd"]:.1f}</td>'
         if c in ("accuracy", "auroc", "macro_f1", "ece") or c.endswith("/accuracy"):
             return f'<td data-key="{c}" data-value="{v}">{100 * v:.1f}</td>'
         if isinstance(v, float):
@@ -188,6 +190,13 @@ def write_compare_report(result: dict[str, Any], path: str | Path) -> Path:
         if budget
         else "Kinds use the configured width (no parameter budget)."
     )
+    seeds = result.get("seeds", 1)
+    if seeds > 1:
+        note += (
+            f" Each kind was trained with {seeds} seeds: metrics are means over them (accuracy ± its standard"
+            " deviation), the gain intervals resample seeds as well as examples, and the curves, calibration and"
+            " confusion below are the first seed's head."
+        )
     groups = ", ".join(f"{g}: {n:,} pairs" for g, n in result["groups"].items())
     body = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>clipforge fusion comparison</title>

@@ -38,7 +38,13 @@ def parse_budgets(spec: str) -> list[int]:
 
 
 def sweep(
-    cfg: FuseConfig, kinds: list[str], budgets: list[int], *, progress: bool = True, boot: int = 2000
+    cfg: FuseConfig,
+    kinds: list[str],
+    budgets: list[int],
+    *,
+    progress: bool = True,
+    boot: int = 2000,
+    seeds: int = 1,
 ) -> dict[str, Any]:
     """`compare` at each budget into OUT/budget-N/; writes OUT/sweep.json, sweep.md and sweep.html. Returns
     what sweep.json holds, plus "report" (the page) and "results" (each budget's full `compare` result)."""
@@ -52,6 +58,7 @@ def sweep(
             kinds,
             progress=progress,
             boot=boot,
+            seeds=seeds,
         )
     first = results[budgets[0]]
     groups = list(first["groups"])
@@ -62,6 +69,7 @@ def sweep(
             "width": r["width"],
             "params": r["params"],
             "accuracy": r["accuracy"],
+            "accuracy_sd": r.get("accuracy_sd"),
             **{f"{g}/accuracy": r.get(f"{g}/accuracy") for g in groups},
             "gain_vs_concat": r.get("gain_vs_concat"),
         }
@@ -81,6 +89,7 @@ def sweep(
         "train_pairs": first["train_pairs"],
         "val_pairs": first["val_pairs"],
         "budgets": budgets,
+        "seeds": seeds,
         "points": points,
         "best_vs_concat": verdicts,
         "reports": {b: res["report"] for b, res in results.items()},
@@ -156,15 +165,21 @@ def accuracy_plot(s: dict[str, Any], key: str, title: str) -> str:
     fig, ax = plt.subplots(figsize=(6.2, 3.8))
     data: dict[str, dict[str, list[Any]]] = {}
     for kind, cells in _by_kind(s["points"]).items():
-        pts = [(cells[b]["params"], cells[b][key]) for b in s["budgets"] if cells.get(b, {}).get(key) is not None]
-        if not pts:
+        shown = [cells[b] for b in s["budgets"] if cells.get(b, {}).get(key) is not None]
+        if not shown:
             continue
-        xs, ys = [p for p, _ in pts], [100 * float(a) for _, a in pts]
+        xs, ys = [c["params"] for c in shown], [100 * float(c[key]) for c in shown]
         data[kind] = {"params": xs, "accuracy": ys}
+        sd = [c.get("accuracy_sd") for c in shown] if key == "accuracy" else []
+        if sd and all(v is not None for v in sd):
+            data[kind]["sd"] = [100 * float(v or 0) for v in sd]  # over training seeds: drawn as error bars
         if kind == "late":
             ax.axhline(ys[0], color="#888", linestyle="--", linewidth=1, label="late (cosine)")
         else:
-            ax.plot(xs, ys, marker="o", markersize=3, linewidth=2.2 if kind == "concat" else 1.4, label=kind)
+            width = 2.2 if kind == "concat" else 1.4
+            ax.errorbar(
+                xs, ys, yerr=data[kind].get("sd"), marker="o", markersize=3, linewidth=width, capsize=2, label=kind
+            )
     ax.set_xscale("log")
     ax.set_xlabel("parameters (the largest width within each budget)")
     ax.set_ylabel("accuracy %")
@@ -200,7 +215,12 @@ td small{{color:#666}}</style></head><body>
 <h1>Fusion kinds at several parameter budgets</h1>
 <p>{s["train_pairs"]:,} training pairs, {s["val_pairs"]:,} held-out pairs; task {html.escape(s["task"])}
 ({", ".join(map(html.escape, s["labels"]))}). At each budget every kind but <code>late</code> got the largest
-projection width within it; each point is one trained head. Per-budget reports: {links}.</p>
+projection width within it; each point is {
+        "one trained head"
+        if s.get("seeds", 1) == 1
+        else f"the mean of {s['seeds']} heads trained with different seeds (bars: their standard deviation)"
+    }.
+Per-budget reports: {links}.</p>
 {"".join(figs)}
 <h2>Best structured kind vs concat (an MLP of the same size)</h2>{verdicts}
 <h2>Every head</h2>{sweep_table_html(s)}

@@ -6,6 +6,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from clipforge.fusion.sweep import parse_budgets
@@ -35,7 +36,19 @@ def test_sweep_cli_table_page_and_per_budget_runs(
         f"data.val={questions / 'test.jsonl'}",
         f"data.cache_dir={tmp_path / 'cache'}",
     ]
-    argv = ["fuse", "compare", "smoke", "--kinds", ",".join(KINDS), "--bootstrap", "200", "--budgets", "3000,1500"]
+    argv = [
+        "fuse",
+        "compare",
+        "smoke",
+        "--kinds",
+        ",".join(KINDS),
+        "--bootstrap",
+        "200",
+        "--budgets",
+        "3000,1500",
+        "--seeds",
+        "2",
+    ]
     assert main([*argv, *[x for kv in sets for x in ("--set", kv)]]) == 0
     printed = capsys.readouterr().out
     assert "≤ 1,500 params" in printed and "≤ 3,000 params" in printed and "best structured − concat" in printed
@@ -67,6 +80,7 @@ def test_sweep_cli_table_page_and_per_budget_runs(
     for kind, line in series[0].items():  # the picture draws exactly the numbers in sweep.json
         assert line["params"] == [p[kind, b]["params"] for b in s["budgets"]]
         assert line["accuracy"] == pytest.approx([100 * p[kind, b]["accuracy"] for b in s["budgets"]])
+        assert line["sd"] == pytest.approx([100 * p[kind, b]["accuracy_sd"] for b in s["budgets"]])  # 2 seeds
     assert page.count('<tr data-kind="') == len(KINDS) and page.count('<tr data-budget="') == 2
     assert 'href="budget-1500/report.html"' in page and (out / "budget-1500" / "report.html").is_file()
 
@@ -78,3 +92,58 @@ def test_sweep_bad_budget_is_one_line_before_any_work(tmp_path: Path, capsys: py
     err = capsys.readouterr().err.strip()
     assert code == 1 and "budgets must be" in err and "\n" not in err
     assert not (tmp_path / "x").exists()
+
+
+def test_gain_interval_with_seeds_holds_training_noise() -> None:
+    from clipforge.fusion.metrics import bootstrap_gain
+
+    rng = np.random.default_rng(0)
+    a, b = (rng.random(500) < 0.8).astype(float), (rng.random(500) < 0.7).astype(float)
+    assert bootstrap_gain(a[None], b[None], n_boot=300) == bootstrap_gain(a, b, n_boot=300)  # one seed: as before
+    # one kind whose two seeds are all right / all wrong, against a steady 50%: on average level, but which
+    # seed you drew decides everything; the seed-averaged example-only interval would be [0, 0]
+    lucky = np.stack([np.ones(500), np.zeros(500)])
+    steady = np.full((1, 500), 0.5)
+    g = bootstrap_gain(lucky, steady, n_boot=400)
+    assert g["gain"] == pytest.approx(0.0) and g["lo"] == pytest.approx(-0.5) and g["hi"] == pytest.approx(0.5)
+    flat = bootstrap_gain(lucky.mean(0), steady[0], n_boot=400)
+    assert flat["lo"] == flat["hi"] == 0.0
+    with pytest.raises(ValueError, match="same examples"):
+        bootstrap_gain(np.ones((2, 5)), np.ones((1, 6)))
+
+
+def test_compare_with_seeds_averages_and_keeps_every_head(questions: Path, micro_bundle: Path, tmp_path: Path) -> None:
+    from clipforge.fusion.compare import compare, table_markdown
+    from clipforge.fusion.config import load_fuse_config
+    from clipforge.fusion.head import load_head
+
+    cfg = load_fuse_config(
+        "smoke",
+        [
+            f"out_dir={tmp_path / 'cmp'}",
+            f"data.bundle={micro_bundle}",
+            f"data.train={questions / 'train.jsonl'}",
+            f"data.val={questions / 'test.jsonl'}",
+            f"data.cache_dir={tmp_path / 'cache'}",
+            "fit.seed=5",
+        ],
+    )
+    result = compare(cfg, ["additive", "tensor"], progress=False, boot=200, seeds=3)
+    assert result["seeds"] == 3
+    for r in result["rows"]:
+        kind = r["kind"]
+        heads = [tmp_path / "cmp" / kind / "head"] + [
+            tmp_path / "cmp" / kind / "seeds" / f"seed-{s}" / "head" for s in (6, 7)
+        ]
+        stored = [json.loads((h / "head.json").read_text())["metrics"]["accuracy"] for h in heads]
+        assert r["accuracy_seeds"] == pytest.approx(stored)  # each seed's own head, saved
+        assert r["accuracy"] == pytest.approx(np.mean(stored))
+        assert r["accuracy_sd"] == pytest.approx(np.std(stored, ddof=1))
+        w0, w1 = (load_head(h).module.state_dict() for h in heads[:2])
+        assert any(not np.allclose(w0[k].numpy(), w1[k].numpy()) for k in w0)  # another seed, other weights
+    additive, tensor = result["rows"]
+    g = tensor["gain_vs_additive"]  # the point gain is the difference of the seed means
+    assert g["gain"] == pytest.approx(tensor["accuracy"] - additive["accuracy"]) and g["lo"] <= g["gain"] <= g["hi"]
+    assert "3 seeds" in table_markdown(result) and " ± " in table_markdown(result)
+    page = (tmp_path / "cmp" / "report.html").read_text()
+    assert "trained with 3 seeds" in page and f"{100 * tensor['accuracy']:.1f} ± " in page
