@@ -102,7 +102,8 @@ def run_task(task: str, q: Path, out: Path, bundle: str, overrides: list[str], b
             f"  vs {name:<9}{100 * r['accuracy']:.1f}% ({r['params']:,} params vs {best['params']:,}): "
             f"{100 * g['gain']:+.1f} points, {ci(g)}: {verdict(g)}"
         )
-    print("\naccuracy by how the question relates to the image (test set): where the errors are")
+    first = " (the first seed's heads)" if seeds > 1 else ""
+    print(f"\naccuracy by how the question relates to the image (test set): where the errors are{first}")
     _, test = load_sets(cfg, progress=False)
     table = [json.loads(line) for line in (q / test_file).read_text().splitlines() if line.strip()]
     assert len(table) == len(test), "an image did not decode: rows and pairs no longer line up"

@@ -119,7 +119,8 @@ def verdict(g: dict[str, Any]) -> str:
 def sweep_markdown(s: dict[str, Any]) -> str:
     """Rows: kinds; columns: budgets; cells: accuracy % (held-out groups) and the parameters used."""
     groups = list(s["groups"])
-    head = ["kind", *[f"≤ {b:,} params" for b in s["budgets"]]]
+    seeds = s.get("seeds", 1)
+    head = ["kind" if seeds == 1 else f"kind (mean of {seeds} seeds)", *[f"≤ {b:,} params" for b in s["budgets"]]]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for kind, cells in _by_kind(s["points"]).items():
         row = [kind]
