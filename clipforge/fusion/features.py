@@ -130,7 +130,8 @@ def embed_rows(
             feats[item.key] = f
     texts = list(dict.fromkeys(r.text for r in rows if r.image in feats))
     text_feats: dict[str, np.ndarray] = {}
-    for i in tqdm(range(0, len(texts), 256), desc="embed texts", unit="batch", disable=not progress):
+    quiet = not progress or not texts  # no "0/0" bar when no image decoded (the caller says why)
+    for i in tqdm(range(0, len(texts), 256), desc="embed texts", unit="batch", disable=quiet):
         chunk = texts[i : i + 256]
         text_feats.update(zip(chunk, bundle.encode_texts(chunk).numpy(), strict=True))
     return feats, text_feats
