@@ -34,7 +34,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from clipforge.cliutil import at_least  # noqa: E402
 from clipforge.fusion.quickstart import QUICKSTART_TASKS  # noqa: E402
+from clipforge.fusion.sweep import parse_budgets  # noqa: E402
 
 RELATIONS = ("match", "shape_only", "colour_only", "neither")  # what of the question the image matches
 
@@ -72,11 +74,12 @@ def run_task(task: str, q: Path, out: Path, bundle: str, overrides: list[str], b
     else:
         result = compare(cfg, kinds, progress=False, seeds=seeds)
     print(f"\n## {task} ({preset}): answers {', '.join(result['labels'])}\n")
+    where = f" at {len(swept['budgets'])} budgets" if swept else ""
     print(
         f"{result['train_pairs']:,} training pairs, {result['val_pairs']:,} test pairs "
         f"({result['groups'].get('heldout', 0):,} touch a held-out colour+shape combination); bundle features "
         f"in {result['feature_seconds']:.1f} s; budget {cfg.head.budget:,} parameters; "
-        f"all kinds in {time.perf_counter() - t0:.0f} s\n"
+        f"all kinds{where} in {time.perf_counter() - t0:.0f} s\n"
     )
     print(table_markdown(result))
     rows = {r["kind"]: r for r in result["rows"]}
@@ -85,7 +88,7 @@ def run_task(task: str, q: Path, out: Path, bundle: str, overrides: list[str], b
     late, add, cat = rows["late"], rows["additive"], rows["concat"]
 
     def ci(g: dict) -> str:
-        return f"95% CI [{100 * g['lo']:+.1f}, {100 * g['hi']:+.1f}]"
+        return f"95% CI [{100 * g['lo']:+.1f}, {100 * g['hi']:+.1f}]"  # the bench's lines put the gain first
 
     gap = 100 * (best["accuracy"] - late["accuracy"])
     print(
@@ -138,14 +141,19 @@ def main() -> None:
         default="600,1200,2400,4800,9600",
         help="also compare at these parameter budgets (accuracy vs parameters per kind); '' for the preset's only",
     )
-    p.add_argument("--seeds", type=int, default=1, help="train each kind with this many seeds (means, sd, intervals)")
+    p.add_argument(
+        "--seeds", type=at_least(1), default=1, help="train each kind with this many seeds (means, sd, intervals)"
+    )
     a = p.parse_args()
+    try:
+        budgets = parse_budgets(a.budgets) if a.budgets else []  # refused before anything is written
+    except ValueError as exn:
+        p.error(str(exn))
 
     import torch
 
     from clipforge.fusion.config import load_fuse_config
     from clipforge.fusion.kinds import build_fusion
-    from clipforge.fusion.sweep import parse_budgets
     from clipforge.fusion.train import fit, load_sets
     from clipforge.training.synth import ensure_questions
 
@@ -153,7 +161,7 @@ def main() -> None:
     ensure_questions(q)  # written if missing; an older set gets the 3-way task added for its own images
     out = Path(a.out or tempfile.mkdtemp(prefix="fusion-bench-"))
     results = {
-        task: run_task(task, q, out / task, a.bundle, a.set, parse_budgets(a.budgets) if a.budgets else [], a.seeds)
+        task: run_task(task, q, out / task, a.bundle, a.set, budgets, a.seeds)
         for task in (QUICKSTART_TASKS if a.task == "all" else [a.task])
     }
     rates = sorted(

@@ -193,7 +193,7 @@ def cmd_fuse_compare(a: argparse.Namespace) -> int:
     from clipforge.fusion.config import load_fuse_config
 
     cfg, kinds = load_fuse_config(a.config, a.set), parse_kinds(a.kinds)
-    if a.budgets:
+    if a.budgets is not None:
         from clipforge.fusion.sweep import parse_budgets, sweep, sweep_markdown
 
         summary = sweep(cfg, kinds, parse_budgets(a.budgets), boot=a.bootstrap, seeds=a.seeds)
@@ -248,7 +248,7 @@ def register(sub: Any) -> None:
     s.add_argument("config")
     s.add_argument("--kinds", default="all", help="'all' or a comma list, e.g. late,additive,tensor")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    s.add_argument("--bootstrap", type=at_least(0), default=2000, help="bootstrap resamples for the gain intervals")
+    s.add_argument("--bootstrap", type=at_least(1), default=2000, help="bootstrap resamples for the gain intervals")
     s.add_argument(
         "--budgets",
         help="compare at each of these parameter budgets (e.g. 1200,2400,4800,9600): OUT/budget-N/ each, "

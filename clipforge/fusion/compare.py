@@ -10,6 +10,7 @@ bootstrap interval over test examples.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -44,7 +45,7 @@ GAINED_OVER = {
 def best_structured(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The most accurate row of a structured interaction kind (multiplicative, tensor, lowrank, gated): the
     contender the targets hold against late, additive and concat. None when none of them was run."""
-    structured = [r for r in rows if r["kind"] in INTERACTION_KINDS and r["kind"] != "concat"]
+    structured = [r for r in rows if r["kind"] in GAINED_OVER["concat"]]
     return max(structured, key=lambda r: r["accuracy"]) if structured else None
 
 
@@ -78,8 +79,8 @@ def compare(
     fit.seed + 1 .. + seeds-1 (OUT/<kind>/seeds/seed-N/); a row's metrics are then means over its seeds (with
     `accuracy_seeds` and `accuracy_sd`) and the gain intervals resample seeds as well as test examples.
     The curves, calibration, confusion and latency are those of the first seed's head."""
-    if boot < 0:
-        raise ValueError(f"the number of bootstrap resamples must be at least 0, got {boot}")
+    if boot < 1:
+        raise ValueError(f"the number of bootstrap resamples must be at least 1, got {boot}")
     if seeds < 1:
         raise ValueError(f"the number of training seeds must be at least 1, got {seeds}")
     out = Path(cfg.out_dir)
@@ -99,6 +100,7 @@ def compare(
             kw = {k: v for k, v in module_kwargs(cfg).items() if k not in ("width", "width_text")}
             width = budget_width(kind, train.dim, n_out, cfg.head.budget, **kw)
         metrics, hits = [], []
+        shutil.rmtree(out / kind / "seeds", ignore_errors=True)  # an earlier run's extra seeds are not this run's
         for j in range(seeds):
             seed = cfg.fit.seed + j
             c = with_kind(cfg, kind, out / kind if j == 0 else out / kind / "seeds" / f"seed-{seed}", width)
@@ -167,11 +169,11 @@ def _mean(metrics: list[dict[str, Any]], key: str) -> float | None:
     return None if any(v is None for v in values) else float(np.mean([float(v) for v in values if v is not None]))
 
 
-def _pct(x: Any) -> str:
+def pct(x: Any) -> str:
     return "n/a" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{100 * x:.1f}"
 
 
-def _ci(g: dict[str, float] | None) -> str:
+def ci_text(g: dict[str, float] | None) -> str:
     return "" if not g else f"{100 * g['gain']:+.1f} [{100 * g['lo']:+.1f}, {100 * g['hi']:+.1f}]"
 
 
@@ -195,13 +197,13 @@ def table_markdown(result: dict[str, Any]) -> str:
             r["kind"],
             str(r["width"]),
             str(r["params"]),
-            _pct(r["accuracy"]) + (f" ± {100 * r['accuracy_sd']:.1f}" if "accuracy_sd" in r else ""),
-            _pct(r["auroc"]),
-            _pct(r["macro_f1"]),
-            _pct(r["ece"]),
+            pct(r["accuracy"]) + (f" ± {100 * r['accuracy_sd']:.1f}" if "accuracy_sd" in r else ""),
+            pct(r["auroc"]),
+            pct(r["macro_f1"]),
+            pct(r["ece"]),
         ]
-        cells += [_pct(r.get(f"{g}/accuracy")) for g in groups] + [_ci(r.get(f"gain_vs_{b}")) for b in GAIN_BASES]
-        cells += [_ci(r.get(f"{g}/gain_vs_additive")) for g in groups]
+        cells += [pct(r.get(f"{g}/accuracy")) for g in groups] + [ci_text(r.get(f"gain_vs_{b}")) for b in GAIN_BASES]
+        cells += [ci_text(r.get(f"{g}/gain_vs_additive")) for g in groups]
         cells += [
             f"{r['train_s']:.2f}",
             f"{r['pairs_per_s']:,.0f}",

@@ -124,6 +124,10 @@ def bootstrap_gain(a: np.ndarray, b: np.ndarray, n_boot: int = 2000, seed: int =
     seeds of each kind with replacement, so the interval holds training-seed noise as well (a gain that
     one lucky seed made is not "above"). With one seed each this is exactly the one-dimensional case."""
     a2, b2 = np.atleast_2d(a), np.atleast_2d(b)
+    if a2.ndim > 2 or b2.ndim > 2:
+        raise ValueError(f"correctness must be [N] or [seeds, N], got shapes {a.shape} and {b.shape}")
+    if n_boot < 1:
+        raise ValueError(f"the number of bootstrap resamples must be at least 1, got {n_boot}")
     if a2.shape[1] != b2.shape[1]:
         raise ValueError(f"paired gain needs the same examples: {a2.shape[1]} vs {b2.shape[1]}")
     rng = np.random.default_rng(seed)
@@ -138,5 +142,5 @@ def bootstrap_gain(a: np.ndarray, b: np.ndarray, n_boot: int = 2000, seed: int =
         sb = seed_rng.integers(0, len(b2), size=(n_boot, len(b2)))
         boots = np.array([(a2[sa[k]].mean(0) - b2[sb[k]].mean(0))[idx[k]].mean() for k in range(n_boot)])
     lo, hi = np.quantile(boots, [(1 - level) / 2, 1 - (1 - level) / 2])
-    gain = float(a2.mean() - b2.mean())
+    gain = float((a2.mean(0) - b2.mean(0)).mean())  # one seed each: mean(a - b), exactly as before
     return {"gain": gain, "lo": float(lo), "hi": float(hi), "level": level}

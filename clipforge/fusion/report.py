@@ -22,7 +22,7 @@ from clipforge.fusion.compare import best_structured  # noqa: E402
 from clipforge.fusion.metrics import GAIN_BASES  # noqa: E402
 
 
-def _figure(fig: Any, title: str, data: Any) -> str:
+def png_figure(fig: Any, title: str, data: Any) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
     plt.close(fig)
@@ -46,7 +46,7 @@ def curves(history: dict[str, list[dict[str, Any]]], key: str, title: str, from_
     ax.set_xlabel("epoch")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    return _figure(fig, title, data)
+    return png_figure(fig, title, data)
 
 
 def reliability_plot(rel: dict[str, dict[str, Any]]) -> str:
@@ -72,7 +72,7 @@ def reliability_plot(rel: dict[str, dict[str, Any]]) -> str:
     ax.set_title("reliability diagram")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    return _figure(fig, "reliability", data)
+    return png_figure(fig, "reliability", data)
 
 
 def confusion_plot(kind: str, labels: list[str], matrix: list[list[int]]) -> str:
@@ -98,7 +98,7 @@ def confusion_plot(kind: str, labels: list[str], matrix: list[list[int]]) -> str
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(f"confusion: {kind}")
-    return _figure(fig, f"confusion {kind}", matrix)
+    return png_figure(fig, f"confusion {kind}", matrix)
 
 
 def table_html(result: dict[str, Any]) -> str:

@@ -21,9 +21,13 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from clipforge.fusion.compare import best_structured, compare  # noqa: E402
+from clipforge.fusion.compare import best_structured, ci_text, compare, pct  # noqa: E402
 from clipforge.fusion.config import FuseConfig  # noqa: E402
-from clipforge.fusion.report import _figure  # noqa: E402
+from clipforge.fusion.kinds import build_fusion  # noqa: E402
+from clipforge.fusion.report import png_figure  # noqa: E402
+from clipforge.fusion.train import label_names, load_sets, module_kwargs, outputs  # noqa: E402
+
+OUTPUTS = ("sweep.json", "sweep.md", "sweep.html")
 
 
 def parse_budgets(spec: str) -> list[int]:
@@ -48,9 +52,13 @@ def sweep(
 ) -> dict[str, Any]:
     """`compare` at each budget into OUT/budget-N/; writes OUT/sweep.json, sweep.md and sweep.html. Returns
     what sweep.json holds, plus "report" (the page) and "results" (each budget's full `compare` result)."""
-    if not budgets:
-        raise ValueError("give at least one budget")
+    budgets = sorted(set(budgets))
+    if not budgets or budgets[0] < 1:
+        raise ValueError(f"budgets must be parameter counts >= 1, got {budgets}")
     out = Path(cfg.out_dir)
+    check_budgets(cfg, kinds, budgets, progress)  # refused before anything in OUT is touched
+    for name in OUTPUTS:  # a sweep that fails part-way must not leave an earlier run's page beside its folders
+        (out / name).unlink(missing_ok=True)
     results: dict[int, dict[str, Any]] = {}
     for b in budgets:
         results[b] = compare(
@@ -81,8 +89,10 @@ def sweep(
         best = best_structured(res["rows"])
         if best is not None and "gain_vs_concat" in best:
             verdicts.append({"budget": b, "kind": best["kind"], **best["gain_vs_concat"]})
+    config = json.loads(json.dumps(first["config"]))
+    config["head"]["budget"] = budgets  # the one setting that differs between the budgets' runs
     summary = {
-        "config": first["config"],
+        "config": config,
         "task": first["task"],
         "labels": first["labels"],
         "groups": first["groups"],
@@ -101,6 +111,26 @@ def sweep(
     return summary | {"results": results}
 
 
+def check_budgets(cfg: FuseConfig, kinds: list[str], budgets: list[int], progress: bool) -> None:
+    """Refuse a budget below some kind's smallest head (projection width 1), before any training: that kind
+    would get more parameters than the budget, and the column would not compare equal sizes."""
+    train, _ = load_sets(cfg, progress)  # computed here once, then read from the cache by every compare
+    n_out = outputs(cfg.head.task, label_names(cfg, train))
+    kw = {k: v for k, v in module_kwargs(cfg).items() if k not in ("width", "width_text")}
+    smallest = {
+        k: build_fusion(k, train.dim, n_out, **{**kw, "width": 1, "width_text": 0}).n_params()
+        for k in kinds
+        if k != "late"  # 2 parameters per output whatever the budget
+    }
+    over = {k: n for k, n in smallest.items() if n > budgets[0]}
+    if over:
+        k, n = max(over.items(), key=lambda kv: kv[1])
+        raise ValueError(
+            f"budget {budgets[0]:,} is below the smallest {k} head ({n:,} parameters at width 1): "
+            f"give budgets of at least {max(smallest.values()):,}"
+        )
+
+
 def _by_kind(points: list[dict[str, Any]]) -> dict[str, dict[int, dict[str, Any]]]:
     table: dict[str, dict[int, dict[str, Any]]] = {}
     for p in points:
@@ -108,8 +138,9 @@ def _by_kind(points: list[dict[str, Any]]) -> dict[str, dict[int, dict[str, Any]
     return table
 
 
-def _pct(x: Any) -> str:
-    return "n/a" if x is None else f"{100 * x:.1f}"
+def _acc(p: dict[str, Any]) -> str:
+    """Accuracy %, and ± its sd over seeds where there are several."""
+    return pct(p["accuracy"]) + (f" ± {100 * p['accuracy_sd']:.1f}" if p.get("accuracy_sd") is not None else "")
 
 
 def verdict(g: dict[str, Any]) -> str:
@@ -120,21 +151,22 @@ def sweep_markdown(s: dict[str, Any]) -> str:
     """Rows: kinds; columns: budgets; cells: accuracy % (held-out groups) and the parameters used."""
     groups = list(s["groups"])
     seeds = s.get("seeds", 1)
-    head = ["kind" if seeds == 1 else f"kind (mean of {seeds} seeds)", *[f"≤ {b:,} params" for b in s["budgets"]]]
+    kind = "kind" if seeds == 1 else f"kind (mean ± sd of {seeds} seeds)"
+    head = [kind, *[f"≤ {b:,} params" for b in s["budgets"]]]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for kind, cells in _by_kind(s["points"]).items():
         row = [kind]
         for b in s["budgets"]:
             p = cells.get(b)
-            extra = "".join(f" / {g} {_pct(p.get(f'{g}/accuracy'))}" for g in groups) if p else ""
-            row.append(f"{_pct(p['accuracy'])}{extra} ({p['params']:,})" if p else "")
+            extra = "".join(f" / {g} {pct(p.get(f'{g}/accuracy'))}" for g in groups) if p else ""
+            row.append(f"{_acc(p)}{extra} ({p['params']:,})" if p else "")
         lines.append("| " + " | ".join(row) + " |")
     by_budget = {v["budget"]: v for v in s["best_vs_concat"]}
     if by_budget:
         row = ["best structured − concat (95% CI)"]
         for b in s["budgets"]:
             v = by_budget.get(b)
-            row.append(f"{v['kind']} {100 * v['gain']:+.1f} [{100 * v['lo']:+.1f}, {100 * v['hi']:+.1f}]" if v else "")
+            row.append(f"{v['kind']} {ci_text(v)}" if v else "")
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
@@ -151,10 +183,10 @@ def sweep_table_html(s: dict[str, Any]) -> str:
             if p is None:
                 tds += "<td></td>"
                 continue
-            extra = "".join(f"<br><small>{html.escape(g)} {_pct(p.get(f'{g}/accuracy'))}</small>" for g in groups)
+            extra = "".join(f"<br><small>{html.escape(g)} {pct(p.get(f'{g}/accuracy'))}</small>" for g in groups)
             tds += (
                 f'<td data-budget="{b}" data-params="{p["params"]}" data-accuracy="{p["accuracy"]}">'
-                f"{_pct(p['accuracy'])}{extra}<br><small>{p['params']:,} params</small></td>"
+                f"{_acc(p)}{extra}<br><small>{p['params']:,} params</small></td>"
             )
         body += f'<tr data-kind="{html.escape(kind)}"><td>{html.escape(kind)}</td>{tds}</tr>'
     return f'<table id="sweep"><tr><th>kind (test accuracy %)</th>{head}</tr>{body}</table>'
@@ -187,7 +219,10 @@ def accuracy_plot(s: dict[str, Any], key: str, title: str) -> str:
     ax.set_title(title)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
-    return _figure(fig, title, data)
+    if not data:  # e.g. a subset with no test pairs: no chart rather than an empty one
+        plt.close(fig)
+        return ""
+    return png_figure(fig, title, data)
 
 
 def write_sweep_report(s: dict[str, Any], path: str | Path) -> Path:
@@ -195,7 +230,7 @@ def write_sweep_report(s: dict[str, Any], path: str | Path) -> Path:
     figs += [accuracy_plot(s, f"{g}/accuracy", f"test accuracy, subset {g!r}, vs parameters") for g in s["groups"]]
     rows = "".join(
         f'<tr data-budget="{v["budget"]}"><td>{v["budget"]:,}</td><td>{html.escape(v["kind"])}</td>'
-        f'<td data-value="{v["gain"]}">{100 * v["gain"]:+.1f} [{100 * v["lo"]:+.1f}, {100 * v["hi"]:+.1f}]</td>'
+        f'<td data-value="{v["gain"]}">{ci_text(v)}</td>'
         f"<td>{html.escape(verdict(v))}</td></tr>"
         for v in s["best_vs_concat"]
     )

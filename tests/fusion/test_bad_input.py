@@ -72,14 +72,15 @@ def test_failed_train_keeps_the_previous_run(
     assert not fresh.exists()  # a failed first run leaves no folder with a config but no head
 
 
-def test_compare_refuses_a_negative_bootstrap(
-    questions: Path, micro_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+@pytest.mark.parametrize("n", ["-1", "0"])  # 0 resamples used to crash in np.quantile after all the training
+def test_compare_refuses_too_few_bootstrap_resamples(
+    n: str, questions: Path, micro_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     out = tmp_path / "cmp"
     sets = _sets(micro_bundle, questions, tmp_path, f"out_dir={out}")
     with pytest.raises(SystemExit) as exc:
-        main(["fuse", "compare", "smoke", "--kinds", "late,additive", "--bootstrap", "-1", *sets])
-    assert exc.value.code == 2 and "--bootstrap: must be at least 0, got -1" in capsys.readouterr().err
+        main(["fuse", "compare", "smoke", "--kinds", "late,additive", "--bootstrap", n, *sets])
+    assert exc.value.code == 2 and f"--bootstrap: must be at least 1, got {n}" in capsys.readouterr().err
     assert not out.exists()
 
 

@@ -51,6 +51,7 @@ def test_sweep_cli_table_page_and_per_budget_runs(
     ]
     assert main([*argv, *[x for kv in sets for x in ("--set", kv)]]) == 0
     printed = capsys.readouterr().out
+    assert "mean ± sd of 2 seeds" in printed and " ± " in printed.splitlines()[2]
     assert "≤ 1,500 params" in printed and "≤ 3,000 params" in printed and "best structured − concat" in printed
 
     out = tmp_path / "sw"
@@ -99,7 +100,15 @@ def test_gain_interval_with_seeds_holds_training_noise() -> None:
 
     rng = np.random.default_rng(0)
     a, b = (rng.random(500) < 0.8).astype(float), (rng.random(500) < 0.7).astype(float)
-    assert bootstrap_gain(a[None], b[None], n_boot=300) == bootstrap_gain(a, b, n_boot=300)  # one seed: as before
+    # one seed each: exactly the one-dimensional paired bootstrap this replaced (mean of a - b, same draws)
+    d = a - b
+    boots = d[np.random.default_rng(0).integers(0, 500, size=(300, 500))].mean(1)
+    lo, hi = np.quantile(boots, [(1 - 0.95) / 2, 1 - (1 - 0.95) / 2])  # as the old code wrote its levels
+    for x, y in ((a, b), (a[None], b[None])):
+        g = bootstrap_gain(x, y, n_boot=300)
+        assert (g["gain"], g["lo"], g["hi"]) == (float(d.mean()), float(lo), float(hi))
+    tenths = bootstrap_gain(np.array([1.0] * 7 + [0.0] * 3), np.array([1.0] * 6 + [0.0] * 4), n_boot=10)
+    assert tenths["gain"] == float(np.mean(np.array([0.0] * 6 + [1.0] + [0.0] * 3)))  # not 0.7 - 0.6
     # one kind whose two seeds are all right / all wrong, against a steady 50%: on average level, but which
     # seed you drew decides everything; the seed-averaged example-only interval would be [0, 0]
     lucky = np.stack([np.ones(500), np.zeros(500)])
@@ -110,6 +119,10 @@ def test_gain_interval_with_seeds_holds_training_noise() -> None:
     assert flat["lo"] == flat["hi"] == 0.0
     with pytest.raises(ValueError, match="same examples"):
         bootstrap_gain(np.ones((2, 5)), np.ones((1, 6)))
+    with pytest.raises(ValueError, match=r"\[N\] or \[seeds, N\]"):
+        bootstrap_gain(np.ones((2, 2, 5)), np.ones((2, 2, 5)))
+    with pytest.raises(ValueError, match="at least 1"):
+        bootstrap_gain(a, b, n_boot=0)
 
 
 def test_compare_with_seeds_averages_and_keeps_every_head(questions: Path, micro_bundle: Path, tmp_path: Path) -> None:
@@ -128,7 +141,10 @@ def test_compare_with_seeds_averages_and_keeps_every_head(questions: Path, micro
             "fit.seed=5",
         ],
     )
+    stale = tmp_path / "cmp" / "tensor" / "seeds" / "seed-99"  # an earlier run's extra seed: not this run's
+    stale.mkdir(parents=True)
     result = compare(cfg, ["additive", "tensor"], progress=False, boot=200, seeds=3)
+    assert not stale.exists()
     assert result["seeds"] == 3
     for r in result["rows"]:
         kind = r["kind"]
@@ -147,3 +163,60 @@ def test_compare_with_seeds_averages_and_keeps_every_head(questions: Path, micro
     assert "3 seeds" in table_markdown(result) and " ± " in table_markdown(result)
     page = (tmp_path / "cmp" / "report.html").read_text()
     assert "trained with 3 seeds" in page and f"{100 * tensor['accuracy']:.1f} ± " in page
+
+
+def _sweep_cfg(questions: Path, bundle: Path, tmp_path: Path):  # type: ignore[no-untyped-def]
+    from clipforge.fusion.config import load_fuse_config
+
+    return load_fuse_config(
+        "smoke",
+        [
+            f"out_dir={tmp_path / 'sw'}",
+            f"data.bundle={bundle}",
+            f"data.train={questions / 'train.jsonl'}",
+            f"data.val={questions / 'test.jsonl'}",
+            f"data.cache_dir={tmp_path / 'cache'}",
+        ],
+    )
+
+
+def test_a_budget_below_some_kinds_smallest_head_is_refused_before_training(
+    questions: Path, micro_bundle: Path, tmp_path: Path
+) -> None:
+    """Such a kind would get more parameters than the column says (budget_width falls back to width 1)."""
+    from clipforge.fusion.sweep import sweep
+
+    (tmp_path / "sw").mkdir()
+    (tmp_path / "sw" / "sweep.json").write_text("{}")  # an earlier sweep's result: a refused run keeps it
+    with pytest.raises(ValueError, match=r"budget 50 is below the smallest (concat|tensor) head .*at least"):
+        sweep(_sweep_cfg(questions, micro_bundle, tmp_path), ["late", "concat", "tensor"], [3000, 50], progress=False)
+    assert sorted(p.name for p in (tmp_path / "sw").iterdir()) == ["sweep.json"]
+    assert sweep(_sweep_cfg(questions, micro_bundle, tmp_path), ["late"], [5, 5], progress=False)["budgets"] == [5]
+
+
+def test_a_sweep_that_fails_part_way_leaves_no_stale_page(
+    questions: Path, micro_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from clipforge.fusion import sweep as sweep_module
+
+    cfg = _sweep_cfg(questions, micro_bundle, tmp_path)
+    sweep_module.sweep(cfg, ["late", "additive"], [1500, 3000], progress=False, boot=50)
+    assert (tmp_path / "sw" / "sweep.html").is_file()
+    real = sweep_module.compare
+
+    def failing(c, kinds, **kw):  # type: ignore[no-untyped-def]
+        if c.head.budget == 3000:
+            raise RuntimeError("disk full")
+        return real(c, kinds, **kw)
+
+    monkeypatch.setattr(sweep_module, "compare", failing)
+    with pytest.raises(RuntimeError, match="disk full"):
+        sweep_module.sweep(cfg, ["late", "additive"], [1500, 3000], progress=False, boot=50)
+    assert not any((tmp_path / "sw" / name).exists() for name in sweep_module.OUTPUTS)
+
+
+def test_an_empty_budgets_option_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from clipforge.cli import main
+
+    assert main(["fuse", "compare", "smoke", "--budgets", "", "--set", f"out_dir={tmp_path / 'x'}"]) == 1
+    assert "budgets must be" in capsys.readouterr().err and not (tmp_path / "x").exists()
