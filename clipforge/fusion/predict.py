@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +82,7 @@ def predict_rows(
                 yield r, where | next(answers)
             else:
                 stats["unanswered"] += 1
+                r = replace(r, data=None)  # bytes that did not decode: not kept while the line is held back
                 error = (r, where | {"error": "the image could not be read or decoded"})
                 if answered:
                     yield error

@@ -108,6 +108,11 @@ def test_predict_writes_a_file_whole_and_reads_shards(
     assert [p.name for p in out.parent.iterdir()] == ["a.jsonl"]  # no temporary file left behind
     assert out.stat().st_mode & 0o777 == 0o666 & ~current_umask()  # not mkstemp's 0600
 
+    from clipforge.fusion.predict import predict_rows
+
+    pairs = list(predict_rows(load_head(head), micro_bundle, str(shard), progress=False))
+    assert [r.data is None for r, _ in pairs] == [False, True, False, False]  # failed bytes are not held
+
 
 def test_predict_refuses_a_head_of_another_bundle_and_bad_tables_in_one_line(
     head: Path,
