@@ -46,9 +46,10 @@ def relation(row: dict) -> str:
 
 
 def run_task(task: str, q: Path, out: Path, bundle: str, overrides: list[str], budgets: list[int], seeds: int) -> dict:
-    from clipforge.fusion.compare import best_structured, compare, table_markdown
+    from clipforge.fusion.compare import compare, table_markdown
     from clipforge.fusion.config import load_fuse_config
     from clipforge.fusion.head import load_head
+    from clipforge.fusion.report import best_structured
     from clipforge.fusion.sweep import sweep, sweep_markdown, verdict
     from clipforge.fusion.train import load_sets
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from clipforge.fusion.config import FuseConfig
 from clipforge.fusion.head import load_head
-from clipforge.fusion.kinds import INTERACTION_KINDS, KINDS
+from clipforge.fusion.kinds import INTERACTION_KINDS, KINDS, STRUCTURED_KINDS
 from clipforge.fusion.metrics import GAIN_BASES, bootstrap_gain, correct_vector
 from clipforge.fusion.train import (
     budget_width,
@@ -38,15 +38,8 @@ from clipforge.fusion.train import (
 GAINED_OVER = {
     "late": tuple(k for k in KINDS if k != "late"),
     "additive": INTERACTION_KINDS,
-    "concat": tuple(k for k in INTERACTION_KINDS if k != "concat"),
+    "concat": STRUCTURED_KINDS,
 }
-
-
-def best_structured(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The most accurate row of a structured interaction kind (multiplicative, tensor, lowrank, gated): the
-    contender the targets hold against late, additive and concat. None when none of them was run."""
-    structured = [r for r in rows if r["kind"] in GAINED_OVER["concat"]]
-    return max(structured, key=lambda r: r["accuracy"]) if structured else None
 
 
 def parse_kinds(spec: str) -> list[str]:

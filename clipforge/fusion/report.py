@@ -18,8 +18,15 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from clipforge.fusion.compare import best_structured  # noqa: E402
+from clipforge.fusion.kinds import STRUCTURED_KINDS  # noqa: E402
 from clipforge.fusion.metrics import GAIN_BASES  # noqa: E402
+
+
+def best_structured(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The most accurate row of a structured interaction kind (multiplicative, tensor, lowrank, gated): the
+    contender the targets hold against late, additive and concat. None when none of them was run."""
+    structured = [r for r in rows if r["kind"] in STRUCTURED_KINDS]
+    return max(structured, key=lambda r: r["accuracy"]) if structured else None
 
 
 def png_figure(fig: Any, title: str, data: Any) -> str:

@@ -21,10 +21,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from clipforge.fusion.compare import best_structured, ci_text, compare, pct  # noqa: E402
+from clipforge.fusion.compare import ci_text, compare, pct  # noqa: E402
 from clipforge.fusion.config import FuseConfig  # noqa: E402
 from clipforge.fusion.kinds import build_fusion  # noqa: E402
-from clipforge.fusion.report import png_figure  # noqa: E402
+from clipforge.fusion.report import best_structured, png_figure  # noqa: E402
 from clipforge.fusion.train import label_names, load_sets, module_kwargs, outputs  # noqa: E402
 
 OUTPUTS = ("sweep.json", "sweep.md", "sweep.html")

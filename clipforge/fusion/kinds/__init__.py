@@ -15,6 +15,7 @@ from clipforge.fusion.kinds.tensor import Tensor
 
 KINDS: dict[str, type[Fusion]] = {k.kind: k for k in (Late, Concat, Additive, Multiplicative, Tensor, LowRank, Gated)}
 INTERACTION_KINDS = ("concat", "multiplicative", "tensor", "lowrank", "gated")  # all but late and additive
+STRUCTURED_KINDS = tuple(k for k in INTERACTION_KINDS if k != "concat")  # an explicit interaction term, not an MLP
 
 
 def build_fusion(kind: str, dim: int, out: int, **kw: Any) -> Fusion:
@@ -24,4 +25,4 @@ def build_fusion(kind: str, dim: int, out: int, **kw: Any) -> Fusion:
     return KINDS[kind](dim, out, **kw)
 
 
-__all__ = ["INTERACTION_KINDS", "KINDS", "Fusion", "NumpyOps", "TorchOps", "build_fusion"]
+__all__ = ["INTERACTION_KINDS", "KINDS", "STRUCTURED_KINDS", "Fusion", "NumpyOps", "TorchOps", "build_fusion"]
