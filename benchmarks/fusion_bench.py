@@ -3,11 +3,14 @@
     python benchmarks/fusion_bench.py --bundle runs/quickstart/bundle --data data/synth [--task yes-no]
         [--budgets 600,1200,2400,4800,9600]
 
-Two tasks on the same images (`clipforge data synth` writes both under questions/), named as the main job
-serves their heads (`QUICKSTART_TASKS` in clipforge/fusion/quickstart.py):
+Three tasks (`clipforge data synth` writes them under questions/): two on the same one-shape images,
+named as the main job serves their heads (`QUICKSTART_TASKS` in clipforge/fusion/quickstart.py), and one on
+two-shape scenes:
   yes-no         "is there a red circle?"           (preset synth-questions)
   yes-no-absent  "is the circle red?": yes, no (the circle is another colour), absent (no circle)
                                                     (preset synth-questions-3way)
+  binding        "is there a red circle?" about a red square beside a blue circle: the swaps are "no"
+                                                    (preset synth-questions-binding)
 For each, trains all seven kinds on the same cached features of the main job's bundle (`fuse compare`),
 prints the comparison table, then each target as measured figures:
   - best interaction kind >= late + 15 accuracy points, and above additive and concat at equal budget
@@ -38,7 +41,13 @@ from clipforge.cliutil import at_least  # noqa: E402
 from clipforge.fusion.quickstart import QUICKSTART_TASKS  # noqa: E402
 from clipforge.fusion.sweep import parse_budgets  # noqa: E402
 
-RELATIONS = ("match", "shape_only", "colour_only", "neither")  # what of the question the image matches
+# what of the question the image matches, in the order the breakdown prints them (binding: "swapped")
+RELATIONS = ("match", "swapped", "shape_only", "colour_only", "neither")
+# the main job's two tasks, named as it serves their heads, and the binding task (two shapes per scene)
+TASKS = {
+    **QUICKSTART_TASKS,
+    "binding": ("synth-questions-binding", "binding-train.jsonl", "binding-test.jsonl", "is there a red circle?"),
+}
 
 
 def relation(row: dict) -> str:
@@ -53,7 +62,7 @@ def run_task(task: str, q: Path, out: Path, bundle: str, overrides: list[str], b
     from clipforge.fusion.sweep import sweep, sweep_markdown, verdict
     from clipforge.fusion.train import load_sets
 
-    preset, train_file, test_file, _ = QUICKSTART_TASKS[task]  # the main job's two tasks, named as it serves them
+    preset, train_file, test_file, _ = TASKS[task]
     cfg = load_fuse_config(
         preset,
         [
@@ -114,11 +123,12 @@ def run_task(task: str, q: Path, out: Path, bundle: str, overrides: list[str], b
     rel = np.array([relation(r) for r in table])
     truth = np.array([r["label"] for r in table])
     zi, zt = test.pairs()
-    print("  " + " " * 15 + "".join(f"{n:>13}" for n in RELATIONS))
+    present = [n for n in RELATIONS if (rel == n).any()]
+    print("  " + " " * 15 + "".join(f"{n:>13}" for n in present))
     for k in dict.fromkeys(("late", "additive", "concat", best["kind"])):
         head = load_head(out / k / "head")
         pred = np.array(head.labels)[head.predict(zi, zt).argmax(1)]
-        print(f"  {k:<15}" + "".join(f"{100 * (pred == truth)[rel == n].mean():12.1f}%" for n in RELATIONS))
+        print(f"  {k:<15}" + "".join(f"{100 * (pred == truth)[rel == n].mean():12.1f}%" for n in present))
     print(f"report: {result['report']}")
     if swept is not None:
         print(f"\nthe same kinds at {len(swept['budgets'])} parameter budgets (test accuracy %, parameters used):\n")
@@ -135,7 +145,7 @@ def main() -> None:
     p.add_argument("--bundle", default="runs/quickstart/bundle")
     p.add_argument("--data", default="data/synth", help="synth folder; questions/ is written there if missing")
     p.add_argument("--out", default=None, help="where the compare runs go (default: a temporary folder)")
-    p.add_argument("--task", choices=[*QUICKSTART_TASKS, "all"], default="all")
+    p.add_argument("--task", choices=[*TASKS, "all"], default="all")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     p.add_argument(
         "--budgets",
@@ -159,11 +169,11 @@ def main() -> None:
     from clipforge.training.synth import ensure_questions
 
     q = Path(a.data) / "questions"
-    ensure_questions(q)  # written if missing; an older set gets the 3-way task added for its own images
+    ensure_questions(q)  # written if missing; an older set gets the tasks it lacks added
     out = Path(a.out or tempfile.mkdtemp(prefix="fusion-bench-"))
     results = {
         task: run_task(task, q, out / task, a.bundle, a.set, budgets, a.seeds)
-        for task in (QUICKSTART_TASKS if a.task == "all" else [a.task])
+        for task in (TASKS if a.task == "all" else [a.task])
     }
     rates = sorted(
         (r["pairs_per_s"], r["kind"]) for res in results.values() for r in res["rows"] if r["kind"] != "late"

@@ -61,6 +61,13 @@ def draw_shape(color: str, shape: str, rng: random.Random, size: int = 64) -> tu
     r = size * (rng.uniform(0.22, 0.3) if big else rng.uniform(0.12, 0.18))
     cx = size * POSITIONS[pos][0] + rng.uniform(-3, 3)
     cy = size * POSITIONS[pos][1] + rng.uniform(-3, 3)
+    paint(d, color, shape, cx, cy, r, rng)
+    attrs = {"color": color, "shape": shape, "pos": pos, "size": "large" if big else "small"}
+    return im, attrs
+
+
+def paint(d: ImageDraw.ImageDraw, color: str, shape: str, cx: float, cy: float, r: float, rng: random.Random) -> None:
+    """One shape of radius r at (cx, cy), its colour jittered."""
     fill = tuple(max(0, min(255, c + rng.randint(-25, 25))) for c in COLORS[color])
     box = (cx - r, cy - r, cx + r, cy + r)
     if shape == "circle":
@@ -79,8 +86,19 @@ def draw_shape(color: str, shape: str, rng: random.Random, size: int = 64) -> tu
         t = r / 3
         d.rectangle((cx - r, cy - t, cx + r, cy + t), fill=fill)
         d.rectangle((cx - t, cy - r, cx + t, cy + r), fill=fill)
-    attrs = {"color": color, "shape": shape, "pos": pos, "size": "large" if big else "small"}
-    return im, attrs
+
+
+def draw_pair(objects: list[tuple[str, str]], rng: random.Random, size: int = 64) -> tuple[Image.Image, str]:
+    """Two shapes side by side (left/right or top/bottom, in random order): "a red square and a blue circle"."""
+    bg = rng.randint(70, 190)
+    im = Image.new("RGB", (size, size), (bg, bg, bg))
+    d = ImageDraw.Draw(im)
+    layout = rng.choice(("left-right", "top-bottom"))
+    spots = [(0.28, 0.5), (0.72, 0.5)] if layout == "left-right" else [(0.5, 0.28), (0.5, 0.72)]
+    for (color, shape), (fx, fy) in zip(objects, spots, strict=True):
+        r = size * rng.uniform(0.13, 0.19)
+        paint(d, color, shape, size * fx + rng.uniform(-2, 2), size * fy + rng.uniform(-2, 2), r, rng)
+    return im, layout
 
 
 def caption_for(attrs: dict, rng: random.Random) -> str:
@@ -218,10 +236,69 @@ def threeway_rows(color: str, shape: str, rng: random.Random, allowed: list[tupl
     return rows
 
 
+# A third task, on scenes of TWO shapes: "is there a red circle?" about a red square beside a blue circle.
+# Both words of the question are in the picture, bound to the wrong objects ("swapped"): anything that only
+# registers which colours and shapes are present -- a bag of concepts, as contrastive embeddings are often
+# said to be -- cannot tell that from a match. The bundle never saw two-shape scenes (its captions describe
+# one shape), so this also asks how much of the binding its features keep at all.
+BINDING_RELATIONS = ("match", "swapped", "colour_only", "shape_only")
+
+
+def binding_rows(objects: list[tuple[str, str]], rng: random.Random, allowed: list[tuple[str, str]]) -> list[dict]:
+    """Three yes (each object, then one again in another wording) and three no: both swaps, and one question
+    with one part absent from the picture (its colour with a shape it lacks, or the reverse)."""
+    (c1, s1), (c2, s2) = objects
+    colours, shapes = {c1, c2}, {s1, s2}
+    part = [
+        *[("colour_only", c, s) for c, s in allowed if c in colours and s not in shapes],
+        *[("shape_only", c, s) for c, s in allowed if c not in colours and s in shapes],
+    ]
+    plan = [("yes", "match", c1, s1), ("yes", "match", c2, s2), ("yes", "match", *rng.choice(objects))]
+    plan += [("no", "swapped", c1, s2), ("no", "swapped", c2, s1), ("no", *rng.choice(part))]
+    wordings = rng.sample(QUESTIONS, 3) + [rng.choice(QUESTIONS) for _ in range(3)]  # the yes ones: distinct
+    return [
+        {"q_color": c, "q_shape": sh, "label": label, "relation": rel, "text": w.format(color=c, shape=sh)}
+        for (label, rel, c, sh), w in zip(plan, wordings, strict=True)
+    ]
+
+
+def write_binding(out: Path, *, train: int, test: int, seed: int) -> dict:
+    """`out`/images/binding-*.jpg (two shapes each: two colours, two shapes) and binding-train.jsonl /
+    binding-test.jsonl, from their own random stream. Training scenes use only seen combinations, their swaps
+    included; test scenes any; a row whose objects or question touch a held-out combination is heldout."""
+    rng = random.Random(seed + 3_571_113)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    counts = {}
+    for split, n, combos in (("train", train, SEEN), ("test", test, EVERY)):
+        lines = []
+        for i in range(n):
+            while True:  # two objects of different colours and shapes whose swaps are allowed questions too
+                (c1, s1), (c2, s2) = rng.choice(combos), rng.choice(combos)
+                if c1 != c2 and s1 != s2 and (c1, s2) in combos and (c2, s1) in combos:
+                    break
+            objects = [(c1, s1), (c2, s2)]
+            im, layout = draw_pair(objects, rng)
+            name = f"images/binding-{split}-{i:06d}.jpg"
+            im.save(out / name, quality=90)
+            scene = {"image": name, "objects": [f"{c} {s}" for c, s in objects], "layout": layout}
+            for r in binding_rows(objects, rng, combos):
+                held = any(o in HELDOUT for o in objects) or (r["q_color"], r["q_shape"]) in HELDOUT
+                lines.append(json.dumps({**scene, **r, "heldout": held}))
+        _write_table(out / f"binding-{split}.jsonl", lines)
+        counts[split] = len(lines)
+    return {
+        "train": str(out / "binding-train.jsonl"),
+        "test": str(out / "binding-test.jsonl"),
+        "pairs": counts,
+        "relations": list(BINDING_RELATIONS),
+    }
+
+
 def write_questions(out: str | Path, *, train: int = 1500, test: int = 600, seed: int = 0) -> dict:
     """`out`/images/*.jpg and two tasks on them, six questions per image each:
     train.jsonl / test.jsonl, yes/no ("is there a red circle?"), and 3way-train.jsonl / 3way-test.jsonl,
-    yes/no/absent ("is the circle red?").
+    yes/no/absent ("is the circle red?"); and a third on as many two-shape scenes, binding-train.jsonl /
+    binding-test.jsonl (`write_binding`).
 
     train: images and questions only of the seen colour+shape combinations; test: images of all 30
     combinations, questions about any; its rows touching a held-out combination carry heldout=true."""
@@ -250,6 +327,7 @@ def write_questions(out: str | Path, *, train: int = 1500, test: int = 600, seed
         "wordings": len(QUESTIONS),
         "seed": seed,
         "3way": write_threeway(out, images, seed),
+        "binding": write_binding(out, train=train, test=test, seed=seed),
     }
     (out / "questions.json").write_text(json.dumps(summary, indent=2))
     return summary
@@ -288,13 +366,19 @@ def write_threeway(out: Path, images: dict[str, list[dict]], seed: int) -> dict:
 
 
 def ensure_questions(out: str | Path) -> dict:
-    """The question set under `out`, both tasks: written (default size) if absent; a set written before the
-    yes/no/absent task existed gets that task added for ITS images, its yes/no tables and images untouched."""
+    """The question set under `out`, every task: written (default size) if absent; a set written before the
+    yes/no/absent task existed gets that task added for ITS images, its yes/no tables and images untouched;
+    one without the binding task gets it (its own scenes, as many as the set has images)."""
     out = Path(out)
     meta_path = out / "questions.json"
     if not meta_path.is_file():
         return write_questions(out)
     summary = json.loads(meta_path.read_text())
+    if not all((out / f"binding-{split}.jsonl").is_file() for split in ("train", "test")):
+        n = summary.get("images", {})
+        seed = int(summary.get("seed", 0))
+        summary["binding"] = write_binding(out, train=n.get("train", 1500), test=n.get("test", 600), seed=seed)
+        meta_path.write_text(json.dumps(summary, indent=2))
     if all((out / f"3way-{split}.jsonl").is_file() for split in ("train", "test")):
         return summary
     images: dict[str, list[dict]] = {}

@@ -11,7 +11,7 @@ from clipforge.fusion.train import budget_width
 
 
 def test_presets_and_overrides() -> None:
-    for name in ("smoke", "synth-questions", "synth-questions-3way"):
+    for name in ("smoke", "synth-questions", "synth-questions-3way", "synth-questions-binding"):
         cfg = load_fuse_config(name)
         assert cfg.head.kind in KINDS and cfg.fit.epochs >= 1
     cfg = load_fuse_config("smoke", ["head.kind=tensor", "fit.lr=1e-3", "data.group_keys=[a, b]"])

@@ -121,3 +121,56 @@ def test_a_tiny_synth_still_has_questions_to_train_on(tmp_path: Path) -> None:
     assert summary["questions"]["images"] == {"train": 1, "test": 1}
     for table in ("train.jsonl", "test.jsonl", "3way-train.jsonl", "3way-test.jsonl"):
         assert len(rows(tmp_path / "s" / "questions" / table)) == 6
+
+
+def test_binding_questions_need_which_colour_goes_with_which_shape(questions: Path) -> None:
+    """Two shapes per scene; the "no" answers include both swaps, whose words are all in the picture."""
+    train, test = rows(questions / "binding-train.jsonl"), rows(questions / "binding-test.jsonl")
+    assert len(train) == 6 * 40 and len(test) == 6 * 16
+    held = set(HELDOUT)
+    for split in (train, test):
+        assert Counter(r["label"] for r in split) == {"yes": len(split) // 2, "no": len(split) // 2}
+        assert Counter(r["relation"] for r in split)["swapped"] == len(split) // 3
+        for r in split:
+            objects = [tuple(o.split()) for o in r["objects"]]
+            (c1, s1), (c2, s2) = objects
+            assert c1 != c2 and s1 != s2 and (questions / r["image"]).is_file()
+            q = (r["q_color"], r["q_shape"])
+            assert (r["label"] == "yes") == (q in objects)  # the answer: is that colour ON that shape
+            colour_in, shape_in = q[0] in (c1, c2), q[1] in (s1, s2)
+            relation = {(True, True): "swapped", (True, False): "colour_only", (False, True): "shape_only"}
+            assert r["relation"] == ("match" if q in objects else relation[colour_in, shape_in])
+            assert r["q_color"] in r["text"] and r["q_shape"] in r["text"]
+            # a bag of concepts (which colours and shapes are present) is the same for a match and a swap
+            if r["relation"] in ("match", "swapped"):
+                assert {q[0], q[1]} <= {c1, c2, s1, s2}
+    assert not any(r["heldout"] for r in train)
+    assert not any(tuple(o.split()) in held for r in train for o in r["objects"])
+    assert not any((r["q_color"], r["q_shape"]) in held for r in train)
+    for r in test:
+        touches = any(tuple(o.split()) in held for o in r["objects"]) or (r["q_color"], r["q_shape"]) in held
+        assert r["heldout"] == touches
+
+
+def test_an_older_set_gets_the_binding_task_and_nothing_else_changes(tmp_path: Path) -> None:
+    from clipforge.training.synth import ensure_questions, write_questions
+
+    out = tmp_path / "q"
+    write_questions(out, train=7, test=3, seed=5)
+    fresh = {f: (out / f).read_bytes() for f in ("binding-train.jsonl", "binding-test.jsonl")}
+    for p in [out / f for f in fresh] + list((out / "images").glob("binding-*")):
+        p.unlink()
+    meta = json.loads((out / "questions.json").read_text())
+    del meta["binding"]  # as an older set's summary
+    (out / "questions.json").write_text(json.dumps(meta))
+    before = {p.name: p.read_bytes() for p in [*(out / "images").iterdir(), *out.glob("*.jsonl")]}
+    summary = ensure_questions(out)
+    assert {f: (out / f).read_bytes() for f in fresh} == fresh  # the same scenes and rows a fresh write gives
+    assert {
+        p.name: p.read_bytes() for p in [*(out / "images").iterdir(), *out.glob("*.jsonl")] if p.name in before
+    } == before
+    assert len(list((out / "images").glob("binding-*"))) == 10 and summary["binding"]["pairs"] == {
+        "train": 42,
+        "test": 18,
+    }
+    assert ensure_questions(out) == summary  # complete: nothing rewritten
