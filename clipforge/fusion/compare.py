@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from clipforge.fusion.config import FuseConfig
 from clipforge.fusion.head import load_head
@@ -66,12 +67,19 @@ def latency_us(head_dir: Path, dim: int, backend: str, batch: int, reps: int) ->
 
 
 def compare(
-    cfg: FuseConfig, kinds: list[str], *, progress: bool = True, boot: int = 2000, seeds: int = 1
+    cfg: FuseConfig,
+    kinds: list[str],
+    *,
+    progress: bool = True,
+    boot: int = 2000,
+    seeds: int = 1,
+    bar: Any = None,
 ) -> dict[str, Any]:
     """Every kind on the same cached features into OUT/<kind>/. seeds > 1: each kind is also trained with
     fit.seed + 1 .. + seeds-1 (OUT/<kind>/seeds/seed-N/); a row's metrics are then means over its seeds (with
     `accuracy_seeds` and `accuracy_sd`) and the gain intervals resample seeds as well as test examples.
-    The curves, calibration, confusion and latency are those of the first seed's head."""
+    The curves, calibration, confusion and latency are those of the first seed's head. Progress: one bar over
+    every head to train (rate and ETA), or `bar` (a tqdm the caller owns, e.g. across a sweep's budgets)."""
     if boot < 1:
         raise ValueError(f"the number of bootstrap resamples must be at least 1, got {boot}")
     if seeds < 1:
@@ -86,43 +94,18 @@ def compare(
     labels = label_names(cfg, train)
     n_out = outputs(cfg.head.task, labels)
     y_val = encode_targets(val.labels, cfg.head.task, labels)
-    rows, runs, correct = [], {}, {}
-    for kind in kinds:
-        width = None
-        if cfg.head.budget and kind != "late":
-            kw = {k: v for k, v in module_kwargs(cfg).items() if k not in ("width", "width_text")}
-            width = budget_width(kind, train.dim, n_out, cfg.head.budget, **kw)
-        metrics, hits = [], []
-        shutil.rmtree(out / kind / "seeds", ignore_errors=True)  # an earlier run's extra seeds are not this run's
-        for j in range(seeds):
-            seed = cfg.fit.seed + j
-            c = with_kind(cfg, kind, out / kind if j == 0 else out / kind / "seeds" / f"seed-{seed}", width)
-            run = train_head(replace(c, fit=replace(c.fit, seed=seed)), sets=(train, val), progress=progress)
-            hits.append(correct_vector(predict(run.pop("module"), val, cfg.head.task), y_val, cfg.head.task))
-            metrics.append(run["full_metrics"])
-            if j == 0:
-                runs[kind] = run
-        correct[kind] = np.stack(hits)  # [seeds, N]
-        run = runs[kind]
-        head_dir = Path(run["head"])
-        row = {
-            "kind": kind,
-            "width": width if width is not None else (0 if kind == "late" else cfg.head.width),
-            "params": run["n_params"],
-            **{key: _mean(metrics, key) for key in ("accuracy", "auroc", "macro_f1")},
-            "ece": float(np.mean([x["reliability"]["ece"] for x in metrics])),
-            **{f"{g}/accuracy": _mean(metrics, f"{g}/accuracy") for g in val.groups},
-            "train_s": run["train_seconds"],
-            "pairs_per_s": run["pairs_per_s"],
-            "us_numpy_1": latency_us(head_dir, train.dim, "numpy", 1, 300),
-            "us_torch_1": latency_us(head_dir, train.dim, "torch", 1, 300),
-            "us_numpy_1024": latency_us(head_dir, train.dim, "numpy", 1024, 30),
-            "us_torch_1024": latency_us(head_dir, train.dim, "torch", 1024, 30),
-        }
-        if seeds > 1:
-            accs = [x["accuracy"] for x in metrics]
-            row |= {"seeds": seeds, "accuracy_seeds": accs, "accuracy_sd": float(np.std(accs, ddof=1))}
-        rows.append(row)
+    rows: list[dict[str, Any]] = []
+    runs: dict[str, Any] = {}
+    correct: dict[str, np.ndarray] = {}
+    own_bar = bar is None
+    if own_bar:
+        bar = tqdm(total=len(kinds) * seeds, desc="fuse compare", unit="head", disable=not progress, dynamic_ncols=True)
+    try:
+        for kind in kinds:
+            rows.append(_compare_kind(cfg, kind, seeds, train, val, y_val, n_out, out, runs, correct, bar))
+    finally:
+        if own_bar:
+            bar.close()
     for base in [b for b in GAIN_BASES if b in correct]:
         for r in [r for r in rows if r["kind"] in GAINED_OVER[base]]:
             r[f"gain_vs_{base}"] = bootstrap_gain(correct[r["kind"]], correct[base], n_boot=boot)
@@ -154,6 +137,60 @@ def compare(
 
     result["report"] = str(write_compare_report(result, out / "report.html"))
     return result
+
+
+def _compare_kind(
+    cfg: FuseConfig,
+    kind: str,
+    seeds: int,
+    train: Any,
+    val: Any,
+    y_val: np.ndarray,
+    n_out: int,
+    out: Path,
+    runs: dict[str, Any],
+    correct: dict[str, np.ndarray],
+    bar: Any,
+) -> dict[str, Any]:
+    """Train `kind` at each seed (its width the budget's), and its table row; fills runs[kind] (the first
+    seed's run) and correct[kind] ([seeds, N] per-example correctness) for the gains."""
+    width = None
+    if cfg.head.budget and kind != "late":
+        kw = {k: v for k, v in module_kwargs(cfg).items() if k not in ("width", "width_text")}
+        width = budget_width(kind, train.dim, n_out, cfg.head.budget, **kw)
+    metrics, hits = [], []
+    shutil.rmtree(out / kind / "seeds", ignore_errors=True)  # an earlier run's extra seeds are not this run's
+    for j in range(seeds):
+        seed = cfg.fit.seed + j
+        c = with_kind(cfg, kind, out / kind if j == 0 else out / kind / "seeds" / f"seed-{seed}", width)
+        bar.set_postfix_str(f"{kind}{f' ≤{cfg.head.budget:,}' if cfg.head.budget else ''} seed {seed}")  # training now
+        run = train_head(replace(c, fit=replace(c.fit, seed=seed)), sets=(train, val), progress=False)
+        bar.update(1)
+        hits.append(correct_vector(predict(run.pop("module"), val, cfg.head.task), y_val, cfg.head.task))
+        metrics.append(run["full_metrics"])
+        if j == 0:
+            runs[kind] = run
+    correct[kind] = np.stack(hits)  # [seeds, N]
+    run = runs[kind]
+    head_dir = Path(run["head"])
+    row = {
+        "kind": kind,
+        "width": width if width is not None else (0 if kind == "late" else cfg.head.width),
+        "params": run["n_params"],
+        **{key: _mean(metrics, key) for key in ("accuracy", "auroc", "macro_f1")},
+        "ece": float(np.mean([x["reliability"]["ece"] for x in metrics])),
+        **{f"{g}/accuracy": _mean(metrics, f"{g}/accuracy") for g in val.groups},
+        "train_s": run["train_seconds"],
+        "pairs_per_s": run["pairs_per_s"],
+        "us_numpy_1": latency_us(head_dir, train.dim, "numpy", 1, 300),
+        "us_torch_1": latency_us(head_dir, train.dim, "torch", 1, 300),
+        "us_numpy_1024": latency_us(head_dir, train.dim, "numpy", 1024, 30),
+        "us_torch_1024": latency_us(head_dir, train.dim, "torch", 1024, 30),
+    }
+    if seeds > 1:
+        accs = [x["accuracy"] for x in metrics]
+        row |= {"seeds": seeds, "accuracy_seeds": accs, "accuracy_sd": float(np.std(accs, ddof=1))}
+    return row
 
 
 def _mean(metrics: list[dict[str, Any]], key: str) -> float | None:

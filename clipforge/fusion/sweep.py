@@ -20,6 +20,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from tqdm import tqdm  # noqa: E402
 
 from clipforge.fusion.compare import ci_text, compare, pct  # noqa: E402
 from clipforge.fusion.config import FuseConfig  # noqa: E402
@@ -60,14 +61,17 @@ def sweep(
     for name in OUTPUTS:  # a sweep that fails part-way must not leave an earlier run's page beside its folders
         (out / name).unlink(missing_ok=True)
     results: dict[int, dict[str, Any]] = {}
-    for b in budgets:
-        results[b] = compare(
-            replace(cfg, head=replace(cfg.head, budget=b), out_dir=str(out / f"budget-{b}")),
-            kinds,
-            progress=progress,
-            boot=boot,
-            seeds=seeds,
-        )
+    total = len(budgets) * len(kinds) * seeds
+    with tqdm(total=total, desc="fuse sweep", unit="head", disable=not progress, dynamic_ncols=True) as bar:
+        for b in budgets:  # one bar over every head of every budget: rate and ETA for the whole sweep
+            results[b] = compare(
+                replace(cfg, head=replace(cfg.head, budget=b), out_dir=str(out / f"budget-{b}")),
+                kinds,
+                progress=progress,
+                boot=boot,
+                seeds=seeds,
+                bar=bar,
+            )
     first = results[budgets[0]]
     groups = list(first["groups"])
     points = [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -214,6 +215,8 @@ def test_cli_train_eval_compare(
         )
         == 0
     )
+    err = capsys.readouterr().err
+    assert "fuse compare" in err and "3/3" in err and re.search(r"head/s|s/head", err)  # one bar, with a rate
     result = json.loads((tmp_path / "cmp" / "compare.json").read_text())
     assert [r["kind"] for r in result["rows"]] == ["late", "additive", "lowrank"]
     assert result["feature_cache_hit"]  # the features train computed are reused

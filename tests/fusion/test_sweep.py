@@ -50,7 +50,11 @@ def test_sweep_cli_table_page_and_per_budget_runs(
         "2",
     ]
     assert main([*argv, *[x for kv in sets for x in ("--set", kv)]]) == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
+    # one bar over all 2 budgets x 5 kinds x 2 seeds, with a rate; no bar per head's epochs
+    assert "fuse sweep" in captured.err and "20/20" in captured.err and re.search(r"head/s|s/head", captured.err)
+    assert "epoch" not in captured.err
     assert "mean ± sd of 2 seeds" in printed and " ± " in printed.splitlines()[2]
     assert "≤ 1,500 params" in printed and "≤ 3,000 params" in printed and "best structured − concat" in printed
 
