@@ -12,12 +12,14 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from contextlib import ExitStack
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from clipforge.fusion.config import FuseConfig
 from clipforge.fusion.head import load_head
@@ -97,15 +99,16 @@ def compare(
     rows: list[dict[str, Any]] = []
     runs: dict[str, Any] = {}
     correct: dict[str, np.ndarray] = {}
-    own_bar = bar is None
-    if own_bar:
-        bar = tqdm(total=len(kinds) * seeds, desc="fuse compare", unit="head", disable=not progress, dynamic_ncols=True)
-    try:
+    with ExitStack() as stack:
+        if bar is None:
+            bar = stack.enter_context(
+                tqdm(
+                    total=len(kinds) * seeds, desc="fuse compare", unit="head", disable=not progress, dynamic_ncols=True
+                )
+            )
+            stack.enter_context(logging_redirect_tqdm())  # a warning gets its own line above the bar
         for kind in kinds:
             rows.append(_compare_kind(cfg, kind, seeds, train, val, y_val, n_out, out, runs, correct, bar))
-    finally:
-        if own_bar:
-            bar.close()
     for base in [b for b in GAIN_BASES if b in correct]:
         for r in [r for r in rows if r["kind"] in GAINED_OVER[base]]:
             r[f"gain_vs_{base}"] = bootstrap_gain(correct[r["kind"]], correct[base], n_boot=boot)

@@ -21,6 +21,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from tqdm import tqdm  # noqa: E402
+from tqdm.contrib.logging import logging_redirect_tqdm  # noqa: E402
 
 from clipforge.fusion.compare import ci_text, compare, pct  # noqa: E402
 from clipforge.fusion.config import FuseConfig  # noqa: E402
@@ -62,7 +63,8 @@ def sweep(
         (out / name).unlink(missing_ok=True)
     results: dict[int, dict[str, Any]] = {}
     total = len(budgets) * len(kinds) * seeds
-    with tqdm(total=total, desc="fuse sweep", unit="head", disable=not progress, dynamic_ncols=True) as bar:
+    bar = tqdm(total=total, desc="fuse sweep", unit="head", disable=not progress, dynamic_ncols=True)
+    with bar, logging_redirect_tqdm():  # a warning gets its own line above the bar
         for b in budgets:  # one bar over every head of every budget: rate and ETA for the whole sweep
             results[b] = compare(
                 replace(cfg, head=replace(cfg.head, budget=b), out_dir=str(out / f"budget-{b}")),

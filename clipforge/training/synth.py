@@ -89,7 +89,8 @@ def paint(d: ImageDraw.ImageDraw, color: str, shape: str, cx: float, cy: float, 
 
 
 def draw_pair(objects: list[tuple[str, str]], rng: random.Random, size: int = 64) -> tuple[Image.Image, str]:
-    """Two shapes side by side (left/right or top/bottom, in random order): "a red square and a blue circle"."""
+    """Two shapes, the first on the left (or top), the second on the right (or bottom): a red square and a blue
+    circle. The caller draws the objects at random, so which one comes first is random too."""
     bg = rng.randint(70, 190)
     im = Image.new("RGB", (size, size), (bg, bg, bg))
     d = ImageDraw.Draw(im)
@@ -242,6 +243,9 @@ def threeway_rows(color: str, shape: str, rng: random.Random, allowed: list[tupl
 # said to be -- cannot tell that from a match. The bundle never saw two-shape scenes (its captions describe
 # one shape), so this also asks how much of the binding its features keep at all.
 BINDING_RELATIONS = ("match", "swapped", "colour_only", "shape_only")
+# the yes/no wordings that fit a scene of two shapes ("is this a red circle?" and "is the circle in the image
+# red?" presume one shape)
+BINDING_QUESTIONS = tuple(q for q in QUESTIONS if not q.startswith(("is this ", "is the {shape}")))
 
 
 def binding_rows(objects: list[tuple[str, str]], rng: random.Random, allowed: list[tuple[str, str]]) -> list[dict]:
@@ -249,13 +253,14 @@ def binding_rows(objects: list[tuple[str, str]], rng: random.Random, allowed: li
     with one part absent from the picture (its colour with a shape it lacks, or the reverse)."""
     (c1, s1), (c2, s2) = objects
     colours, shapes = {c1, c2}, {s1, s2}
-    part = [
-        *[("colour_only", c, s) for c, s in allowed if c in colours and s not in shapes],
-        *[("shape_only", c, s) for c, s in allowed if c not in colours and s in shapes],
-    ]
+    part = {
+        "colour_only": [(c, s) for c, s in allowed if c in colours and s not in shapes],
+        "shape_only": [(c, s) for c, s in allowed if c not in colours and s in shapes],
+    }
+    kind = rng.choice([k for k, combos in part.items() if combos])  # each kind of part-miss equally often
     plan = [("yes", "match", c1, s1), ("yes", "match", c2, s2), ("yes", "match", *rng.choice(objects))]
-    plan += [("no", "swapped", c1, s2), ("no", "swapped", c2, s1), ("no", *rng.choice(part))]
-    wordings = rng.sample(QUESTIONS, 3) + [rng.choice(QUESTIONS) for _ in range(3)]  # the yes ones: distinct
+    plan += [("no", "swapped", c1, s2), ("no", "swapped", c2, s1), ("no", kind, *rng.choice(part[kind]))]
+    wordings = rng.sample(BINDING_QUESTIONS, 3) + [rng.choice(BINDING_QUESTIONS) for _ in range(3)]  # yes: distinct
     return [
         {"q_color": c, "q_shape": sh, "label": label, "relation": rel, "text": w.format(color=c, shape=sh)}
         for (label, rel, c, sh), w in zip(plan, wordings, strict=True)
@@ -375,20 +380,22 @@ def ensure_questions(out: str | Path) -> dict:
         return write_questions(out)
     summary = json.loads(meta_path.read_text())
     if not all((out / f"binding-{split}.jsonl").is_file() for split in ("train", "test")):
-        n = summary.get("images", {})
+        n = summary.get("images") or {split: len(_table_images(out / f"{split}.jsonl")) for split in ("train", "test")}
         seed = int(summary.get("seed", 0))
-        summary["binding"] = write_binding(out, train=n.get("train", 1500), test=n.get("test", 600), seed=seed)
+        summary["binding"] = write_binding(out, train=n.get("train", 0), test=n.get("test", 0), seed=seed)
         meta_path.write_text(json.dumps(summary, indent=2))
     if all((out / f"3way-{split}.jsonl").is_file() for split in ("train", "test")):
         return summary
-    images: dict[str, list[dict]] = {}
-    for split in ("train", "test"):
-        table = out / f"{split}.jsonl"
-        rows = [json.loads(line) for line in table.read_text().splitlines() if line.strip()] if table.is_file() else []
-        firsts: dict[str, dict] = {}
-        for r in rows:  # each image once, in the order it was written, from its first row
-            firsts.setdefault(r["image"], r)
-        images[split] = [{k: r[k] for k in ("image", "color", "shape", "pos", "size")} for r in firsts.values()]
+    images = {split: _table_images(out / f"{split}.jsonl") for split in ("train", "test")}
     summary["3way"] = write_threeway(out, images, int(summary.get("seed", 0)))
     meta_path.write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _table_images(table: Path) -> list[dict]:
+    """A one-shape table's images, each once, in the order they were written, from their first row."""
+    rows = [json.loads(line) for line in table.read_text().splitlines() if line.strip()] if table.is_file() else []
+    firsts: dict[str, dict] = {}
+    for r in rows:
+        firsts.setdefault(r["image"], r)
+    return [{k: r[k] for k in ("image", "color", "shape", "pos", "size")} for r in firsts.values()]

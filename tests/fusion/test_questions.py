@@ -141,9 +141,12 @@ def test_binding_questions_need_which_colour_goes_with_which_shape(questions: Pa
             relation = {(True, True): "swapped", (True, False): "colour_only", (False, True): "shape_only"}
             assert r["relation"] == ("match" if q in objects else relation[colour_in, shape_in])
             assert r["q_color"] in r["text"] and r["q_shape"] in r["text"]
+            assert not r["text"].startswith(("is this ", f"is the {r['q_shape']}"))  # wordings that presume one shape
             # a bag of concepts (which colours and shapes are present) is the same for a match and a swap
             if r["relation"] in ("match", "swapped"):
                 assert {q[0], q[1]} <= {c1, c2, s1, s2}
+    parts = Counter(r["relation"] for r in train + test if r["relation"] in ("colour_only", "shape_only"))
+    assert parts["colour_only"] > 0 and parts["shape_only"] > 0
     assert not any(r["heldout"] for r in train)
     assert not any(tuple(o.split()) in held for r in train for o in r["objects"])
     assert not any((r["q_color"], r["q_shape"]) in held for r in train)
@@ -174,3 +177,36 @@ def test_an_older_set_gets_the_binding_task_and_nothing_else_changes(tmp_path: P
         "test": 18,
     }
     assert ensure_questions(out) == summary  # complete: nothing rewritten
+
+
+def test_an_older_set_without_image_counts_gets_a_binding_task_of_its_size(tmp_path: Path) -> None:
+    """A questions.json without "images" got the default 1,500 + 600 scenes whatever the set's size."""
+    from clipforge.training.synth import ensure_questions, write_questions
+
+    out = tmp_path / "q"
+    write_questions(out, train=5, test=3, seed=2)
+    for p in [out / "binding-train.jsonl", out / "binding-test.jsonl", *(out / "images").glob("binding-*")]:
+        p.unlink()
+    meta = json.loads((out / "questions.json").read_text())
+    del meta["binding"], meta["images"]
+    (out / "questions.json").write_text(json.dumps(meta))
+    assert ensure_questions(out)["binding"]["pairs"] == {"train": 30, "test": 18}  # its 5 + 3 images' worth
+    assert len(list((out / "images").glob("binding-*"))) == 8
+
+
+def test_binding_part_misses_are_balanced_at_scale() -> None:
+    import random
+
+    from clipforge.training.synth import EVERY, binding_rows
+
+    rng = random.Random(0)
+    kinds = Counter()
+    for _ in range(2000):
+        (c1, s1), (c2, s2) = rng.sample([cs for cs in EVERY if cs[0] == "red"], 1) + rng.sample(
+            [cs for cs in EVERY if cs[0] == "blue"], 1
+        )
+        if s1 == s2:
+            continue
+        kinds.update(r["relation"] for r in binding_rows([(c1, s1), (c2, s2)], rng, EVERY) if r["label"] == "no")
+    part = kinds["colour_only"] + kinds["shape_only"]
+    assert kinds["swapped"] == 2 * part and abs(kinds["colour_only"] / part - 0.5) < 0.05
