@@ -22,6 +22,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from clipforge.fusion.config import FuseConfig
+from clipforge.fusion.features import PairSet
 from clipforge.fusion.head import load_head
 from clipforge.fusion.kinds import INTERACTION_KINDS, KINDS, STRUCTURED_KINDS
 from clipforge.fusion.metrics import GAIN_BASES, bootstrap_gain, correct_vector
@@ -76,19 +77,21 @@ def compare(
     boot: int = 2000,
     seeds: int = 1,
     bar: Any = None,
+    sets: tuple[PairSet, PairSet | None] | None = None,
 ) -> dict[str, Any]:
     """Every kind on the same cached features into OUT/<kind>/. seeds > 1: each kind is also trained with
     fit.seed + 1 .. + seeds-1 (OUT/<kind>/seeds/seed-N/); a row's metrics are then means over its seeds (with
     `accuracy_seeds` and `accuracy_sd`) and the gain intervals resample seeds as well as test examples.
     The curves, calibration, confusion and latency are those of the first seed's head. Progress: one bar over
-    every head to train (rate and ETA), or `bar` (a tqdm the caller owns, e.g. across a sweep's budgets)."""
+    every head to train (rate and ETA), or `bar` (a tqdm the caller owns, e.g. across a sweep's budgets).
+    `sets`: the (train, val) features already loaded for this config's data (a sweep reads them once)."""
     if boot < 1:
         raise ValueError(f"the number of bootstrap resamples must be at least 1, got {boot}")
     if seeds < 1:
         raise ValueError(f"the number of training seeds must be at least 1, got {seeds}")
     out = Path(cfg.out_dir)
     t0 = time.perf_counter()
-    train, val = load_sets(cfg, progress)
+    train, val = sets or load_sets(cfg, progress)
     if val is None:
         raise ValueError("fuse compare needs a held-out set: set data.val")
     out.mkdir(parents=True, exist_ok=True)
@@ -108,7 +111,8 @@ def compare(
             )
             stack.enter_context(logging_redirect_tqdm())  # a warning gets its own line above the bar
         for kind in kinds:
-            rows.append(_compare_kind(cfg, kind, seeds, train, val, y_val, n_out, out, runs, correct, bar))
+            row, runs[kind], correct[kind] = _compare_kind(cfg, kind, seeds, train, val, y_val, n_out, out, bar)
+            rows.append(row)
     for base in [b for b in GAIN_BASES if b in correct]:
         for r in [r for r in rows if r["kind"] in GAINED_OVER[base]]:
             r[f"gain_vs_{base}"] = bootstrap_gain(correct[r["kind"]], correct[base], n_boot=boot)
@@ -151,17 +155,16 @@ def _compare_kind(
     y_val: np.ndarray,
     n_out: int,
     out: Path,
-    runs: dict[str, Any],
-    correct: dict[str, np.ndarray],
     bar: Any,
-) -> dict[str, Any]:
-    """Train `kind` at each seed (its width the budget's), and its table row; fills runs[kind] (the first
-    seed's run) and correct[kind] ([seeds, N] per-example correctness) for the gains."""
+) -> tuple[dict[str, Any], dict[str, Any], np.ndarray]:
+    """Train `kind` at each seed (its width the budget's): its table row, the first seed's run, and the
+    per-example correctness of every seed [seeds, N] for the gains."""
     width = None
     if cfg.head.budget and kind != "late":
         kw = {k: v for k, v in module_kwargs(cfg).items() if k not in ("width", "width_text")}
         width = budget_width(kind, train.dim, n_out, cfg.head.budget, **kw)
-    metrics, hits = [], []
+    done: list[dict[str, Any]] = []  # each seed's run, the first first
+    hits = []
     shutil.rmtree(out / kind / "seeds", ignore_errors=True)  # an earlier run's extra seeds are not this run's
     for j in range(seeds):
         seed = cfg.fit.seed + j
@@ -170,11 +173,8 @@ def _compare_kind(
         run = train_head(replace(c, fit=replace(c.fit, seed=seed)), sets=(train, val), progress=False)
         bar.update(1)
         hits.append(correct_vector(predict(run.pop("module"), val, cfg.head.task), y_val, cfg.head.task))
-        metrics.append(run["full_metrics"])
-        if j == 0:
-            runs[kind] = run
-    correct[kind] = np.stack(hits)  # [seeds, N]
-    run = runs[kind]
+        done.append(run)
+    run, metrics = done[0], [r["full_metrics"] for r in done]
     head_dir = Path(run["head"])
     row = {
         "kind": kind,
@@ -193,7 +193,7 @@ def _compare_kind(
     if seeds > 1:
         accs = [x["accuracy"] for x in metrics]
         row |= {"seeds": seeds, "accuracy_seeds": accs, "accuracy_sd": float(np.std(accs, ddof=1))}
-    return row
+    return row, run, np.stack(hits)
 
 
 def _mean(metrics: list[dict[str, Any]], key: str) -> float | None:

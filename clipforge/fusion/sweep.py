@@ -25,6 +25,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm  # noqa: E402
 
 from clipforge.fusion.compare import ci_text, compare, pct  # noqa: E402
 from clipforge.fusion.config import FuseConfig  # noqa: E402
+from clipforge.fusion.features import PairSet  # noqa: E402
 from clipforge.fusion.kinds import build_fusion  # noqa: E402
 from clipforge.fusion.report import best_structured, png_figure  # noqa: E402
 from clipforge.fusion.train import label_names, load_sets, module_kwargs, outputs  # noqa: E402
@@ -58,7 +59,8 @@ def sweep(
     if not budgets or budgets[0] < 1:
         raise ValueError(f"budgets must be parameter counts >= 1, got {budgets}")
     out = Path(cfg.out_dir)
-    check_budgets(cfg, kinds, budgets, progress)  # refused before anything in OUT is touched
+    sets = load_sets(cfg, progress)  # read once: every budget's compare trains on these features
+    check_budgets(cfg, kinds, budgets, sets[0])  # refused before anything in OUT is touched
     for name in OUTPUTS:  # a sweep that fails part-way must not leave an earlier run's page beside its folders
         (out / name).unlink(missing_ok=True)
     results: dict[int, dict[str, Any]] = {}
@@ -73,6 +75,7 @@ def sweep(
                 boot=boot,
                 seeds=seeds,
                 bar=bar,
+                sets=sets,
             )
     first = results[budgets[0]]
     groups = list(first["groups"])
@@ -117,10 +120,9 @@ def sweep(
     return summary | {"results": results}
 
 
-def check_budgets(cfg: FuseConfig, kinds: list[str], budgets: list[int], progress: bool) -> None:
+def check_budgets(cfg: FuseConfig, kinds: list[str], budgets: list[int], train: PairSet) -> None:
     """Refuse a budget below some kind's smallest head (projection width 1), before any training: that kind
     would get more parameters than the budget, and the column would not compare equal sizes."""
-    train, _ = load_sets(cfg, progress)  # computed here once, then read from the cache by every compare
     n_out = outputs(cfg.head.task, label_names(cfg, train))
     kw = {k: v for k, v in module_kwargs(cfg).items() if k not in ("width", "width_text")}
     smallest = {
