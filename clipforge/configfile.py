@@ -43,7 +43,9 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     if tp is int and isinstance(value, float) and value.is_integer():
         return int(value)
     if tp in (int, str, bool) and not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
-        raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
+        quote = tp is str and isinstance(value, bool)  # `labels: [no, yes]` in YAML 1.1 is [False, True]
+        hint = " (YAML reads unquoted yes/no/on/off/true/false as booleans: quote it)" if quote else ""
+        raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}{hint}")
     return value
 
 

@@ -24,7 +24,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from clipforge.fusion.config import FuseConfig
 from clipforge.fusion.features import PairSet
 from clipforge.fusion.head import load_head
-from clipforge.fusion.kinds import INTERACTION_KINDS, KINDS, STRUCTURED_KINDS
+from clipforge.fusion.kinds import INTERACTION_KINDS, KINDS, STRUCTURED_KINDS, build_fusion, check_widths
 from clipforge.fusion.metrics import GAIN_BASES, bootstrap_gain, correct_vector
 from clipforge.fusion.train import (
     budget_width,
@@ -89,6 +89,9 @@ def compare(
         raise ValueError(f"the number of bootstrap resamples must be at least 1, got {boot}")
     if seeds < 1:
         raise ValueError(f"the number of training seeds must be at least 1, got {seeds}")
+    if not cfg.head.budget:  # each kind takes the configured widths: refuse a kind that cannot, before any work
+        for kind in kinds:
+            check_widths(kind, cfg.head.width, cfg.head.width_text)
     out = Path(cfg.out_dir)
     t0 = time.perf_counter()
     train, val = sets or load_sets(cfg, progress)
@@ -96,6 +99,8 @@ def compare(
         raise ValueError("fuse compare needs a held-out set: set data.val")
     out.mkdir(parents=True, exist_ok=True)
     feature_seconds = time.perf_counter() - t0
+    if cfg.head.budget:
+        check_budgets(cfg, kinds, [cfg.head.budget], train)
     labels = label_names(cfg, train)
     n_out = outputs(cfg.head.task, labels)
     y_val = encode_targets(val.labels, cfg.head.task, labels)
@@ -144,6 +149,25 @@ def compare(
 
     result["report"] = str(write_compare_report(result, out / "report.html"))
     return result
+
+
+def check_budgets(cfg: FuseConfig, kinds: list[str], budgets: list[int], train: PairSet) -> None:
+    """Refuse a budget below some kind's smallest head (projection width 1), before any training: that kind
+    would get more parameters than the budget, and the column would not compare equal sizes."""
+    n_out = outputs(cfg.head.task, label_names(cfg, train))
+    kw = {k: v for k, v in module_kwargs(cfg).items() if k not in ("width", "width_text")}
+    smallest = {
+        k: build_fusion(k, train.dim, n_out, **{**kw, "width": 1, "width_text": 0}).n_params()
+        for k in kinds
+        if k != "late"  # 2 parameters per output whatever the budget
+    }
+    over = {k: n for k, n in smallest.items() if n > budgets[0]}
+    if over:
+        k, n = max(over.items(), key=lambda kv: kv[1])
+        raise ValueError(
+            f"budget {budgets[0]:,} is below the smallest {k} head ({n:,} parameters at width 1): "
+            f"give budgets of at least {max(smallest.values()):,}"
+        )
 
 
 def _compare_kind(

@@ -89,14 +89,22 @@ def check(cfg: FuseConfig) -> FuseConfig:
         if not math.isfinite(getattr(cfg.fit, key)):
             raise ConfigError(f"fit.{key} must be a finite number, got {getattr(cfg.fit, key)}")
     check_minimums(cfg.to_dict(), MINIMUM)
-    from clipforge.fusion.kinds import KINDS
+    from clipforge.fusion.kinds import KINDS, check_widths
 
     if cfg.head.kind not in KINDS:
         raise ConfigError(f"head.kind must be one of {', '.join(KINDS)}, got {cfg.head.kind!r}")
     if cfg.head.task not in TASKS:
         raise ConfigError(f"head.task must be one of {TASKS}, got {cfg.head.task!r}")
-    if cfg.head.task == "binary" and cfg.head.labels and len(cfg.head.labels) != 2:
-        raise ConfigError(f"a binary head has two labels [negative, positive], got {list(cfg.head.labels)}")
+    labels = [str(x) for x in cfg.head.labels]
+    if cfg.head.task == "binary" and labels and len(labels) != 2:
+        raise ConfigError(f"a binary head has two labels [negative, positive], got {labels}")
+    folded = [x.strip().lower() if cfg.head.task == "binary" else x for x in labels]  # binary reads case-blind
+    if len(set(folded)) < len(folded):
+        raise ConfigError(f"head.labels names a label twice: {labels}")
+    try:
+        check_widths(cfg.head.kind, cfg.head.width, cfg.head.width_text)
+    except ValueError as exn:
+        raise ConfigError(str(exn)) from None
     return cfg
 
 

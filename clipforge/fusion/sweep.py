@@ -23,12 +23,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 from tqdm.contrib.logging import logging_redirect_tqdm  # noqa: E402
 
-from clipforge.fusion.compare import ci_text, compare, pct  # noqa: E402
+from clipforge.fusion.compare import check_budgets, ci_text, compare, pct  # noqa: E402
 from clipforge.fusion.config import FuseConfig  # noqa: E402
-from clipforge.fusion.features import PairSet  # noqa: E402
-from clipforge.fusion.kinds import build_fusion  # noqa: E402
 from clipforge.fusion.report import best_structured, png_figure  # noqa: E402
-from clipforge.fusion.train import label_names, load_sets, module_kwargs, outputs  # noqa: E402
+from clipforge.fusion.train import load_sets  # noqa: E402
 
 OUTPUTS = ("sweep.json", "sweep.md", "sweep.html")
 
@@ -118,25 +116,6 @@ def sweep(
     (out / "sweep.md").write_text(sweep_markdown(summary) + "\n")
     summary["report"] = str(write_sweep_report(summary, out / "sweep.html"))
     return summary | {"results": results}
-
-
-def check_budgets(cfg: FuseConfig, kinds: list[str], budgets: list[int], train: PairSet) -> None:
-    """Refuse a budget below some kind's smallest head (projection width 1), before any training: that kind
-    would get more parameters than the budget, and the column would not compare equal sizes."""
-    n_out = outputs(cfg.head.task, label_names(cfg, train))
-    kw = {k: v for k, v in module_kwargs(cfg).items() if k not in ("width", "width_text")}
-    smallest = {
-        k: build_fusion(k, train.dim, n_out, **{**kw, "width": 1, "width_text": 0}).n_params()
-        for k in kinds
-        if k != "late"  # 2 parameters per output whatever the budget
-    }
-    over = {k: n for k, n in smallest.items() if n > budgets[0]}
-    if over:
-        k, n = max(over.items(), key=lambda kv: kv[1])
-        raise ValueError(
-            f"budget {budgets[0]:,} is below the smallest {k} head ({n:,} parameters at width 1): "
-            f"give budgets of at least {max(smallest.values()):,}"
-        )
 
 
 def _by_kind(points: list[dict[str, Any]]) -> dict[str, dict[int, dict[str, Any]]]:

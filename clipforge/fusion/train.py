@@ -49,16 +49,7 @@ def encode_targets(values: list[Any], task: str, labels: list[str]) -> np.ndarra
     """Raw label values -> class index [N] (binary, multiclass) or 0/1 matrix [N, C] (multilabel)."""
     pos = {name: i for i, name in enumerate(labels)}
     if task == "binary":
-        out = []
-        for v in values:
-            s = str(v).strip().lower()
-            if s in (labels[1].lower(), *BINARY_TRUE) or v is True:
-                out.append(1)
-            elif s in (labels[0].lower(), *BINARY_FALSE) or v is False:
-                out.append(0)
-            else:
-                raise ValueError(f"binary label {v!r} is neither {labels[0]!r} nor {labels[1]!r}")
-        return np.array(out, np.int64)
+        return np.array([binary_index(v, labels) for v in values], np.int64)
     if task == "multiclass":
         unknown = sorted({str(v) for v in values} - set(pos))
         if unknown:
@@ -71,6 +62,23 @@ def encode_targets(values: list[Any], task: str, labels: list[str]) -> np.ndarra
                 raise ValueError(f"label {x!r} not among the head's labels {labels[:10]}")
             m[i, pos[x]] = 1
     return m
+
+
+def binary_index(v: Any, labels: list[str]) -> int:
+    """A binary label value -> 0 (labels[0], the negative) or 1 (labels[1]). The label names match first; the
+    usual words (yes/true/1 ..., no/false/0 ...) and booleans only where they cannot mean the other label:
+    with labels [yes, no] (positive "no") "true" is refused rather than read as the positive."""
+    neg, pos = labels[0].strip().lower(), labels[1].strip().lower()
+    s = str(v).strip().lower()
+    if s == pos:
+        return 1
+    if s == neg:
+        return 0
+    if (v is True or s in BINARY_TRUE) and neg not in BINARY_TRUE:
+        return 1
+    if (v is False or s in BINARY_FALSE) and pos not in BINARY_FALSE:
+        return 0
+    raise ValueError(f"binary label {v!r} is neither {labels[0]!r} nor {labels[1]!r}")
 
 
 def _targets(spec: str, data: PairSet, task: str, labels: list[str]) -> np.ndarray:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -196,6 +197,20 @@ def test_a_budget_below_some_kinds_smallest_head_is_refused_before_training(
         sweep(_sweep_cfg(questions, micro_bundle, tmp_path), ["late", "concat", "tensor"], [3000, 50], progress=False)
     assert sorted(p.name for p in (tmp_path / "sw").iterdir()) == ["sweep.json"]
     assert sweep(_sweep_cfg(questions, micro_bundle, tmp_path), ["late"], [5, 5], progress=False)["budgets"] == [5]
+
+
+def test_a_single_compare_refuses_a_budget_below_some_kinds_smallest_head(
+    questions: Path, micro_bundle: Path, tmp_path: Path
+) -> None:
+    """`fuse compare --set head.budget=N` (no sweep) refuses as `--budgets` does; it used to warn and train
+    that kind at width 1, over the budget its column claimed."""
+    from clipforge.fusion.compare import compare
+
+    cfg = _sweep_cfg(questions, micro_bundle, tmp_path)
+    cfg = replace(cfg, head=replace(cfg.head, budget=50))
+    with pytest.raises(ValueError, match=r"budget 50 is below the smallest tensor head"):
+        compare(cfg, ["late", "tensor"], progress=False)
+    assert not list(Path(cfg.out_dir).glob("*/head.json"))  # nothing trained
 
 
 def test_a_sweep_that_fails_part_way_leaves_no_stale_page(

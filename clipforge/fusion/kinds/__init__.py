@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from clipforge.fusion.kinds.additive import Additive
-from clipforge.fusion.kinds.base import Fusion, NumpyOps, TorchOps
+from clipforge.fusion.kinds.base import Fusion, NumpyOps, TorchOps, check_widths
 from clipforge.fusion.kinds.concat import Concat
 from clipforge.fusion.kinds.gated import Gated
 from clipforge.fusion.kinds.late import Late
@@ -25,4 +25,13 @@ def build_fusion(kind: str, dim: int, out: int, **kw: Any) -> Fusion:
     return KINDS[kind](dim, out, **kw)
 
 
-__all__ = ["INTERACTION_KINDS", "KINDS", "STRUCTURED_KINDS", "Fusion", "NumpyOps", "TorchOps", "build_fusion"]
+__all__ = [
+    "INTERACTION_KINDS",
+    "KINDS",
+    "STRUCTURED_KINDS",
+    "Fusion",
+    "NumpyOps",
+    "TorchOps",
+    "build_fusion",
+    "check_widths",
+]

@@ -10,6 +10,7 @@ from clipforge.fusion.kinds.base import Fusion
 
 class Additive(Fusion):
     kind = "additive"
+    one_width = True
     takes_post = False  # a ReLU on f(z_i) + g(z_t) would be an interaction (a hinge of a sum): no longer the control
 
     def build(self) -> None:

@@ -39,6 +39,22 @@ class NumpyOps:
         return np.maximum(x, 0)
 
 
+def check_widths(kind: str, width: int, width_text: int) -> None:
+    """Refuse projection widths a kind cannot take, in one line (before any data is read, where possible)."""
+    from clipforge.fusion.kinds import KINDS
+
+    if width_text and not width:
+        raise ValueError(
+            "head.width_text sets the text side's projection width apart from the image side's: it needs "
+            f"head.width > 0 as well (got width 0, width_text {width_text})"
+        )
+    if width_text and width_text != width and kind in KINDS and KINDS[kind].one_width:
+        raise ValueError(
+            f"{kind} fusion combines the two sides elementwise: give them one width "
+            f"(head.width {width}, head.width_text {width_text})"
+        )
+
+
 def with_one(h: Any, ops: Any) -> Any:
     """[N, p] -> [N, p + 1]: the appended constant 1 keeps unimodal terms in an outer product."""
     return ops.cat([h, h[:, :1] * 0 + 1])
@@ -53,6 +69,7 @@ class Fusion(nn.Module):
     kind: ClassVar[str] = ""
     convex: ClassVar[bool] = False  # the loss is convex in the parameters: `fit` solves it with L-BFGS
     takes_post: ClassVar[bool] = True  # post_hidden applies (concat has its own hidden layer; late none)
+    one_width: ClassVar[bool] = False  # the two sides are summed or multiplied elementwise: one width for both
 
     def __init__(
         self,
@@ -65,6 +82,7 @@ class Fusion(nn.Module):
         post_hidden: int = 0,
     ):
         super().__init__()
+        check_widths(self.kind, width, width_text)
         self.dim, self.out, self.rank, self.hidden = dim, out, rank, hidden
         self.post_hidden = post_hidden if self.takes_post else 0
         self.fused_out = self.post_hidden or out  # what the fusion stage produces

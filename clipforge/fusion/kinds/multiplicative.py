@@ -10,6 +10,7 @@ from clipforge.fusion.kinds.base import Fusion
 
 class Multiplicative(Fusion):
     kind = "multiplicative"
+    one_width = True
 
     def build(self) -> None:
         if self.p_i != self.p_t:
