@@ -1,11 +1,29 @@
-"""Reading the small JSON files clipforge writes beside its data (bundle.json, an index's manifest)."""
+"""Reading (and writing) the small JSON files clipforge writes beside its data (bundle.json, an index's
+manifest, a head's head.json and a comparison's compare.json)."""
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def json_text(value: Any, **kw: Any) -> str:
+    """`json.dumps` with NaN and infinities written as null: Python writes a bare `NaN` (an undefined AUROC,
+    say), which is not JSON, and other readers (browsers, jq, Go, JavaScript) refuse the whole file."""
+    return json.dumps(_finite(value), allow_nan=False, **kw)
 
 
 def read_json(path: Path, error: type[Exception]) -> Any:

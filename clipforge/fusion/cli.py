@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from clipforge.cliutil import at_least
+from clipforge.encoders.jsonfile import json_text
 
 
 def _short(m: dict[str, Any]) -> dict[str, Any]:
@@ -23,7 +24,7 @@ def cmd_fuse_train(a: argparse.Namespace) -> int:
 
     run = train_head(load_fuse_config(a.config, a.set))
     print(
-        json.dumps(
+        json_text(
             {k: v for k, v in run.items() if k not in ("history", "full_metrics", "module", "metrics")}
             | {"metrics": _short(run["metrics"])},
             indent=2,
@@ -78,7 +79,7 @@ def cmd_fuse_eval(a: argparse.Namespace) -> int:
     out = {"head": str(path), "kind": head.kind, "pairs": len(data), **_short(metrics)}
     if a.full:
         out |= {k: v for k, v in metrics.items() if isinstance(v, dict | list)}
-    print(json.dumps(out, indent=2))
+    print(json_text(out, indent=2))
     return 0
 
 

@@ -9,7 +9,6 @@ bootstrap interval over test examples.
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from contextlib import ExitStack
@@ -21,11 +20,12 @@ import numpy as np
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from clipforge.encoders.jsonfile import json_text
 from clipforge.fusion.config import FuseConfig
 from clipforge.fusion.features import PairSet
 from clipforge.fusion.head import load_head
 from clipforge.fusion.kinds import INTERACTION_KINDS, KINDS, STRUCTURED_KINDS, build_fusion, check_widths
-from clipforge.fusion.metrics import GAIN_BASES, bootstrap_gain, correct_vector
+from clipforge.fusion.metrics import GAIN_BASES, GROUP_METRICS, METRIC_NAMES, bootstrap_gain, correct_vector
 from clipforge.fusion.train import (
     budget_width,
     encode_targets,
@@ -143,7 +143,7 @@ def compare(
         "reliability": {k: r["full_metrics"]["reliability"] for k, r in runs.items()},
         "confusion": {k: r["full_metrics"].get("confusion") for k, r in runs.items()},
     }
-    (out / "compare.json").write_text(json.dumps(result, indent=2))
+    (out / "compare.json").write_text(json_text(result, indent=2))
     (out / "compare.md").write_text(table_markdown(result) + "\n")
     from clipforge.fusion.report import write_compare_report
 
@@ -206,7 +206,7 @@ def _compare_kind(
         "params": run["n_params"],
         **{key: _mean(metrics, key) for key in ("accuracy", "auroc", "macro_f1")},
         "ece": float(np.mean([x["reliability"]["ece"] for x in metrics])),
-        **{f"{g}/accuracy": _mean(metrics, f"{g}/accuracy") for g in val.groups},
+        **{f"{g}/{m}": _mean(metrics, f"{g}/{m}") for g in val.groups for m in GROUP_METRICS},
         "train_s": run["train_seconds"],
         "pairs_per_s": run["pairs_per_s"],
         "us_numpy_1": latency_us(head_dir, train.dim, "numpy", 1, 300),
@@ -239,7 +239,8 @@ def table_markdown(result: dict[str, Any]) -> str:
     seeds = result.get("seeds", 1)
     acc = "acc %" if seeds == 1 else f"acc % (mean ± sd, {seeds} seeds)"
     head = ["kind", "width", "params", acc, "AUROC %", "macro-F1 %", "ECE %"]
-    head += [f"{g} acc %" for g in groups] + [f"gain vs {b} (95% CI)" for b in GAIN_BASES]
+    head += [f"{g} {METRIC_NAMES[m]}" for g in groups for m in GROUP_METRICS]
+    head += [f"gain vs {b} (95% CI)" for b in GAIN_BASES]
     head += [f"{g} gain vs additive (95% CI)" for g in groups] + [
         "train s",
         "pairs/s",
@@ -259,7 +260,8 @@ def table_markdown(result: dict[str, Any]) -> str:
             pct(r["macro_f1"]),
             pct(r["ece"]),
         ]
-        cells += [pct(r.get(f"{g}/accuracy")) for g in groups] + [ci_text(r.get(f"gain_vs_{b}")) for b in GAIN_BASES]
+        cells += [pct(r.get(f"{g}/{m}")) for g in groups for m in GROUP_METRICS]
+        cells += [ci_text(r.get(f"gain_vs_{b}")) for b in GAIN_BASES]
         cells += [ci_text(r.get(f"{g}/gain_vs_additive")) for g in groups]
         cells += [
             f"{r['train_s']:.2f}",

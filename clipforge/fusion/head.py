@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from clipforge.encoders.bundle import sha256_file, swap_in
+from clipforge.encoders.jsonfile import json_text
 from clipforge.fusion.kinds import Fusion, build_fusion
 
 HEAD_FORMAT = "clipforge-head/1"
@@ -139,7 +140,7 @@ def save_head(
             "provenance": provenance or {},
             "weights_sha256": sha256_file(tmp / WEIGHTS),
         }
-        (tmp / META).write_text(json.dumps(meta, indent=2, default=str))
+        (tmp / META).write_text(json_text(meta, indent=2, default=str))
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o777 & ~umask)

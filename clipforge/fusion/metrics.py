@@ -113,6 +113,8 @@ def correct_vector(probs: np.ndarray, targets: np.ndarray, task: str) -> np.ndar
     return (probs.argmax(1) == targets.astype(np.int64)).astype(np.float64)
 
 
+GROUP_METRICS = ("accuracy", "auroc", "macro_f1")  # what a comparison reports on each subset (held-out combos)
+METRIC_NAMES = {"accuracy": "acc %", "auroc": "AUROC %", "macro_f1": "macro-F1 %"}
 GAIN_BASES = ("late", "additive", "concat")  # the baselines `fuse compare` reports paired gains over, in order
 
 

@@ -19,7 +19,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from clipforge.fusion.kinds import STRUCTURED_KINDS  # noqa: E402
-from clipforge.fusion.metrics import GAIN_BASES  # noqa: E402
+from clipforge.fusion.metrics import GAIN_BASES, GROUP_METRICS, METRIC_NAMES  # noqa: E402
 
 
 def best_structured(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -118,7 +118,7 @@ def table_html(result: dict[str, Any]) -> str:
         "auroc",
         "macro_f1",
         "ece",
-        *[f"{g}/accuracy" for g in groups],
+        *[f"{g}/{m}" for g in groups for m in GROUP_METRICS],
         *[f"gain_vs_{b}" for b in GAIN_BASES],
         *[f"{g}/gain_vs_additive" for g in groups],
         "train_s",
@@ -133,6 +133,8 @@ def table_html(result: dict[str, Any]) -> str:
         "auroc": "AUROC %",
         "macro_f1": "macro-F1 %",
         "ece": "ECE %",
+        **{f"{g}/{m}": f"{g} {METRIC_NAMES[m]}" for g in groups for m in GROUP_METRICS},
+        **{f"{g}/gain_vs_additive": f"{g} gain vs additive (95% CI)" for g in groups},
         **{f"gain_vs_{b}": f"gain vs {b} (95% CI)" for b in GAIN_BASES},
         "train_s": "train s",
         "pairs_per_s": "pairs/s",
@@ -153,7 +155,7 @@ def table_html(result: dict[str, Any]) -> str:
             return f'<td data-key="{c}"></td>'
         if c == "accuracy" and "accuracy_sd" in r:
             return f'<td data-key="{c}" data-value="{v}">{100 * v:.1f} ± {100 * r["accuracy_sd"]:.1f}</td>'
-        if c in ("accuracy", "auroc", "macro_f1", "ece") or c.endswith("/accuracy"):
+        if c in ("accuracy", "auroc", "macro_f1", "ece") or c.split("/")[-1] in GROUP_METRICS:
             return f'<td data-key="{c}" data-value="{v}">{100 * v:.1f}</td>'
         if isinstance(v, float):
             return (
@@ -163,10 +165,7 @@ def table_html(result: dict[str, Any]) -> str:
             )
         return f'<td data-key="{c}">{html.escape(str(v))}</td>'
 
-    head = "".join(
-        f"<th>{html.escape(names.get(c, c.replace('/accuracy', ' acc %').replace('/gain_vs_additive', ' gain vs additive')))}</th>"
-        for c in cols
-    )
+    head = "".join(f"<th>{html.escape(names.get(c, c))}</th>" for c in cols)
     body = "".join(
         f'<tr data-kind="{r["kind"]}"{" class=best" if r["kind"] == best else ""}>{"".join(cell(r, c) for c in cols)}</tr>'
         for r in result["rows"]
@@ -216,8 +215,9 @@ p.note{{color:#555;font-size:14px;max-width:70em}}</style></head><body>
 <p>{result["train_pairs"]:,} training pairs, {result["val_pairs"]:,} held-out pairs ({groups}); task
 {html.escape(result["task"])} ({", ".join(map(html.escape, result["labels"]))}); embedding width {result["dim"]};
 bundle features {"from the cache" if result["feature_cache_hit"] else "computed"} in {result["feature_seconds"]:.1f} s.</p>
-<p class="note">{note} Gains are accuracy points over <code>additive</code> with a paired bootstrap 95% interval over
-held-out examples (green: the interval excludes 0). µs/pred: median time of <code>Head.predict</code> per pair on a batch
+<p class="note">{note} Gains are accuracy points over <code>late</code>, <code>additive</code> and (for the structured
+kinds) <code>concat</code>, with a paired bootstrap 95% interval over held-out examples (green: above, red: below, the
+interval excluding 0); over <code>additive</code> on each subset too. µs/pred: median time of <code>Head.predict</code> per pair on a batch
 of 1 and of 1024, in numpy and in torch.</p>
 {table_html(result)}
 <h2>Learning curves, calibration, confusion</h2>{"".join(figs)}

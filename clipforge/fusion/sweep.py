@@ -23,6 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 from tqdm.contrib.logging import logging_redirect_tqdm  # noqa: E402
 
+from clipforge.encoders.jsonfile import json_text  # noqa: E402
 from clipforge.fusion.compare import check_budgets, ci_text, compare, pct  # noqa: E402
 from clipforge.fusion.config import FuseConfig  # noqa: E402
 from clipforge.fusion.report import best_structured, png_figure  # noqa: E402
@@ -112,7 +113,7 @@ def sweep(
         "reports": {b: res["report"] for b, res in results.items()},
     }
     out.mkdir(parents=True, exist_ok=True)
-    (out / "sweep.json").write_text(json.dumps(summary, indent=2))
+    (out / "sweep.json").write_text(json_text(summary, indent=2))
     (out / "sweep.md").write_text(sweep_markdown(summary) + "\n")
     summary["report"] = str(write_sweep_report(summary, out / "sweep.html"))
     return summary | {"results": results}

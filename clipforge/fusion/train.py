@@ -5,7 +5,6 @@ Epochs only gather rows of the cached feature matrices (no encoder), so a head t
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -19,6 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from clipforge.encoders.jsonfile import json_text
 from clipforge.fusion.config import FuseConfig, save_fuse_config
 from clipforge.fusion.features import PairSet, load_pairs
 from clipforge.fusion.head import probabilities, save_head
@@ -200,7 +200,7 @@ def _fit(
             rec["val"] = {k: v for k, v in ev.items() if isinstance(v, float | int)}
         history.append(rec)
         if log is not None:
-            log.write(json.dumps(rec) + "\n")
+            log.write(json_text(rec) + "\n")
             log.flush()
         bar.set_postfix(loss=f"{rec['loss']:.3f}", acc=f"{rec.get('val', {}).get('accuracy', float('nan')):.3f}")
     bar.close()

@@ -15,7 +15,7 @@ import pytest
 from clipforge.encoders.bundle import Bundle, save_bundle
 from clipforge.fusion.config import load_fuse_config
 from clipforge.fusion.features import load_pairs
-from clipforge.fusion.head import HeadError, load_head
+from clipforge.fusion.head import HeadError, load_head, save_head
 from clipforge.fusion.train import train_head
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -229,6 +229,11 @@ def test_cli_train_eval_compare(
     assert additive["gain_vs_late"]["gain"] == pytest.approx(additive["accuracy"] - late["accuracy"])
     page = (tmp_path / "cmp" / "report.html").read_text()
     assert page.count('data-kind="') == 3 and "reliability" in page and "confusion" in page
+    for r in result["rows"]:  # held-out combinations get AUROC and macro-F1 too, as each head measured them
+        stored = json.loads((tmp_path / "cmp" / r["kind"] / "head" / "head.json").read_text())["metrics"]
+        assert all(r[f"heldout/{m}"] == stored[f"heldout/{m}"] for m in ("accuracy", "auroc", "macro_f1"))
+    assert "heldout AUROC %" in page and "heldout macro-F1 %" in page
+    assert "| heldout AUROC % | heldout macro-F1 % |" in (tmp_path / "cmp" / "compare.md").read_text()
 
 
 def test_a_head_does_not_depend_on_what_ran_before_it_in_the_process(
@@ -244,3 +249,21 @@ def test_a_head_does_not_depend_on_what_ran_before_it_in_the_process(
     a = load_head(Path(first["head"])).module.state_dict()
     b = load_head(Path(second["head"])).module.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_undefined_metrics_are_written_as_json_null_not_nan(tmp_path: Path) -> None:
+    """An AUROC on a subset with one class is undefined (NaN). Python's json writes a bare NaN, which is not
+    JSON: browsers, jq and other languages refuse the whole head.json or compare.json."""
+    from clipforge.encoders.jsonfile import json_text
+    from clipforge.fusion.kinds import build_fusion
+
+    value = {"auroc": float("nan"), "rows": [{"x": float("inf"), "y": 0.5}], "t": (1.0, float("-inf"))}
+    assert json.loads(json_text(value)) == {"auroc": None, "rows": [{"x": None, "y": 0.5}], "t": [1.0, None]}
+    head = save_head(
+        tmp_path / "h", build_fusion("tensor", 8, 1, width=2), task="binary", labels=["no", "yes"],
+        bundle_fingerprint="f" * 64, metrics={"accuracy": 0.5, "heldout/auroc": float("nan")},
+    )  # fmt: skip
+    text = (head / "head.json").read_text()
+    meta = json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in head.json"))
+    assert meta["metrics"] == {"accuracy": 0.5, "heldout/auroc": None}
+    assert load_head(head).meta["metrics"]["heldout/auroc"] is None  # and it still loads
