@@ -34,20 +34,14 @@ def cmd_fuse_train(a: argparse.Namespace) -> int:
     return 0
 
 
-def head_dir(path: str) -> Path:
-    """A head folder, or a `fuse train` run folder holding one in head/."""
-    p = Path(path)
-    return p / "head" if not (p / "head.json").is_file() and (p / "head" / "head.json").is_file() else p
-
-
 def head_and_bundle(head_arg: str, bundle_arg: str | None) -> tuple[Path, str, Any]:
     """(head folder, bundle path, loaded head): the bundle given, else the one head.json records; a head of
     another bundle is refused in one line."""
     from clipforge.encoders.bundle import read_bundle_meta
-    from clipforge.fusion.head import load_head, read_head_meta
+    from clipforge.fusion.head import head_dir, load_head, read_head_meta
 
     path = head_dir(head_arg)
-    bundle = bundle_arg or read_head_meta(path).get("provenance", {}).get("bundle")
+    bundle = bundle_arg or (read_head_meta(path).get("provenance") or {}).get("bundle")
     if not bundle:
         raise ValueError("give --bundle (the head does not record the bundle it was trained with)")
     if not bundle_arg and not (Path(bundle) / "bundle.json").is_file():

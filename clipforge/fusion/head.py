@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -26,6 +27,7 @@ HEAD_FORMAT = "clipforge-head/1"
 WEIGHTS = "head.safetensors"
 META = "head.json"
 TASKS = ("binary", "multiclass", "multilabel")
+HEAD_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # served as a URL path segment: /v1/heads/{name}
 
 
 class HeadError(ValueError):
@@ -153,8 +155,14 @@ def save_head(
     return out
 
 
+def head_dir(path: str | Path) -> Path:
+    """A head folder, or a `fuse train` run folder holding one in head/ (what `fuse train` prints)."""
+    p = Path(path)
+    return p / "head" if not (p / META).is_file() and (p / "head" / META).is_file() else p
+
+
 def read_head_meta(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
+    path = head_dir(path)
     if not (path / META).is_file():
         raise HeadError(f"{path} is not a clipforge head (no {META})")
     try:
@@ -168,14 +176,18 @@ def read_head_meta(path: str | Path) -> dict[str, Any]:
     for key, tp in shape.items():
         if not isinstance(meta.get(key), tp):
             raise HeadError(f"{path / META}: {key!r} should be {tp.__name__}: corrupt or not written by clipforge")
+    for key in ("provenance", "metrics"):
+        if meta.get(key) is not None and not isinstance(meta[key], dict):
+            raise HeadError(f"{path / META}: {key!r} should be an object: corrupt or not written by clipforge")
     if meta["task"] not in TASKS:
         raise HeadError(f"{path / META}: unknown task {meta['task']!r}")
     return meta
 
 
 def load_head(path: str | Path, fingerprint: str | None = None, backend: str = "numpy") -> Head:
-    """Load a head folder; with `fingerprint` (the serving bundle's), a head of another bundle is refused."""
-    path = Path(path)
+    """Load a head folder (or a `fuse train` run folder); with `fingerprint` (the serving bundle's), a head of
+    another bundle is refused."""
+    path = head_dir(path)
     meta = read_head_meta(path)
     if fingerprint is not None and meta["bundle_fingerprint"] != fingerprint:
         raise HeadError(

@@ -8,26 +8,36 @@ plus a small matrix product. Used by `serve`'s preflight, the app's lifespan and
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
-from clipforge.fusion.head import Head, load_head
+from clipforge.fusion.head import HEAD_NAME, Head, load_head
 from clipforge.service.engine import Engine
 from clipforge.service.errors import APIError
 from clipforge.service.store import IndexHandle, index_errors
 
-HEAD_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # it is a URL path segment: /v1/heads/{name}
+
+def named_path(entry: str | Path) -> tuple[str | None, Path]:
+    """`--head` takes DIR or NAME=DIR: (NAME or None, DIR). A path that exists as given is a path, even with
+    an "=" in it."""
+    text = str(entry)
+    name, sep, rest = text.partition("=")
+    if sep and HEAD_NAME.match(name) and not Path(text).exists():
+        return name, Path(rest)
+    return None, Path(text)
 
 
 def load_heads(paths: Iterable[str | Path], fingerprint: str) -> dict[str, Head]:
-    """name -> head, for heads trained on the bundle with this fingerprint. Raises ValueError (HeadError is
+    """name -> head, for heads trained on the bundle with this fingerprint; each entry a head folder, a
+    `fuse train` run folder, or NAME=folder to serve it under another name. Raises ValueError (HeadError is
     one) with one line for a missing or corrupt head, one of another bundle, or two heads of one name."""
     heads: dict[str, Head] = {}
-    for path in paths:
+    for entry in paths:
+        name, path = named_path(entry)
         head = load_head(path, fingerprint=fingerprint)
+        head.name = name or head.name
         if not HEAD_NAME.match(head.name):
             raise ValueError(f"head {path}: its name {head.name!r} cannot be served (use 1-64 letters, digits, _ . -)")
         if head.name in heads:

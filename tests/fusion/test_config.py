@@ -23,6 +23,7 @@ def test_presets_and_overrides() -> None:
         ("head.colour=1", "unknown config key"),
         ("head.labels=[a, b, c]", "two labels"),
         ("head.labels=['Yes', 'yes']", "names a label twice"),
+        ("name=red circle?", "served in a URL"),
         ("head.labels=[no, yes]", r"got False \(YAML reads unquoted yes/no.* quote it\)"),
         ("head.width=0", None),  # fine alone: the check below is of width_text without width
     ):

@@ -135,6 +135,12 @@ def test_load_head_refuses_missing_and_corrupt_folders(questions: Path, micro_bu
     with pytest.raises(HeadError, match="no head.json"):
         load_head(tmp_path / "nope")
     head_dir = Path(train_head(_cfg(questions, micro_bundle, tmp_path, "fit.epochs=1"), progress=False)["head"])
+    assert load_head(head_dir.parent).path == head_dir  # the run folder `fuse train` prints loads its head
+    meta = json.loads((head_dir / "head.json").read_text())
+    (head_dir / "head.json").write_text(json.dumps(meta | {"provenance": "edited"}))
+    with pytest.raises(HeadError, match="'provenance' should be an object"):  # was an AttributeError in eval
+        load_head(head_dir)
+    (head_dir / "head.json").write_text(json.dumps(meta))
     weights = head_dir / "head.safetensors"
     weights.write_bytes(weights.read_bytes()[:-8])
     with pytest.raises(HeadError, match="does not match"):

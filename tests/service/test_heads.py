@@ -379,3 +379,66 @@ def test_heads_are_reads_behind_the_read_key(make_client: Any, heads: dict[str, 
     ]:
         assert c.request(method, path, **kw).status_code == 401
         assert c.request(method, path, headers={"X-API-Key": "reader"}, **kw).status_code == 200
+
+
+def test_a_head_trained_by_fuse_train_served_from_its_run_folder(
+    micro_bundle: Path, bundle: Any, tmp_path: Path
+) -> None:
+    """End to end on a TRAINED head: `clipforge fuse train` on a question set, then `serve --head NAME=RUN`
+    (the run folder `fuse train` prints, renamed): /v1/heads shows the training's metrics, answers equal
+    `clipforge fuse predict` on the same pairs, bad input is a 4xx and the head keeps answering."""
+    import json
+
+    from clipforge.cli import main
+    from clipforge.service.app import create_app
+    from clipforge.service.settings import Settings
+    from clipforge.training.synth import write_questions
+
+    q = tmp_path / "q"
+    write_questions(q, train=40, test=8, seed=5)
+    sets = [f"data.bundle={micro_bundle}", f"data.train={q / 'train.jsonl'}", f"data.val={q / 'test.jsonl'}",
+            f"data.cache_dir={tmp_path / 'cache'}", f"out_dir={tmp_path / 'run'}", "head.kind=gated"]  # fmt: skip
+    assert main(["fuse", "train", "smoke", *[x for kv in sets for x in ("--set", kv)]]) == 0
+    rows = [json.loads(line) for line in (q / "test.jsonl").read_text().splitlines()[:6]]
+    table = tmp_path / "pairs.jsonl"
+    table.write_text("".join(json.dumps({"image": str(q / r["image"]), "text": r["text"]}) + "\n" for r in rows))
+    assert (
+        main(["fuse", "predict", str(tmp_path / "run"), "--data", str(table), "--out", str(tmp_path / "a.jsonl")]) == 0
+    )
+    want = [json.loads(line)["probabilities"] for line in (tmp_path / "a.jsonl").read_text().splitlines()]
+    trained = json.loads((tmp_path / "run" / "head" / "head.json").read_text())
+
+    settings = Settings(bundle=micro_bundle, heads=[f"asked={tmp_path / 'run'}"])
+    with TestClient(create_app(settings)) as c:
+        (listed,) = c.get("/v1/heads").json()["heads"]
+        assert listed["name"] == "asked" and listed["kind"] == "gated"
+        assert listed["metrics"]["accuracy"] == trained["metrics"]["accuracy"]
+        files = [("images", (f"{i}.jpg", (q / r["image"]).read_bytes(), "image/jpeg")) for i, r in enumerate(rows)]
+        r = c.post("/v1/heads/asked/predict", files=files, data={"texts": [r["text"] for r in rows]})
+        assert r.status_code == 200, r.text
+        got = [res["probabilities"] for res in r.json()["results"]]
+        for g, w in zip(got, want, strict=True):
+            assert g == pytest.approx(w, abs=1e-5)
+        assert len({round(g["yes"], 6) for g in got}) > 1  # a trained head tells these pairs apart
+        bad = [
+            ({"files": files[:1], "data": {}}, 422),  # no text
+            ({"files": files[:2], "data": {"texts": ["one text"]}}, 422),  # counts differ
+            ({"files": [("images", ("x.jpg", b"not an image", "image/jpeg"))], "data": {"texts": ["x"]}}, 400),
+        ]
+        for kwargs, status in bad:
+            res = c.post("/v1/heads/asked/predict", **kwargs)
+            assert res.status_code == status and res.json()["error"]["message"], res.text
+        assert c.post("/v1/heads/gated/predict", files=files[:1], data={"texts": ["x"]}).status_code == 404
+        again = c.post("/v1/heads/asked/predict", files=files[:1], data={"texts": [rows[0]["text"]]})
+        assert again.json()["results"][0]["probabilities"] == pytest.approx(want[0], abs=1e-5)
+
+
+def test_head_entries_name_or_path(tmp_path: Path) -> None:
+    from clipforge.service.fusion import named_path
+
+    assert named_path("yes-no=runs/a") == ("yes-no", Path("runs/a"))
+    assert named_path("runs/a") == (None, Path("runs/a"))
+    odd = tmp_path / "k=v"  # a folder whose own name has "=": it exists, so it is a path
+    odd.mkdir()
+    assert named_path(str(odd)) == (None, odd)
+    assert named_path("not a name=x") == (None, Path("not a name=x"))  # not a servable name: a path
