@@ -61,7 +61,7 @@ def cmd_fuse_eval(a: argparse.Namespace) -> int:
         image_key=a.image_key,
         text_key=a.text_key,
         label_key=a.label_key,
-        group_keys=tuple(a.group),
+        group_keys=tuple(a.group or ["heldout"]),
         cache_dir=a.cache_dir,
         device=a.device,
     )
@@ -218,7 +218,12 @@ def register(sub: Any) -> None:
     s.add_argument("--image-key", default="image")
     s.add_argument("--text-key", default="text")
     s.add_argument("--label-key", default="label")
-    s.add_argument("--group", action="append", default=["heldout"], help="boolean field reported as a subset")
+    s.add_argument(
+        "--group",
+        action="append",
+        default=[],
+        help="boolean field reported as a subset (repeatable; default: heldout, which these replace)",
+    )
     s.add_argument("--cache-dir", default=None)
     s.add_argument("--device", default="auto")
     s.add_argument("--full", action="store_true", help="also print the reliability bins and confusion matrix")

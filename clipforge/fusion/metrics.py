@@ -115,6 +115,7 @@ def correct_vector(probs: np.ndarray, targets: np.ndarray, task: str) -> np.ndar
 
 GROUP_METRICS = ("accuracy", "auroc", "macro_f1")  # what a comparison reports on each subset (held-out combos)
 METRIC_NAMES = {"accuracy": "acc %", "auroc": "AUROC %", "macro_f1": "macro-F1 %"}
+BOOT_CHUNK = 1 << 22  # example indices drawn at once by bootstrap_gain (32 MB of int64)
 GAIN_BASES = ("late", "additive", "concat")  # the baselines `fuse compare` reports paired gains over, in order
 
 
@@ -134,15 +135,20 @@ def bootstrap_gain(a: np.ndarray, b: np.ndarray, n_boot: int = 2000, seed: int =
         raise ValueError(f"paired gain needs the same examples: {a2.shape[1]} vs {b2.shape[1]}")
     rng = np.random.default_rng(seed)
     n = a2.shape[1]
-    idx = rng.integers(0, n, size=(n_boot, n))
-    if len(a2) == 1 and len(b2) == 1:
-        d = a2[0] - b2[0]  # [N]
-        boots = d[idx].mean(1)
-    else:
+    one_seed = len(a2) == 1 and len(b2) == 1
+    if not one_seed:
         seed_rng = np.random.default_rng(seed + 1)  # its own stream: the example draws stay those of one seed
         sa = seed_rng.integers(0, len(a2), size=(n_boot, len(a2)))
         sb = seed_rng.integers(0, len(b2), size=(n_boot, len(b2)))
-        boots = np.array([(a2[sa[k]].mean(0) - b2[sb[k]].mean(0))[idx[k]].mean() for k in range(n_boot)])
+    boots = np.empty(n_boot)
+    step = max(1, BOOT_CHUNK // n)  # resamples per draw: bounded memory whatever the test set's size
+    for s in range(0, n_boot, step):
+        idx = rng.integers(0, n, size=(min(step, n_boot - s), n))  # the same stream as one [n_boot, N] draw
+        if one_seed:
+            boots[s : s + len(idx)] = (a2[0] - b2[0])[idx].mean(1)
+        else:
+            for j, k in enumerate(range(s, s + len(idx))):
+                boots[k] = (a2[sa[k]].mean(0) - b2[sb[k]].mean(0))[idx[j]].mean()
     lo, hi = np.quantile(boots, [(1 - level) / 2, 1 - (1 - level) / 2])
     gain = float((a2.mean(0) - b2.mean(0)).mean())  # one seed each: mean(a - b), exactly as before
     return {"gain": gain, "lo": float(lo), "hi": float(hi), "level": level}

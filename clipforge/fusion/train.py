@@ -27,6 +27,7 @@ from clipforge.fusion.metrics import evaluate_groups
 
 log = logging.getLogger(__name__)
 BINARY_TRUE = ("yes", "true", "1", "positive", "pos")
+RUN_FILES = ("config.yaml", "metrics.jsonl")  # beside head/ in a run folder
 BINARY_FALSE = ("no", "false", "0", "negative", "neg")
 
 
@@ -248,6 +249,7 @@ def train_head(
     files are built in a hidden sibling folder and moved in only once the head is saved: a failed run
     leaves no half-made folder and never overwrites the files of an earlier run in the same place."""
     out = Path(cfg.out_dir)
+    check_out_dir(out)
     t0 = time.perf_counter()
     train, val = sets or load_sets(cfg, progress)
     feature_seconds = time.perf_counter() - t0
@@ -280,6 +282,17 @@ def train_head(
     }
 
 
+def check_out_dir(out: Path) -> None:
+    """Refuse an out_dir whose config.yaml or metrics.jsonl are not an earlier run's (no head/ beside them):
+    `--set out_dir=.` must not replace a project's own config.yaml."""
+    theirs = [n for n in RUN_FILES if (out / n).exists()]
+    if theirs and not (out / "head" / "head.json").is_file():
+        raise ValueError(
+            f"out_dir {out} holds {' and '.join(theirs)} but no head/: not a fuse run's folder, so its files "
+            "are not replaced: choose another out_dir"
+        )
+
+
 def _finish(
     cfg: FuseConfig, out: Path, stage: Path, module: Fusion, train: PairSet, val: PairSet | None, labels: list[str]
 ) -> dict[str, Any]:
@@ -307,7 +320,7 @@ def _finish(
         },
     )
     out.mkdir(parents=True, exist_ok=True)
-    for name in ("config.yaml", "metrics.jsonl"):
+    for name in RUN_FILES:
         os.replace(stage / name, out / name)
     return {"head": str(head_dir), "kind": cfg.head.kind, "metrics": summary_metrics, "full_metrics": metrics}
 

@@ -72,6 +72,19 @@ def test_failed_train_keeps_the_previous_run(
     assert not fresh.exists()  # a failed first run leaves no folder with a config but no head
 
 
+def test_train_refuses_to_replace_files_that_are_not_a_runs(
+    questions: Path, micro_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    project = tmp_path / "project"  # `--set out_dir=.` in a project with its own config.yaml
+    project.mkdir()
+    (project / "config.yaml").write_text("mine: true\n")
+    argv = ["fuse", "train", "smoke", *_sets(micro_bundle, questions, tmp_path, f"out_dir={project}")]
+    assert main(argv) == 1
+    assert "holds config.yaml but no head/: not a fuse run's folder" in _one_line_error(capsys)
+    assert [p.name for p in project.iterdir()] == ["config.yaml"] and "mine" in (project / "config.yaml").read_text()
+    assert not (tmp_path / "cache").exists()  # refused before any embedding
+
+
 @pytest.mark.parametrize("n", ["-1", "0"])  # 0 resamples used to crash in np.quantile after all the training
 def test_compare_refuses_too_few_bootstrap_resamples(
     n: str, questions: Path, micro_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture

@@ -183,6 +183,10 @@ def test_cli_train_eval_compare(
     ev = json.loads(capsys.readouterr().out)
     stored = json.loads((tmp_path / "run" / "head" / "head.json").read_text())["metrics"]
     assert ev["accuracy"] == pytest.approx(stored["accuracy"], abs=1e-4) and ev["pairs"] == 96
+    assert "heldout/accuracy" in ev  # the default subset
+    evalargs = ["fuse", "eval", str(tmp_path / "run"), "--data", str(questions / "test.jsonl")]
+    assert main([*evalargs, "--cache-dir", str(tmp_path / "cache2"), "--group", "nokey"]) == 0
+    assert not any(k.startswith("heldout/") for k in json.loads(capsys.readouterr().out))  # --group replaces it
     assert (
         main(
             [
