@@ -97,10 +97,10 @@ def compare(
     train, val = sets or load_sets(cfg, progress)
     if val is None:
         raise ValueError("fuse compare needs a held-out set: set data.val")
-    out.mkdir(parents=True, exist_ok=True)
-    feature_seconds = time.perf_counter() - t0
     if cfg.head.budget:
         check_budgets(cfg, kinds, [cfg.head.budget], train)
+    out.mkdir(parents=True, exist_ok=True)
+    feature_seconds = time.perf_counter() - t0
     labels = label_names(cfg, train)
     n_out = outputs(cfg.head.task, labels)
     y_val = encode_targets(val.labels, cfg.head.task, labels)
@@ -166,7 +166,7 @@ def check_budgets(cfg: FuseConfig, kinds: list[str], budgets: list[int], train: 
         k, n = max(over.items(), key=lambda kv: kv[1])
         raise ValueError(
             f"budget {budgets[0]:,} is below the smallest {k} head ({n:,} parameters at width 1): "
-            f"give budgets of at least {max(smallest.values()):,}"
+            f"the budget must be at least {max(smallest.values()):,}"
         )
 
 

@@ -96,7 +96,7 @@ def check(cfg: FuseConfig) -> FuseConfig:
         raise ConfigError(f"head.kind must be one of {', '.join(KINDS)}, got {cfg.head.kind!r}")
     if cfg.head.task not in TASKS:
         raise ConfigError(f"head.task must be one of {TASKS}, got {cfg.head.task!r}")
-    if cfg.name and not HEAD_NAME.match(cfg.name):  # refused now, not by `serve` after the training
+    if cfg.name and not HEAD_NAME.fullmatch(cfg.name):  # refused now, not by `serve` after the training
         raise ConfigError(f"name {cfg.name!r}: a head's name is served in a URL: use 1-64 letters, digits, _ . -")
     labels = [str(x) for x in cfg.head.labels]
     if cfg.head.task == "binary" and labels and len(labels) != 2:

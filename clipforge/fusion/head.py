@@ -27,7 +27,9 @@ HEAD_FORMAT = "clipforge-head/1"
 WEIGHTS = "head.safetensors"
 META = "head.json"
 TASKS = ("binary", "multiclass", "multilabel")
-HEAD_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # served as a URL path segment: /v1/heads/{name}
+HEAD_NAME = re.compile(
+    r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
+)  # fullmatch it (no "$": that admits a final "\n")  # served as a URL path segment: /v1/heads/{name}
 
 
 class HeadError(ValueError):

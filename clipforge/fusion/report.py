@@ -153,6 +153,8 @@ def table_html(result: dict[str, Any]) -> str:
             return f'<td class="{cls}" data-key="{c}">{s}</td>'
         if v is None:
             return f'<td data-key="{c}"></td>'
+        if isinstance(v, float) and v != v:  # NaN: a metric undefined on this subset (one class only)
+            return f'<td data-key="{c}">n/a</td>'
         if c == "accuracy" and "accuracy_sd" in r:
             return f'<td data-key="{c}" data-value="{v}">{100 * v:.1f} ± {100 * r["accuracy_sd"]:.1f}</td>'
         if c in ("accuracy", "auroc", "macro_f1", "ece") or c.split("/")[-1] in GROUP_METRICS:

@@ -67,17 +67,19 @@ def encode_targets(values: list[Any], task: str, labels: list[str]) -> np.ndarra
 
 def binary_index(v: Any, labels: list[str]) -> int:
     """A binary label value -> 0 (labels[0], the negative) or 1 (labels[1]). The label names match first; the
-    usual words (yes/true/1 ..., no/false/0 ...) and booleans only where they cannot mean the other label:
-    with labels [yes, no] (positive "no") "true" is refused rather than read as the positive."""
+    usual words (yes/true/1 ..., no/false/0 ...) and booleans only when the labels agree with them (neither a
+    "true" word as the negative nor a "false" word as the positive): with labels [yes, no] or [absent, no],
+    "true" or "yes" is refused rather than read as the positive."""
     neg, pos = labels[0].strip().lower(), labels[1].strip().lower()
     s = str(v).strip().lower()
     if s == pos:
         return 1
     if s == neg:
         return 0
-    if (v is True or s in BINARY_TRUE) and neg not in BINARY_TRUE:
+    synonyms = neg not in BINARY_TRUE and pos not in BINARY_FALSE
+    if synonyms and (v is True or s in BINARY_TRUE):
         return 1
-    if (v is False or s in BINARY_FALSE) and pos not in BINARY_FALSE:
+    if synonyms and (v is False or s in BINARY_FALSE):
         return 0
     raise ValueError(f"binary label {v!r} is neither {labels[0]!r} nor {labels[1]!r}")
 

@@ -133,8 +133,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     s.add_argument(
         "--head",
         action="append",
-        metavar="DIR",
-        help="a fusion head trained on this bundle, served under /v1/heads (repeatable; or CLIPFORGE_HEADS)",
+        metavar="[NAME=]DIR",
+        help="a fusion head trained on this bundle (its folder or the fuse train run folder), served under "
+        "/v1/heads as NAME or the name it was trained with (repeatable; or CLIPFORGE_HEADS)",
     )
     s.add_argument("--workers", type=int, help="server processes, each with its own model copy (default 1)")
     s.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])

@@ -24,8 +24,10 @@ def named_path(entry: str | Path) -> tuple[str | None, Path]:
     an "=" in it."""
     text = str(entry)
     name, sep, rest = text.partition("=")
-    if sep and HEAD_NAME.match(name) and not Path(text).exists():
-        return name, Path(rest)
+    if sep and HEAD_NAME.fullmatch(name) and not Path(text).exists():
+        if not rest.strip():
+            raise ValueError(f"head {text!r}: NAME=DIR names no folder")
+        return name, Path(rest).expanduser()  # the shell leaves "~" after "=" alone
     return None, Path(text)
 
 
@@ -38,7 +40,7 @@ def load_heads(paths: Iterable[str | Path], fingerprint: str) -> dict[str, Head]
         name, path = named_path(entry)
         head = load_head(path, fingerprint=fingerprint)
         head.name = name or head.name
-        if not HEAD_NAME.match(head.name):
+        if not HEAD_NAME.fullmatch(head.name):
             raise ValueError(f"head {path}: its name {head.name!r} cannot be served (use 1-64 letters, digits, _ . -)")
         if head.name in heads:
             raise ValueError(f"head {path}: another served head is also named {head.name!r}; names must be unique")

@@ -24,6 +24,7 @@ def test_presets_and_overrides() -> None:
         ("head.labels=[a, b, c]", "two labels"),
         ("head.labels=['Yes', 'yes']", "names a label twice"),
         ("name=red circle?", "served in a URL"),
+        ('name="yes-no\\n"', "served in a URL"),  # YAML's "\n": a name ending in a newline
         ("head.labels=[no, yes]", r"got False \(YAML reads unquoted yes/no.* quote it\)"),
         ("head.width=0", None),  # fine alone: the check below is of width_text without width
     ):
@@ -89,3 +90,6 @@ def test_binary_synonyms_that_could_mean_either_label_are_refused() -> None:
     for v in ("true", True, "1", "false", False):
         with pytest.raises(ValueError, match="is neither 'yes' nor 'no'"):
             encode_targets([v], "binary", ["yes", "no"])
+    for v, labels in (("yes", ["absent", "no"]), ("false", ["yes", "other"]), (True, ["absent", "no"])):
+        with pytest.raises(ValueError, match="is neither"):  # "yes" must not be read as the positive "no"
+            encode_targets([v], "binary", labels)

@@ -277,3 +277,12 @@ def test_undefined_metrics_are_written_as_json_null_not_nan(tmp_path: Path) -> N
     meta = json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in head.json"))
     assert meta["metrics"] == {"accuracy": 0.5, "heldout/auroc": None}
     assert load_head(head).meta["metrics"]["heldout/auroc"] is None  # and it still loads
+
+
+def test_report_cells_for_undefined_metrics_read_na() -> None:
+    from clipforge.fusion.report import table_html
+
+    row = {"kind": "tensor", "width": 4, "params": 10, "accuracy": 0.9, "auroc": 0.8, "macro_f1": 0.7, "ece": 0.1,
+           "heldout/accuracy": 1.0, "heldout/auroc": float("nan"), "heldout/macro_f1": 0.5}  # fmt: skip
+    page = table_html({"groups": {"heldout": 3}, "rows": [row]})
+    assert '<td data-key="heldout/auroc">n/a</td>' in page and ">nan<" not in page

@@ -442,3 +442,7 @@ def test_head_entries_name_or_path(tmp_path: Path) -> None:
     odd.mkdir()
     assert named_path(str(odd)) == (None, odd)
     assert named_path("not a name=x") == (None, Path("not a name=x"))  # not a servable name: a path
+    assert named_path("yes-no=~/heads/a") == ("yes-no", Path.home() / "heads" / "a")
+    with pytest.raises(ValueError, match="names no folder"):
+        named_path("yes-no=")  # would have served the current directory
+    assert named_path("abc\n=x")[0] is None  # a name must match whole: no trailing newline

@@ -14,8 +14,6 @@ class Additive(Fusion):
     takes_post = False  # a ReLU on f(z_i) + g(z_t) would be an interaction (a hinge of a sum): no longer the control
 
     def build(self) -> None:
-        if self.p_i != self.p_t:
-            raise ValueError("additive fusion sums the two sides: give them one width")
         self.param("w_i", self.p_i, value=1.0)
         self.param("w_t", self.p_t, value=1.0)
         self.linear("head", self.p_i, self.out)

@@ -13,8 +13,6 @@ class Multiplicative(Fusion):
     one_width = True
 
     def build(self) -> None:
-        if self.p_i != self.p_t:
-            raise ValueError("multiplicative fusion multiplies the two sides elementwise: give them one width")
         self.linear("head", 3 * self.p_i, self.fused_out)
 
     def fuse(self, P: dict[str, Any], zi: Any, zt: Any, ops: Any) -> Any:
