@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from clipforge.fusion.kinds.additive import Additive
-from clipforge.fusion.kinds.base import Fusion, NumpyOps, TorchOps, check_widths
+from clipforge.fusion.kinds.base import Fusion, NumpyOps, TorchOps, refuse_widths
 from clipforge.fusion.kinds.concat import Concat
 from clipforge.fusion.kinds.gated import Gated
 from clipforge.fusion.kinds.late import Late
@@ -16,6 +16,11 @@ from clipforge.fusion.kinds.tensor import Tensor
 KINDS: dict[str, type[Fusion]] = {k.kind: k for k in (Late, Concat, Additive, Multiplicative, Tensor, LowRank, Gated)}
 INTERACTION_KINDS = ("concat", "multiplicative", "tensor", "lowrank", "gated")  # all but late and additive
 STRUCTURED_KINDS = tuple(k for k in INTERACTION_KINDS if k != "concat")  # an explicit interaction term, not an MLP
+
+
+def check_widths(kind: str, width: int, width_text: int) -> None:
+    """Refuse projection widths `kind` cannot take (before any data is read, where the caller can)."""
+    refuse_widths(kind, kind in KINDS and KINDS[kind].one_width, width, width_text)
 
 
 def build_fusion(kind: str, dim: int, out: int, **kw: Any) -> Fusion:

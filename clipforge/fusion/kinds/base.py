@@ -39,16 +39,14 @@ class NumpyOps:
         return np.maximum(x, 0)
 
 
-def check_widths(kind: str, width: int, width_text: int) -> None:
-    """Refuse projection widths a kind cannot take, in one line (before any data is read, where possible)."""
-    from clipforge.fusion.kinds import KINDS
-
+def refuse_widths(kind: str, one_width: bool, width: int, width_text: int) -> None:
+    """Refuse projection widths a kind cannot take, in one line (`check_widths` in the registry names the kind)."""
     if width_text and not width:
         raise ValueError(
             "head.width_text sets the text side's projection width apart from the image side's: it needs "
             f"head.width > 0 as well (got width 0, width_text {width_text})"
         )
-    if width_text and width_text != width and kind in KINDS and KINDS[kind].one_width:
+    if width_text and width_text != width and one_width:
         raise ValueError(
             f"{kind} fusion combines the two sides elementwise: give them one width "
             f"(head.width {width}, head.width_text {width_text})"
@@ -82,7 +80,7 @@ class Fusion(nn.Module):
         post_hidden: int = 0,
     ):
         super().__init__()
-        check_widths(self.kind, width, width_text)
+        refuse_widths(self.kind, self.one_width, width, width_text)
         self.dim, self.out, self.rank, self.hidden = dim, out, rank, hidden
         self.post_hidden = post_hidden if self.takes_post else 0
         self.fused_out = self.post_hidden or out  # what the fusion stage produces
