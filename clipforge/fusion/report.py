@@ -172,7 +172,8 @@ def table_html(result: dict[str, Any]) -> str:
         f'<tr data-kind="{r["kind"]}"{" class=best" if r["kind"] == best else ""}>{"".join(cell(r, c) for c in cols)}</tr>'
         for r in result["rows"]
     )
-    return f'<table id="compare"><tr>{head}</tr>{body}</table>'
+    # a wide table (20 columns with subsets) scrolls inside its box, not the whole page
+    return f'<div style="overflow-x:auto"><table id="compare"><tr>{head}</tr>{body}</table></div>'
 
 
 def write_compare_report(result: dict[str, Any], path: str | Path) -> Path:
