@@ -201,6 +201,29 @@ def cmd_fuse_compare(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fuse_cache(a: argparse.Namespace) -> int:
+    import time
+
+    from clipforge.fusion.features import cache_entries, default_cache_dir
+
+    entries = cache_entries(a.cache_dir)
+    where = a.cache_dir or default_cache_dir()
+    if a.clear or a.older_than is not None:
+        cutoff = time.time() - (a.older_than or 0) * 86400
+        gone = [e for e in entries if a.clear or e.last_used < cutoff]
+        for e in gone:
+            e.path.unlink(missing_ok=True)
+        kept = len(entries) - len(gone)
+        print(f"{where}: removed {len(gone)} entries ({sum(e.size for e in gone) / 1e6:.1f} MB), {kept} kept")
+        return 0
+    for e in entries:
+        used = time.strftime("%Y-%m-%d %H:%M", time.gmtime(e.last_used))
+        fp = e.fingerprint[:12] or "unreadable"
+        print(f"{used} UTC  {e.size / 1e6:8.1f} MB  {e.pairs:8,} pairs  bundle {fp:12}  {e.path.name}")
+    print(f"{where}: {len(entries)} entries, {sum(e.size for e in entries) / 1e6:.1f} MB")
+    return 0
+
+
 def register(sub: Any) -> None:
     """Add `fuse` and its subcommands to the `clipforge` parser's subparsers."""
     fuse = sub.add_parser("fuse", help="fusion heads on a frozen bundle's image+text embeddings").add_subparsers(
@@ -261,3 +284,9 @@ def register(sub: Any) -> None:
         help="train each kind with this many seeds (fit.seed, +1, ...): means, sd, and intervals that hold seed noise",
     )
     s.set_defaults(func=cmd_fuse_compare)
+
+    s = fuse.add_parser("cache", help="list the feature cache's entries (last use, size, bundle), or remove old ones")
+    s.add_argument("--cache-dir", default=None, help="default: $XDG_CACHE_HOME/clipforge/fusion")
+    s.add_argument("--older-than", type=at_least(0), metavar="DAYS", help="remove entries not used for DAYS days")
+    s.add_argument("--clear", action="store_true", help="remove every entry (each is recomputed when next needed)")
+    s.set_defaults(func=cmd_fuse_cache)

@@ -8,6 +8,7 @@ or an edited table is never served stale features. Unique images and unique text
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -97,9 +98,12 @@ def load_pairs(
     path = cache / f"{key}.npz"
     if path.is_file():
         try:
-            return _read(path, fingerprint)
+            pairs = _read(path, fingerprint)
         except (OSError, ValueError, KeyError) as exn:  # a torn or foreign file: recompute it
             log.warning("feature cache %s unreadable (%s): recomputing", path, exn)
+        else:
+            _touch(path)  # its last use, for `fuse cache --older-than`
+            return pairs
     if rows is None:
         rows = shard_rows(spec, text_key, label_key, group_keys, stats)
     if not rows:
@@ -166,6 +170,35 @@ def _embed(
         texts=texts,
         fingerprint=fingerprint,
     )
+
+
+def _touch(path: Path) -> None:
+    with contextlib.suppress(OSError):  # a read-only cache still serves its entries
+        os.utime(path)
+
+
+@dataclass
+class CacheEntry:
+    path: Path
+    size: int  # bytes
+    last_used: float  # epoch seconds: written, or last read by `load_pairs`
+    fingerprint: str  # the bundle's; "" when the file cannot be read
+    pairs: int
+
+
+def cache_entries(cache_dir: str | Path | None = None) -> list[CacheEntry]:
+    """The feature cache's entries, least recently used first (a torn or foreign .npz is listed too)."""
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    out = []
+    for path in sorted(cache.glob("[!.]*.npz")) if cache.is_dir() else []:  # ".name.*.npz": a write in progress
+        st = path.stat()
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                fingerprint, pairs = str(z["fingerprint"]), int(len(z["image_idx"]))
+        except (OSError, ValueError, KeyError):
+            fingerprint, pairs = "", 0
+        out.append(CacheEntry(path, st.st_size, st.st_mtime, fingerprint, pairs))
+    return sorted(out, key=lambda e: e.last_used)
 
 
 def _write(path: Path, p: PairSet) -> None:

@@ -84,6 +84,40 @@ def test_feature_cache_reused_and_invalidated(
     assert len(shorter := load_pairs(str(table), micro_bundle, **kw)) == 30 and not shorter.cache_hit
 
 
+def test_cache_lists_and_removes_entries_by_last_use(
+    questions: Path, micro_bundle: Path, other_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from clipforge.cli import main
+    from clipforge.encoders.bundle import read_bundle_meta
+    from clipforge.fusion.features import cache_entries
+
+    cache = tmp_path / "cache"
+    kw = {"cache_dir": cache, "progress": False}
+    spec = str(questions / "test.jsonl")
+    mine = load_pairs(spec, micro_bundle, **kw)
+    load_pairs(spec, other_bundle, **kw)
+    (cache / "torn.npz").write_bytes(b"PK not a zip")
+    (cache / ".abc.123.npz").write_bytes(b"")  # a write in progress: not an entry
+    week_ago = 1_000_000_000
+    for e in cache_entries(cache):
+        os.utime(e.path, (week_ago, week_ago))
+    load_pairs(spec, micro_bundle, **kw)  # a hit: this entry's last use is now
+    entries = cache_entries(cache)
+    assert [e.fingerprint for e in entries][-1] == read_bundle_meta(micro_bundle)["weights_sha256"]
+    assert {e.pairs for e in entries if e.fingerprint} == {len(mine)} and len(entries) == 3
+    assert [e.fingerprint for e in entries].count("") == 1  # the torn file is listed, as unreadable
+
+    assert main(["fuse", "cache", "--cache-dir", str(cache)]) == 0
+    listing = capsys.readouterr().out
+    assert "unreadable" in listing and f"{len(mine):8,} pairs" in listing and "3 entries" in listing
+    assert main(["fuse", "cache", "--cache-dir", str(cache), "--older-than", "1"]) == 0
+    assert "removed 2 entries" in capsys.readouterr().out
+    assert [e.fingerprint for e in cache_entries(cache)] == [read_bundle_meta(micro_bundle)["weights_sha256"]]
+    assert load_pairs(spec, micro_bundle, **kw).cache_hit  # the entry in use survived
+    assert main(["fuse", "cache", "--cache-dir", str(cache), "--clear"]) == 0
+    assert cache_entries(cache) == [] and (cache / ".abc.123.npz").exists()
+
+
 def _cfg(questions: Path, bundle: Path, tmp: Path, *extra: str):  # type: ignore[no-untyped-def]
     return load_fuse_config(
         "smoke",
