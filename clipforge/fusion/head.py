@@ -27,9 +27,8 @@ HEAD_FORMAT = "clipforge-head/1"
 WEIGHTS = "head.safetensors"
 META = "head.json"
 TASKS = ("binary", "multiclass", "multilabel")
-HEAD_NAME = re.compile(
-    r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
-)  # fullmatch it (no "$": that admits a final "\n")  # served as a URL path segment: /v1/heads/{name}
+# a head's name is a URL path segment (/v1/heads/{name}); fullmatch it: a "$" would admit a final newline
+HEAD_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 class HeadError(ValueError):
