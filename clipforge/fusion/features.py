@@ -1,7 +1,7 @@
 """Frozen-bundle features of a fusion data set, computed once and cached on disk.
 
-The cache key is the bundle's fingerprint plus the data's identity (every file's path, size and mtime, and
-the fields read), so epochs, a second head and `fuse compare` cost no encoder time, and a retrained bundle
+The cache key is the bundle's fingerprint and its image preprocess and tokenizer settings, plus the data's
+identity (every file's path, size and mtime, and the fields read), so epochs, a second head and `fuse compare` cost no encoder time, and a retrained bundle
 or an edited table is never served stale features. Unique images and unique texts are embedded once each
 (a question set reuses both heavily); pairs are index pairs into them.
 """
@@ -88,8 +88,16 @@ def load_pairs(
 ) -> PairSet:
     """The pairs of `spec` (table or shards) embedded by the bundle at `bundle_path`, from the cache if there."""
     check_device(device)  # up front: a cache hit must not hide a device typo until the cache goes stale
-    fingerprint = str(read_bundle_meta(bundle_path)["weights_sha256"])
-    fields = {"image": image_key, "text": text_key, "label": label_key, "groups": list(group_keys)}
+    meta = read_bundle_meta(bundle_path)
+    fingerprint = str(meta["weights_sha256"])
+    fields = {
+        "image": image_key,
+        "text": text_key,
+        "label": label_key,
+        "groups": list(group_keys),
+        # the same weights with another image preprocess or tokenizer embed differently: not the same entry
+        "encode": {"preprocess": meta.get("preprocess"), "tokenizer": meta.get("tokenizer")},
+    }
     stats: Counter = Counter()
     table = is_table(spec)
     rows = table_rows(spec, image_key, text_key, label_key, group_keys) if table else None

@@ -83,6 +83,15 @@ def test_feature_cache_reused_and_invalidated(
     table.write_text("\n".join(table.read_text().splitlines()[:30]) + "\n")  # the table changed
     assert len(shorter := load_pairs(str(table), micro_bundle, **kw)) == 30 and not shorter.cache_hit
 
+    import shutil
+
+    resized = tmp_path / "resized"  # the same weights (fingerprint) with another resize mode
+    shutil.copytree(micro_bundle, resized)
+    meta = json.loads((resized / "bundle.json").read_text())
+    meta["preprocess"]["resize_mode"] = "squash" if meta["preprocess"].get("resize_mode") != "squash" else "shortest"
+    (resized / "bundle.json").write_text(json.dumps(meta))
+    assert not load_pairs(str(table), resized, **kw).cache_hit  # not served the other preprocess's features
+
 
 def test_cache_lists_and_removes_entries_by_last_use(
     questions: Path, micro_bundle: Path, other_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture
