@@ -90,9 +90,9 @@ def attend_params(mode: str, dim: int) -> int:
 def check_budget(modes: list[str], kinds: list[str], dim: int, out: int, budget: int, cfg) -> None:
     """Refuse a budget below some kind's smallest head in some mode, as `fuse compare` does."""
     from clipforge.fusion.kinds import build_fusion
-    from clipforge.fusion.train import module_kwargs
+    from clipforge.fusion.train import budget_kwargs
 
-    kw = {k: v for k, v in module_kwargs(cfg).items() if k not in ("width", "width_text")}
+    kw = budget_kwargs(cfg)
     for mode in modes:
         for kind in [k for k in kinds if k != "late"]:
             n = build_fusion(kind, dim, out, **{**kw, "width": 1, "width_text": 0}).n_params()
@@ -108,9 +108,9 @@ def build(mode: str, kind: str, dim: int, out: int, budget: int, cfg, seed: int)
     import torch
 
     from clipforge.fusion.kinds import build_fusion
-    from clipforge.fusion.train import budget_width, module_kwargs
+    from clipforge.fusion.train import budget_kwargs, budget_width
 
-    kw = {k: v for k, v in module_kwargs(cfg).items() if k not in ("width", "width_text")}
+    kw = budget_kwargs(cfg)
     width = 0 if kind == "late" else budget_width(kind, dim, out, budget - attend_params(mode, dim), **kw)
     torch.manual_seed(seed)  # after the width search (it builds modules): the initial weights `fuse train` draws
     fusion = build_fusion(kind, dim, out, width=width, **kw)

@@ -27,11 +27,11 @@ from clipforge.fusion.head import load_head
 from clipforge.fusion.kinds import INTERACTION_KINDS, KINDS, STRUCTURED_KINDS, build_fusion, check_widths
 from clipforge.fusion.metrics import GAIN_BASES, GROUP_METRICS, METRIC_NAMES, bootstrap_gain, correct_vector
 from clipforge.fusion.train import (
+    budget_kwargs,
     budget_width,
     encode_targets,
     label_names,
     load_sets,
-    module_kwargs,
     outputs,
     predict,
     train_head,
@@ -155,7 +155,7 @@ def check_budgets(cfg: FuseConfig, kinds: list[str], budgets: list[int], train: 
     """Refuse a budget below some kind's smallest head (projection width 1), before any training: that kind
     would get more parameters than the budget, and the column would not compare equal sizes."""
     n_out = outputs(cfg.head.task, label_names(cfg, train))
-    kw = {k: v for k, v in module_kwargs(cfg).items() if k not in ("width", "width_text")}
+    kw = budget_kwargs(cfg)
     smallest = {
         k: build_fusion(k, train.dim, n_out, **{**kw, "width": 1, "width_text": 0}).n_params()
         for k in kinds
@@ -185,7 +185,7 @@ def _compare_kind(
     per-example correctness of every seed [seeds, N] for the gains."""
     width = None
     if cfg.head.budget and kind != "late":
-        kw = {k: v for k, v in module_kwargs(cfg).items() if k not in ("width", "width_text")}
+        kw = budget_kwargs(cfg)
         width = budget_width(kind, train.dim, n_out, cfg.head.budget, **kw)
     done: list[dict[str, Any]] = []  # each seed's run, the first first
     hits = []
@@ -204,7 +204,7 @@ def _compare_kind(
         "kind": kind,
         "width": width if width is not None else (0 if kind == "late" else cfg.head.width),
         "params": run["n_params"],
-        **{key: _mean(metrics, key) for key in ("accuracy", "auroc", "macro_f1")},
+        **{key: _mean(metrics, key) for key in GROUP_METRICS},
         "ece": float(np.mean([x["reliability"]["ece"] for x in metrics])),
         **{f"{g}/{m}": _mean(metrics, f"{g}/{m}") for g in val.groups for m in GROUP_METRICS},
         "train_s": run["train_seconds"],
@@ -238,7 +238,7 @@ def table_markdown(result: dict[str, Any]) -> str:
     groups = list(result["groups"])
     seeds = result.get("seeds", 1)
     acc = "acc %" if seeds == 1 else f"acc % (mean ± sd, {seeds} seeds)"
-    head = ["kind", "width", "params", acc, "AUROC %", "macro-F1 %", "ECE %"]
+    head = ["kind", "width", "params", acc, METRIC_NAMES["auroc"], METRIC_NAMES["macro_f1"], "ECE %"]
     head += [f"{g} {METRIC_NAMES[m]}" for g in groups for m in GROUP_METRICS]
     head += [f"gain vs {b} (95% CI)" for b in GAIN_BASES]
     head += [f"{g} gain vs additive (95% CI)" for g in groups] + [

@@ -1,8 +1,8 @@
 """Frozen-bundle features of a fusion data set, computed once and cached on disk.
 
 The cache key is the bundle's fingerprint and its image preprocess and tokenizer settings, plus the data's
-identity (every file's path, size and mtime, and the fields read), so epochs, a second head and `fuse compare` cost no encoder time, and a retrained bundle
-or an edited table is never served stale features. Unique images and unique texts are embedded once each
+identity (every file's path, size and mtime, and the fields read), so epochs, a second head and `fuse
+compare` cost no encoder time, and a retrained bundle or an edited table is never served stale features. Unique images and unique texts are embedded once each
 (a question set reuses both heavily); pairs are index pairs into them.
 """
 

@@ -129,9 +129,8 @@ def table_html(result: dict[str, Any]) -> str:
         "us_torch_1024",
     ]
     names = {
+        **METRIC_NAMES,
         "accuracy": "acc %" if result.get("seeds", 1) == 1 else f"acc % ({result['seeds']} seeds)",
-        "auroc": "AUROC %",
-        "macro_f1": "macro-F1 %",
         "ece": "ECE %",
         **{f"{g}/{m}": f"{g} {METRIC_NAMES[m]}" for g in groups for m in GROUP_METRICS},
         **{f"{g}/gain_vs_additive": f"{g} gain vs additive (95% CI)" for g in groups},

@@ -117,6 +117,11 @@ def module_kwargs(cfg: FuseConfig) -> dict[str, int]:
     }
 
 
+def budget_kwargs(cfg: FuseConfig) -> dict[str, int]:
+    """`module_kwargs` without the projection widths: what a parameter budget leaves as configured."""
+    return {k: v for k, v in module_kwargs(cfg).items() if k not in ("width", "width_text")}
+
+
 def budget_width(kind: str, dim: int, out: int, budget: int, **kw: int) -> int:
     """The largest projection width p whose `kind` module has at most `budget` parameters (at least 1):
     how `fuse compare` gives every kind the same parameter budget (late has 2 per output, whatever p)."""
