@@ -67,10 +67,11 @@ class StreamSpec:
         weights = list(data.weights) or [1.0] * len(sources)
         if len(weights) != len(sources):
             raise ValueError(f"data.weights has {len(weights)} entries for {len(sources)} sources")
-        same = ("resampled", "shard_shuffle", "sample_shuffle", "caption_key", "max_pixels", "max_caption_chars")
+        same = ("shard_shuffle", "sample_shuffle", "caption_key", "max_pixels", "max_caption_chars")
         return cls(
             sources=sources,
             weights=weights,
+            resampled=data.resampled or bool(data.weights),  # mixing weights only mean something when resampling
             seed=seed,
             rank=rank,
             world_size=world_size,

@@ -174,3 +174,16 @@ def test_resampled_mode_gives_each_rank_its_own_reproducible_stream(synth_data):
 def test_tensor_types(synth_data):
     batch = next(iter(make_stream(expand_urls(synth_data["train"]))))
     assert batch["image"].dtype == torch.uint8 and batch["text"].dtype == torch.long  # normalised in the trainer
+
+
+def test_mixing_weights_turn_on_resampling():
+    """`data.weights` alone must not be ignored: weights only act when shards are drawn with replacement."""
+    from clipforge.training.config import DataCfg
+
+    state = DataState()
+    plain = StreamSpec.from_config(DataCfg(train=("a.tar", "b.tar")), seed=0, rank=0, world_size=1, state=state)
+    mixed = StreamSpec.from_config(
+        DataCfg(train=("a.tar", "b.tar"), weights=(3.0, 1.0)), seed=0, rank=0, world_size=1, state=state
+    )
+    assert not plain.resampled
+    assert mixed.resampled and mixed.weights == [3.0, 1.0]
