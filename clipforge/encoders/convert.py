@@ -167,7 +167,12 @@ def load_hf_clip(model_cls: Any, directory: Path) -> Any:
 
 def import_hf_clip(directory: str | Path, out: str | Path) -> str:
     """A Hugging Face CLIP model directory (config.json + weights + tokenizer files) -> bundle."""
-    from transformers import CLIPModel
+    try:
+        from transformers import CLIPModel
+    except ImportError as exn:  # the [hf] extra: a one-line error, not a traceback
+        raise RuntimeError(
+            f'--hf reads the directory with transformers, which is not installed ({exn}): pip install "clipforge[hf]"'
+        ) from exn
 
     directory, out = Path(directory), Path(out)
     read_hf_config(directory)  # one line for what transformers would answer with a traceback

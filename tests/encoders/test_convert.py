@@ -1,6 +1,7 @@
 """Issue: real pretrained models in and out. Every model here is random-init and made by the test, offline."""
 
 import json
+import sys
 
 import numpy as np
 import open_clip
@@ -306,3 +307,12 @@ def test_bundle_info_refuses_missing_or_edited_weights(tmp_path, micro_bundle, c
         assert main(["bundle", "info", str(tmp_path / name)]) == 1
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "model.safetensors" in err, err
+
+
+def test_hf_import_without_transformers_names_the_extra(tmp_path, capsys, monkeypatch):
+    """transformers comes with the [hf] extra only: a [serve] install must get one line, not a traceback."""
+    tiny_hf_clip(tmp_path / "hf")
+    monkeypatch.setitem(sys.modules, "transformers", None)  # `import transformers` now raises ImportError
+    err = _one_line_error(capsys, ["bundle", "import", "--hf", str(tmp_path / "hf"), str(tmp_path / "b")])
+    assert "clipforge[hf]" in err
+    assert not (tmp_path / "b").exists()
