@@ -76,6 +76,7 @@ def train_step(
         finite = torch.isfinite(loss)
         scaler.scale(loss).backward()
     else:
+        # chunk() may return fewer pieces than asked (a batch of 6 in 4 gives 3): count the pieces it made
         img_chunks, txt_chunks = images.chunk(cfg.accum), texts.chunk(cfg.accum)
         with torch.no_grad(), autocast(cfg.device, cfg.precision):  # pass 1: features of every micro-batch, no graph
             cached = [model(i, t) for i, t in zip(img_chunks, txt_chunks, strict=True)]
@@ -83,7 +84,7 @@ def train_step(
         cached_txt = [c["text_features"].float() for c in cached]
         finite = torch.ones((), dtype=torch.bool, device=images.device)
         for j, (i, t) in enumerate(zip(img_chunks, txt_chunks, strict=True)):
-            last = j == cfg.accum - 1
+            last = j == len(img_chunks) - 1
             # DDP: gradients add up locally and are averaged across ranks once, in the last backward
             with _sync_context(state.wrapped, last):
                 with autocast(cfg.device, cfg.precision):

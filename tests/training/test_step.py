@@ -41,6 +41,17 @@ def test_accumulation_over_k_micro_batches_equals_one_big_batch():
     assert not torch.equal(before["logit_scale"], state1["logit_scale"])
 
 
+def test_accumulation_when_the_batch_does_not_split_into_accum_pieces():
+    """A batch of 6 in 4 micro-batches is 3 pieces of 2 (torch.chunk): the last piece must still carry the
+    temperature's gradient (and, under DDP, the synchronised backward), and the step equal one big batch."""
+    loss1, state1 = sgd_step(accum=1, n=6)
+    loss4, state4 = sgd_step(accum=4, n=6)
+    assert abs(loss1 - loss4) < 1e-5
+    for name, w in state1.items():
+        torch.testing.assert_close(state4[name], w, atol=2e-6, rtol=1e-5, msg=name)
+    assert not torch.equal(make_model().state_dict()["logit_scale"], state4["logit_scale"])
+
+
 def test_optimizer_is_fused_adamw_and_matches_the_foreach_update():
     from clipforge.training.optim import make_optimizer
 
