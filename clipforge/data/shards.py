@@ -40,7 +40,10 @@ def read_caption(sample: dict[str, Any], caption_key: str) -> str | None:
         raw = sample.get("json")
         if raw is None:
             return None
-        value = json.loads(raw).get(caption_key[5:])
+        record = json.loads(raw)
+        if not isinstance(record, dict):  # `null`, a list, a bare string: not a record with fields
+            raise ValueError(f"the json member is a {type(record).__name__}, not an object")
+        value = record.get(caption_key[5:])
         return value if isinstance(value, str) else None
     raw = sample.get(caption_key)
     return None if raw is None else raw.decode("utf-8", errors="replace")

@@ -78,6 +78,20 @@ def test_caption_from_json_field(tmp_path):
     assert next(iter(stream))["text"].shape == (4, 12)
 
 
+def test_json_members_that_are_not_objects_are_skipped_and_counted(tmp_path):
+    """`null`, a list or a bare string in the json member: skipped as bad captions, not a crash mid-epoch."""
+    good = encode(Image.new("RGB", (8, 8)), "JPEG")
+    with wds.TarWriter(str(tmp_path / "j.tar")) as sink:
+        for i, raw in enumerate([b"null", b"[1, 2]", b'"just text"', b"{not json"]):
+            sink.write({"__key__": f"bad{i}", "jpg": good, "json": raw})
+        for i in range(4):
+            sink.write({"__key__": f"k{i}", "jpg": good, "json": f'{{"caption": "cap {i}"}}'.encode()})
+    stream = make_stream([str(tmp_path / "j.tar")], batch_size=4, caption_key="json:caption", sample_shuffle=0)
+    batch = next(iter(stream))
+    assert sorted(k.split("#")[1] for k in batch["keys"]) == ["k0", "k1", "k2", "k3"]
+    assert batch["stats"]["bad_caption"] == 4
+
+
 def test_broken_shard_warns_and_all_broken_is_an_error(tmp_path, synth_data):
     urls = expand_urls(synth_data["train"])
     truncated = tmp_path / "truncated.tar"
