@@ -314,7 +314,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="runs/quickstart")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
-    s.add_argument("--no-serve", action="store_true", help="stop after the last step before serving (the index and the fusion heads are built)")
+    s.add_argument(
+        "--no-serve",
+        action="store_true",
+        help="stop after the last step before serving (the index and the fusion heads are built)",
+    )
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     s.set_defaults(func=cmd_quickstart)
     return p
@@ -336,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         close_progress_bars()
         print("clipforge: interrupted", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, RuntimeError, OSError, KeyError) as exn:
+    except (ValueError, FileNotFoundError, RuntimeError, OSError, KeyError, ArithmeticError) as exn:  # a divergence too
         if args.verbose:
             raise
         close_progress_bars()

@@ -203,6 +203,18 @@ def test_a_training_error_starts_its_own_line_after_the_progress_bar(synth_data,
     assert last.startswith("clipforge: error: ") and "no usable samples" in last, last
 
 
+def test_a_diverging_run_is_one_line_not_a_traceback(synth_data, tmp_path, capsys):
+    """NonFiniteLossError is a FloatingPointError: the CLI printed its traceback instead of the reason."""
+    args = ["train", "smoke", "--set", f"out_dir={tmp_path / 'run'}", "--set", f"data.train=['{synth_data['train']}']"]
+    args += ["--set", "data.val=null", "--set", "data.zeroshot=null", "--set", "optim.lr=1e30"]
+    args += ["--set", "train.samples=320"]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    last = err.rstrip("\n").split("\n")[-1]
+    assert last.startswith("clipforge: error: loss") and "the last checkpoint is intact" in last, last
+
+
 def test_a_file_that_is_not_a_checkpoint_is_named_as_such(synth_data, tmp_path, capsys):
     """torch.load of a text file raised KeyError: '104', and the error read '(KeyError: 104)'."""
     note = tmp_path / "notes.txt"
