@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -57,7 +58,7 @@ def run_eval(cfg: Config, encoder: TorchEncoder, preprocess: Preprocess) -> dict
 
 def train(cfg: Config, resume: str | None = None, progress: bool = True) -> dict[str, Any]:
     """Train per `cfg`; `resume` is None, "auto" (newest valid checkpoint of the run, if any) or a path."""
-    check_inputs(cfg)
+    check_inputs(cfg, world_size=int(os.environ.get("WORLD_SIZE", "1")))  # torchrun's, before the group exists
     rt = Runtime.from_config(cfg)
     run_dir = Path(cfg.out_dir)
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -46,15 +46,25 @@ def _is_local(url: str) -> bool:
     return not url.startswith("pipe:") and "://" not in url
 
 
-def check_inputs(cfg: Config) -> None:
+def check_inputs(cfg: Config, world_size: int = 1) -> None:
     """Fail before the first step, in one line, on an input the job would only read later (the held-out
-    shards and the zero-shot set are first read at the final evaluation, minutes or hours in)."""
+    shards and the zero-shot set are first read at the final evaluation, minutes or hours in), and on shards
+    too few for every rank to read one (that rank's stream would end at once and take the job down)."""
     from clipforge.training.evaluate import zeroshot_set
 
     if not cfg.data.train:
         raise ValueError("no training shards given (data.train is empty)")
     if cfg.data.weights and len(cfg.data.weights) != len(cfg.data.train):
         raise ValueError(f"data.weights has {len(cfg.data.weights)} entries for {len(cfg.data.train)} sources")
+    if cfg.data.weights and (any(w < 0 for w in cfg.data.weights) or not sum(cfg.data.weights) > 0):
+        raise ValueError(f"data.weights must be >= 0 with a positive sum, got {list(cfg.data.weights)}")
+    n_shards = sum(len(expand_urls(s)) for s in cfg.data.train)
+    readers = max(cfg.data.workers, 1)  # shards are dealt to (rank, worker) slots in turn: rank r starts at r*W
+    if not (cfg.data.resampled or cfg.data.weights) and n_shards <= (world_size - 1) * readers:
+        raise ValueError(
+            f"{n_shards} training shard(s) for {world_size} ranks x {readers} data worker(s): the last ranks would "
+            "get none. Use fewer data.workers or ranks, more shards, or data.resampled: true"
+        )
     for key, spec in [*(("data.train", s) for s in cfg.data.train), ("data.val", cfg.data.val)]:
         urls = expand_urls(spec) if spec else []
         if urls and all(_is_local(u) and not Path(u).is_file() for u in urls):  # (some missing: skipped, counted)

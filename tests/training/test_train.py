@@ -420,3 +420,23 @@ def test_rerunning_a_finished_run_redoes_its_final_evaluation_quietly(tmp_path, 
     path.write_text('{"step": 1, "loss": 1.0}\n{"step": 2, "eval": {}, "final": true}\n')
     assert rewind(path, 2, continuing=False) == 1 and path.read_text() == '{"step": 1, "loss": 1.0}\n'
     assert "dropped" not in caplog.text
+
+
+def test_too_few_shards_for_the_ranks_is_refused_before_anything_starts(synth_data, tmp_path, monkeypatch):
+    """Under torchrun a rank dealt no shard ended its stream at once (a StopIteration traceback on that rank,
+    then torchrun killed the others): refused up front, from torchrun's WORLD_SIZE, in one line."""
+    from clipforge.training.setup import check_inputs
+
+    one = str(sorted(Path(synth_data["root"]).glob("train/*.tar"))[0])
+    cfg = smoke_cfg(synth_data, tmp_path / "run", f"data.train=['{one}']", "data.workers=1")
+    check_inputs(cfg, world_size=1)  # one process reads its one shard
+    with pytest.raises(ValueError, match=r"1 training shard\(s\) for 2 ranks x 1 data worker\(s\)"):
+        check_inputs(cfg, world_size=2)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match="the last ranks would get none"):
+        train(cfg, progress=False)  # before any process group, model or file
+    assert not (tmp_path / "run").exists()
+    resampled = smoke_cfg(synth_data, tmp_path / "run", f"data.train=['{one}']", "data.resampled=true")
+    check_inputs(resampled, world_size=2)  # drawing with replacement, every rank has shards
+    with pytest.raises(ValueError, match="positive sum"):
+        check_inputs(smoke_cfg(synth_data, tmp_path / "run", "data.weights=[0.0]"))
