@@ -90,6 +90,10 @@ def build_training_model(cfg: Config) -> tuple[torch.nn.Module, str, dict[str, A
                 f"which does not fit model.arch {cfg.model.arch!r}: set model.arch to match"
             ) from None
         arch, model_cfg = init.meta["arch"], init.meta["model_cfg"]
+        # the bundle's own config, not model.arch's: an imported bundle may differ in what has no weights
+        # (QuickGELU for OpenAI's weights), and what is trained must be what the exported bundle records
+        model = build_model(model_cfg, init_logit_bias=cfg.loss.init_logit_bias if siglip else None)
+        model.load_state_dict(init.model.state_dict())
     if cfg.model.lock_image:  # open_clip's own tower locking: frozen weights and BatchNorm statistics
         model.lock_image_tower(unlocked_groups=cfg.model.lock_image_unlocked_groups, freeze_bn_stats=True)
     if cfg.model.lock_text:

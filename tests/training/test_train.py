@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from clipforge.encoders.bundle import load_bundle
+from clipforge.encoders.bundle import load_bundle, save_bundle
 from clipforge.training.checkpoint import latest_valid_checkpoint, list_checkpoints
 from clipforge.training.config import load_config
 from clipforge.training.export import export_bundle
@@ -440,3 +440,22 @@ def test_too_few_shards_for_the_ranks_is_refused_before_anything_starts(synth_da
     check_inputs(resampled, world_size=2)  # drawing with replacement, every rank has shards
     with pytest.raises(ValueError, match="positive sum"):
         check_inputs(smoke_cfg(synth_data, tmp_path / "run", "data.weights=[0.0]"))
+
+
+def test_tuning_from_a_bundle_trains_the_bundles_own_activation(tmp_path):
+    """A bundle imported with QuickGELU (OpenAI's weights) was fine-tuned as model.arch's GELU model while
+    the exported bundle recorded QuickGELU: the model trained must be the one recorded."""
+    from open_clip.transformer import QuickGELU
+
+    from clipforge.encoders.model import build_model, resolve_model_config
+    from clipforge.training.config import load_config
+    from clipforge.training.setup import build_training_model
+
+    arch, model_cfg = resolve_model_config("cf-micro-vit")
+    model_cfg = dict(model_cfg, quick_gelu=True)
+    save_bundle(build_model(model_cfg), tmp_path / "qg", arch=arch, model_cfg=model_cfg, loss="clip")
+    cfg = load_config("smoke", [f"model.init_bundle={tmp_path / 'qg'}", "model.arch=cf-micro-vit"])
+    model, _, recorded = build_training_model(cfg)
+    assert recorded["quick_gelu"] is True
+    assert isinstance(model.visual.transformer.resblocks[0].mlp.gelu, QuickGELU)
+    assert isinstance(model.transformer.resblocks[0].mlp.gelu, QuickGELU)
