@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
 
@@ -24,6 +25,9 @@ class DistInfo:
         return self.world_size > 1
 
 
+COLLECTIVE_TIMEOUT = datetime.timedelta(hours=2)
+
+
 def init_distributed(device_type: str) -> DistInfo:
     """Join the process group when launched by torchrun (WORLD_SIZE > 1): gloo on CPU, nccl on CUDA."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -31,7 +35,9 @@ def init_distributed(device_type: str) -> DistInfo:
         return DistInfo()
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+        # rank 0 evaluates alone (zero-shot on an ImageNet-sized folder can take longer than NCCL's 10-minute
+        # default) while the other ranks wait in the next collective: give them room, not a killed job
+        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo", timeout=COLLECTIVE_TIMEOUT)
     if device_type == "cuda":
         torch.cuda.set_device(local)
     return DistInfo(rank=rank, world_size=world, local_rank=local)
