@@ -56,8 +56,12 @@ def error_line(exn: BaseException, parser: argparse.ArgumentParser, args: argpar
     """The one line a failed command prints: the exception's text, except that an OSError in Python's bare
     form (`[Errno 13] Permission denied: 'x'`) says instead which argument the path came from and what is
     wrong with it, e.g. `--out: cannot create files in /data: permission denied`."""
-    if not isinstance(exn, OSError) or not exn.strerror or not str(exn).startswith("[Errno"):
-        return str(exn)  # a message of the code's own
+    text = str(exn)
+    if "\nOriginal Traceback" in text:  # raised in a DataLoader worker: torch prepends the worker's traceback
+        last = text.rstrip().splitlines()[-1]  # "SomeError: the message", as the worker raised it
+        return last.split(": ", 1)[1] if ": " in last else last
+    if not isinstance(exn, OSError) or not exn.strerror or not text.startswith("[Errno"):
+        return text  # a message of the code's own
     if not isinstance(exn.filename, str | bytes | os.PathLike):  # none, or a file descriptor
         return _lower_first(exn.strerror)
     path = os.fsdecode(exn.filename)

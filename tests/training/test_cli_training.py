@@ -215,6 +215,19 @@ def test_a_diverging_run_is_one_line_not_a_traceback(synth_data, tmp_path, capsy
     assert last.startswith("clipforge: error: loss") and "the last checkpoint is intact" in last, last
 
 
+def test_an_error_in_a_data_worker_process_is_one_line(tmp_path, capsys):
+    """An error raised in a DataLoader worker reaches the CLI with the worker's traceback in its text."""
+    broken = tmp_path / "broken.tar"
+    broken.write_bytes(bytes(range(256)) * 80)  # not a tar archive
+    args = ["train", "smoke", "--set", f"out_dir={tmp_path / 'run'}", "--set", f"data.train=['{broken}']"]
+    args += ["--set", "data.val=null", "--set", "data.zeroshot=null", "--set", "data.workers=1"]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "DataLoader worker" not in err, err
+    last = err.rstrip("\n").split("\n")[-1]
+    assert last.startswith("clipforge: error: epoch 0: no usable samples in 1 shard(s)"), last
+
+
 def test_a_file_that_is_not_a_checkpoint_is_named_as_such(synth_data, tmp_path, capsys):
     """torch.load of a text file raised KeyError: '104', and the error read '(KeyError: 104)'."""
     note = tmp_path / "notes.txt"
