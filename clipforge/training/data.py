@@ -190,16 +190,41 @@ class DataState:
     def from_state_dict(cls, sd: dict[str, Any] | None, workers: int) -> DataState:
         if not sd:
             return cls()
-        positions = {int(k): (int(v[0]), int(v[1])) for k, v in sd.get("positions", {}).items()}
+        positions = _positions(sd)
         if sd.get("workers") != workers:
             log.warning("data.workers changed since the checkpoint: restarting the data stream at an epoch start")
-            epoch = max((p[0] for p in positions.values()), default=0)
-            state = cls({w: (epoch + 1, 0) for w in range(max(workers, 1))})
+            state = cls.after_epoch(max((p[0] for p in positions.values()), default=0), workers)
         else:
             state = cls(positions)
             state.first_worker = int(sd.get("next_worker", 0))
         state.base_stats = Counter(sd.get("skipped", {}))
         return state
+
+    @classmethod
+    def for_rank(cls, ranks: dict[str, Any], rank: int, world_size: int, workers: int) -> DataState:
+        """This rank's state from a checkpoint's {rank: state dict}. Positions are cursors into the shards
+        the old (rank, worker) split dealt out: with another number of ranks they point at other shards, and
+        new ranks have none, so every rank starts the epoch after the furthest one any rank reached."""
+        if not ranks or len(ranks) == world_size:
+            return cls.from_state_dict(ranks.get(str(rank)) if ranks else None, workers)
+        log.warning(
+            "the checkpoint was written by %d rank(s), this run has %d: restarting the data stream at an epoch start",
+            len(ranks),
+            world_size,
+        )
+        epoch = max((p[0] for sd in ranks.values() for p in _positions(sd).values()), default=0)
+        state = cls.after_epoch(epoch, workers)
+        state.base_stats = Counter(ranks.get(str(rank), {}).get("skipped", {}))
+        return state
+
+    @classmethod
+    def after_epoch(cls, epoch: int, workers: int) -> DataState:
+        """Every worker at the start of epoch `epoch` + 1."""
+        return cls({w: (epoch + 1, 0) for w in range(max(workers, 1))})
+
+
+def _positions(sd: dict[str, Any]) -> dict[int, tuple[int, int]]:
+    return {int(k): (int(v[0]), int(v[1])) for k, v in sd.get("positions", {}).items()}
 
 
 def make_loader(stream: ShardStream, workers: int) -> DataLoader:

@@ -61,7 +61,7 @@ class TrainState:
         self.scaler.load_state_dict(ckpt["scaler"])
         set_rng_state(ckpt["rng"])
         self.step, self.samples_seen = int(ckpt["step"]), int(ckpt["samples_seen"])
-        self.data = DataState.from_state_dict(ckpt["data"].get(str(info.rank)), cfg.data.workers)
+        self.data = DataState.for_rank(ckpt["data"], info.rank, info.world_size, cfg.data.workers)
         torch.manual_seed(cfg.train.seed + info.rank + 1_000_003 * self.step)  # fresh augmentation stream
 
 

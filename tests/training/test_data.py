@@ -151,6 +151,23 @@ def test_mid_epoch_resume_continues_exactly(synth_data, workers):
     assert resumed == full[5:14]
 
 
+def test_resuming_with_another_number_of_ranks_starts_every_rank_at_a_new_epoch():
+    """Cursors index the shards the old (rank, worker) split dealt out: with 2 ranks resumed as 1 (or 1 as 2)
+    they point at other shards, and a new rank had none, so its stream restarted at epoch 0 (replaying)."""
+    two = {
+        "0": {"workers": 2, "next_worker": 1, "positions": {"0": [3, 40], "1": [3, 38]}, "skipped": {"no_caption": 2}},
+        "1": {"workers": 2, "next_worker": 0, "positions": {"0": [4, 2], "1": [3, 90]}, "skipped": {"no_caption": 1}},
+    }
+    same = DataState.for_rank(two, rank=1, world_size=2, workers=2)
+    assert same.positions == {0: (4, 2), 1: (3, 90)} and same.first_worker == 0  # unchanged topology: exact
+    for world_size in (1, 3):
+        for rank in range(world_size):
+            state = DataState.for_rank(two, rank=rank, world_size=world_size, workers=2)
+            assert state.positions == {0: (5, 0), 1: (5, 0)}, (world_size, rank)  # after the furthest epoch
+    assert DataState.for_rank(two, rank=0, world_size=1, workers=2).skipped == {"no_caption": 2}
+    assert DataState.for_rank({}, rank=0, world_size=2, workers=2).positions == {}  # a fresh run
+
+
 def test_epochs_reshuffle_with_seed(synth_data):
     urls = expand_urls(synth_data["train"])
     a = next(iter(make_stream(urls, seed=1)))["keys"]
