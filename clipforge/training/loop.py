@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from clipforge.encoders.backends import TorchEncoder
 from clipforge.encoders.bundle import save_bundle
 from clipforge.encoders.model import Preprocess, eval_preprocess, get_tokenizer, preprocess_cfg, tokenizer_cfg
 from clipforge.training.config import Config, save_config
+from clipforge.training.distributed import DistInfo
 from clipforge.training.evaluate import retrieval_eval, zeroshot_eval
 from clipforge.training.loss import FiniteWatch
 from clipforge.training.optim import lr_at, set_lr
@@ -101,8 +103,8 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True) -> dict
         eval_now = cfg.eval.every and state.step % cfg.eval.every == 0 and not last
         if log_now or ckpt_now or eval_now:  # nothing is logged, saved or evaluated from a diverged model
             watch.check(state.step)
-        if log_now:
-            metrics.write(log_record(state, out, lr, meter.rate(), bar))
+        if log_now:  # every rank reaches this step: the counts' gather is a collective
+            metrics.write(log_record(state, out, lr, meter.rate(), bar, skipped_all_ranks(state, rt.info)))
         bar.update(1)
         if ckpt_now:
             checkpointer.save(state)
@@ -112,11 +114,12 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True) -> dict
     bar.close()
     watch.check(state.step)
     checkpointer.save(state)
+    skipped = skipped_all_ranks(state, rt.info)
     summary: dict[str, Any] = {
         "run_dir": str(run_dir),
         "steps": state.step,
         "samples_seen": state.samples_seen,
-        "skipped": state.data.skipped,
+        "skipped": skipped,
         "samples_per_s": meter.last,
         "precision": rt.precision,
     }
@@ -125,7 +128,7 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True) -> dict
             "arch": arch,
             "model_cfg": model_cfg,
             "loss": cfg.loss.kind,
-            "provenance": provenance(cfg, state, rt.precision),
+            "provenance": provenance(cfg, state, rt.precision, skipped),
         }
         summary.update(
             {"bundle": str(run_dir / "bundle"), "fingerprint": save_bundle(model, run_dir / "bundle", **meta)}
@@ -155,9 +158,23 @@ class Throughput:
         self.t0 = time.perf_counter()
 
 
-def log_record(state: TrainState, out: StepOut, lr: float, rate: float, bar: tqdm) -> dict[str, Any]:
+def skipped_all_ranks(state: TrainState, info: DistInfo) -> dict[str, int]:
+    """Bad samples skipped so far by every rank (each reads its own shards); under torchrun a collective, so
+    every rank calls it at the same step."""
+    if not info.enabled:
+        return state.data.skipped
+    gathered: list[Any] = [None] * info.world_size
+    torch.distributed.all_gather_object(gathered, state.data.skipped)
+    total: Counter = Counter()
+    for counts in gathered:
+        total.update(counts)
+    return dict(total)
+
+
+def log_record(
+    state: TrainState, out: StepOut, lr: float, rate: float, bar: tqdm, skipped: dict[str, int]
+) -> dict[str, Any]:
     loss, scale = out.loss.item(), out.logit_scale.item()  # syncs with the device: only at log steps
-    skipped = state.data.skipped
     bar.set_postfix(
         loss=f"{loss:.3f}", scale=f"{scale:.1f}", lr=f"{lr:.1e}", sps=f"{rate:.0f}", skipped=sum(skipped.values())
     )
@@ -173,14 +190,14 @@ def log_record(state: TrainState, out: StepOut, lr: float, rate: float, bar: tqd
     }
 
 
-def provenance(cfg: Config, state: TrainState, precision: str) -> dict[str, Any]:
+def provenance(cfg: Config, state: TrainState, precision: str, skipped: dict[str, int]) -> dict[str, Any]:
     return {
         "steps": state.step,
         "precision": precision,  # what `train.precision` (perhaps "auto") resolved to
         "samples_seen": state.samples_seen,
         "data": list(cfg.data.train),
         "config": cfg.to_dict(),
-        "skipped": state.data.skipped,
+        "skipped": skipped,  # every rank's
     }
 
 

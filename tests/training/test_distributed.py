@@ -36,6 +36,7 @@ def test_two_process_gloo_step_equals_single_process(tmp_path, accum):
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
     ddp = torch.load(out, weights_only=True)
+    assert ddp["skipped"] == {"no_caption": 3, "only_on_rank_0": 1, "only_on_rank_1": 1}  # summed over ranks
     loss, state = sgd_step(accum=1)
     assert abs(float(ddp["loss"]) - loss) < 1e-5
     for name, w in state.items():
