@@ -3,6 +3,7 @@ train, its input stream, and a check of every input path the job will read."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,8 @@ from clipforge.training.augment import TrainTransform, normalizer
 from clipforge.training.config import Config
 from clipforge.training.data import DataState, ShardStream, StreamSpec, expand_urls, make_loader
 from clipforge.training.distributed import DistInfo, init_distributed
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,22 @@ def check_inputs(cfg: Config, world_size: int = 1) -> None:
         raise ValueError(
             f"{n_shards} training shard(s) for {world_size} ranks x {readers} data worker(s): the last ranks would "
             "get none. Use fewer data.workers or ranks, more shards, or data.resampled: true"
+        )
+    slots = world_size * readers
+    if not (cfg.data.resampled or cfg.data.weights) and n_shards > slots and n_shards % slots:
+        # each (rank, worker) slot cycles its own shards and the loader takes batches from the slots in turn,
+        # so a slot dealt fewer shards starts its next pass sooner: its samples are drawn more often
+        log.warning(
+            "%d training shards do not divide among %d readers (%d rank(s) x %d worker(s)): readers dealt %d "
+            "shards repeat theirs while others still read their %d, so some samples are seen more often than "
+            "others. Use a multiple of %d shards, other data.workers, or data.resampled: true",
+            n_shards,
+            slots,
+            world_size,
+            readers,
+            n_shards // slots,
+            n_shards // slots + 1,
+            slots,
         )
     for key, spec in [*(("data.train", s) for s in cfg.data.train), ("data.val", cfg.data.val)]:
         urls = expand_urls(spec) if spec else []

@@ -459,3 +459,24 @@ def test_tuning_from_a_bundle_trains_the_bundles_own_activation(tmp_path):
     assert recorded["quick_gelu"] is True
     assert isinstance(model.visual.transformer.resblocks[0].mlp.gelu, QuickGELU)
     assert isinstance(model.transformer.resblocks[0].mlp.gelu, QuickGELU)
+
+
+def test_shards_that_do_not_divide_among_the_readers_warn_of_uneven_sampling(synth_data, tmp_path, caplog):
+    """A reader dealt fewer shards cycles them faster, and the loader draws from every reader in turn: the
+    imbalance is named before training, with what would even it out."""
+    from clipforge.training.setup import check_inputs
+
+    shards = sorted(Path(synth_data["root"]).glob("train/*.tar"))
+    assert len(shards) >= 3
+    three = "::".join(str(p) for p in shards[:3])
+    with caplog.at_level("WARNING", logger="clipforge.training.setup"):
+        check_inputs(smoke_cfg(synth_data, tmp_path, f"data.train=['{three}']", "data.workers=2"))
+    assert "3 training shards do not divide among 2 readers" in caplog.text
+    caplog.clear()
+    two = "::".join(str(p) for p in shards[:2])
+    with caplog.at_level("WARNING", logger="clipforge.training.setup"):
+        check_inputs(smoke_cfg(synth_data, tmp_path, f"data.train=['{two}']", "data.workers=2"))
+        check_inputs(
+            smoke_cfg(synth_data, tmp_path, f"data.train=['{three}']", "data.workers=2", "data.resampled=true")
+        )
+    assert "do not divide" not in caplog.text
