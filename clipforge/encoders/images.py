@@ -47,7 +47,10 @@ def _high_bit_depth_to_rgb(im: Image.Image) -> Image.Image:
         lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
         arr = (arr - lo) / (hi - lo if hi > lo else 1.0) * 255.0
     else:
-        arr = arr / 257.0 if arr.max() > 255 else arr
+        # I;16*: 16-bit by its mode, however dark (a maximum <= 255 is a near-black image, not 8-bit data);
+        # plain I (32-bit ints) says nothing of its range: values above 255 are read as 16-bit
+        sixteen = im.mode.startswith("I;16")
+        arr = arr / 257.0 if sixteen or arr.max() > 255 else arr
     arr8 = np.clip(arr, 0, 255).astype(np.uint8)
     return Image.fromarray(arr8, mode="L").convert("RGB")
 

@@ -60,6 +60,15 @@ def test_16bit_grayscale_is_rescaled_not_clipped():
     assert abs(out.getpixel((0, 0))[0] - 127) <= 1  # PIL's plain convert would give 255
 
 
+def test_a_dark_16bit_image_stays_dark():
+    """A 16-bit image whose brightest pixel is 200 (of 65,535) was read as 8-bit data: bright grey."""
+    arr = np.full((8, 8), 200, dtype=np.uint16)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    assert Image.open(io.BytesIO(buf.getvalue())).mode == "I;16"
+    assert load_image(buf.getvalue()).getpixel((0, 0)) == (0, 0, 0)  # 200 / 257 < 1
+
+
 def test_exif_orientation_is_applied():
     im = Image.new("RGB", (20, 10), (0, 200, 0))
     exif = Image.Exif()
