@@ -58,7 +58,8 @@ class TrainState:
         where = f"the checkpoint (a {ckpt.get('arch', '?')} run; model.arch is {cfg.model.arch})"
         load_weights(self.model, ckpt["model"], where)  # one line naming the first mismatched keys
         self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scaler.load_state_dict(ckpt["scaler"])
+        if ckpt["scaler"] or not self.scaler.is_enabled():  # a bf16/fp32 run's scaler saved nothing: start afresh
+            self.scaler.load_state_dict(ckpt["scaler"])
         set_rng_state(ckpt["rng"])
         self.step, self.samples_seen = int(ckpt["step"]), int(ckpt["samples_seen"])
         self.data = DataState.for_rank(ckpt["data"], info.rank, info.world_size, cfg.data.workers)

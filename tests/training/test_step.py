@@ -73,3 +73,20 @@ def test_optimizer_is_fused_adamw_and_matches_the_foreach_update():
     fused, foreach = five_steps(True), five_steps(False)
     for name, w in foreach.items():
         torch.testing.assert_close(fused[name], w, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_resuming_a_bf16_or_fp32_checkpoint_under_fp16_starts_a_fresh_grad_scaler():
+    """A disabled GradScaler saves {}; loading that into fp16's enabled one raised (e.g. precision auto on an
+    older GPU resuming a checkpoint written in bf16)."""
+    from clipforge.training.checkpoint import rng_state
+    from clipforge.training.config import load_config
+
+    model = make_model()
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    saved = torch.amp.GradScaler("cpu", enabled=False).state_dict()
+    assert saved == {}
+    ckpt = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scaler": saved, "rng": rng_state()}
+    ckpt |= {"step": 3, "samples_seen": 48, "data": {}}
+    state = TrainState(model, model, opt, torch.amp.GradScaler("cpu", enabled=True))
+    state.load(ckpt, load_config("smoke"), DistInfo())
+    assert state.step == 3 and state.scaler.is_enabled()
