@@ -79,6 +79,24 @@ def save_checkpoint(run_dir: Path, step: int, payload: dict[str, Any], keep: int
     return final
 
 
+def set_aside_later(run_dir: Path, step: int) -> Path | None:
+    """Move the checkpoints newer than `step` (a branch abandoned by resuming from an older one) into
+    checkpoints/abandoned-after-STEP[.N]/: kept, but no longer what `--resume auto` picks, nor what pruning
+    to `train.keep_ckpts` keeps in place of the new branch's. Returns that folder, or None if none was newer."""
+    later = [p for p in list_checkpoints(run_dir) if int(CKPT_RE.match(p.name).group(1)) > step]  # type: ignore[union-attr]
+    if not later:
+        return None
+    base = ckpt_dir(run_dir) / f"abandoned-after-{step:08d}"
+    dest, n = base, 1
+    while dest.exists():
+        dest, n = base.with_name(f"{base.name}.{n}"), n + 1
+    dest.mkdir()
+    for p in later:
+        os.replace(p, dest / p.name)
+    log.warning("resumed at step %d: the %d later checkpoint(s) are set aside in %s", step, len(later), dest)
+    return dest
+
+
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """The checkpoint's payload; ValueError (one line) for a file that is not a complete clipforge checkpoint."""
     if not Path(path).is_file():

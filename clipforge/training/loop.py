@@ -15,6 +15,7 @@ from tqdm import tqdm
 from clipforge.encoders.backends import TorchEncoder
 from clipforge.encoders.bundle import save_bundle
 from clipforge.encoders.model import Preprocess, eval_preprocess, get_tokenizer, preprocess_cfg, tokenizer_cfg
+from clipforge.training.checkpoint import set_aside_later
 from clipforge.training.config import Config, save_config
 from clipforge.training.distributed import DistInfo
 from clipforge.training.evaluate import retrieval_eval, zeroshot_eval
@@ -79,6 +80,7 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True) -> dict
             set_aside(run_dir)
         else:
             rewind(run_dir / "metrics.jsonl", state.step, continuing=state.step < total_steps)
+            set_aside_later(run_dir, state.step)  # resumed from an older checkpoint: its later ones are another branch
         save_config(cfg, run_dir / "config.yaml")
     batches = training_batches(cfg, model_cfg, rt, state.data)
     step_cfg = StepCfg.from_config(cfg, rt)

@@ -480,3 +480,19 @@ def test_shards_that_do_not_divide_among_the_readers_warn_of_uneven_sampling(syn
             smoke_cfg(synth_data, tmp_path, f"data.train=['{three}']", "data.workers=2", "data.resampled=true")
         )
     assert "do not divide" not in caplog.text
+
+
+def test_resuming_from_an_older_checkpoint_sets_the_later_ones_aside(synth_data, tmp_path):
+    """`--resume step-5` after a run to step 10 left step-10 in place: pruning to keep_ckpts then removed the
+    new branch's checkpoints first, and a later `--resume auto` jumped back to the abandoned step 10."""
+    run = tmp_path / "run"
+    base = ("data.zeroshot=null", "data.val=null", "train.keep_ckpts=2")
+    train(smoke_cfg(synth_data, run, "train.samples=160", *base), progress=False)  # checkpoints 5, 10
+    assert [p.name for p in list_checkpoints(run)] == ["step-00000005.pt", "step-00000010.pt"]
+    older = run / "checkpoints" / "step-00000005.pt"
+    train(smoke_cfg(synth_data, run, "train.samples=128", *base), resume=str(older), progress=False)  # to 8
+    assert [p.name for p in list_checkpoints(run)] == ["step-00000005.pt", "step-00000008.pt"]
+    aside = run / "checkpoints" / "abandoned-after-00000005"
+    assert [p.name for p in aside.iterdir()] == ["step-00000010.pt"]  # kept, out of the way
+    path, _ = latest_valid_checkpoint(run)
+    assert path.name == "step-00000008.pt"
