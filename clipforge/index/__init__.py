@@ -6,6 +6,13 @@ hits = Index.open("runs/index", bundle=bundle).search_text(bundle, "a red circle
 """
 
 from clipforge.index.core import Index
-from clipforge.index.types import Hit, IndexInputError, IndexMismatchError, Item
+from clipforge.index.types import (
+    Hit,
+    IndexInputError,
+    IndexMismatchError,
+    IndexUnreadableError,
+    Item,
+    UnknownIdError,
+)
 
-__all__ = ["Hit", "Index", "IndexInputError", "IndexMismatchError", "Item"]
+__all__ = ["Hit", "Index", "IndexInputError", "IndexMismatchError", "IndexUnreadableError", "Item", "UnknownIdError"]

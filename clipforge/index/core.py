@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 import threading
 import time
@@ -18,7 +19,9 @@ from clipforge.index import update as ux
 from clipforge.index.build import build_from_parts, embed_to_parts
 from clipforge.index.sources import MemberReader, read_item_bytes
 from clipforge.index.state import State, load_state
-from clipforge.index.types import Hit, IndexInputError, IndexMismatchError, Item
+from clipforge.index.types import Hit, IndexInputError, IndexMismatchError, Item, UnknownIdError
+
+log = logging.getLogger("clipforge.index")
 
 
 def check_bundle(bundle: Any, fingerprint: str, dim: int, root: Path) -> None:
@@ -37,14 +40,18 @@ class Index:
     """A versioned FAISS + SQLite index. Thread-safe for searches; updates are serialised by a file lock.
 
     Every call first checks (one stat) whether manifest.json was replaced, by this or another process,
-    and if so switches to the new version; a search in flight keeps the version it started with."""
+    and if so switches to the new version; a search in flight keeps the version it started with. An index
+    opened with a bundle only switches to versions of that bundle: one rebuilt with another is refused (a
+    warning is logged), searches keep the version loaded, and updates raise IndexMismatchError."""
 
-    def __init__(self, path: Path, state: State, mmap: bool = False) -> None:
+    def __init__(self, path: Path, state: State, mmap: bool = False, expect: tuple[str, int] | None = None) -> None:
         self.path = path
         self.mmap = mmap
         self._state = state
         self._reload = threading.Lock()
         self._members = MemberReader()
+        self._expect = expect  # (fingerprint, dim) of the bundle it was opened with
+        self._refused: tuple[int, int] | None = None  # pointer stamp of a version refused for not matching it
 
     # ---- build / open -------------------------------------------------------------------------------
     @classmethod
@@ -136,9 +143,10 @@ class Index:
         than memory (or many processes sharing one copy through the page cache)."""
         root = Path(path)
         manifest = versions.read_manifest(root)
-        if bundle is not None:
-            check_bundle(bundle, manifest["fingerprint"], int(manifest["dim"]), root)
-        return cls(root, load_state(root, mmap), mmap)
+        if bundle is None:
+            return cls(root, load_state(root, mmap), mmap)
+        check_bundle(bundle, manifest["fingerprint"], int(manifest["dim"]), root)
+        return cls(root, load_state(root, mmap), mmap, expect=(bundle.fingerprint, int(bundle.embed_dim)))
 
     def close(self) -> None:
         self._state.meta.close()
@@ -149,12 +157,31 @@ class Index:
             stamp = versions.pointer_stamp(self.path)
         except FileNotFoundError:
             return state  # directory moved away under us: keep serving what is loaded
-        if stamp != state.stamp:
+        if stamp not in (state.stamp, self._refused):
             with self._reload:
-                if self._state.stamp != stamp:
-                    self._state = load_state(self.path, self.mmap)
+                if stamp not in (self._state.stamp, self._refused):
+                    self._switch(load_state(self.path, self.mmap))
                 state = self._state
         return state
+
+    def _switch(self, new: State) -> None:
+        """Make `new` the loaded version, unless it belongs to another bundle than the one opened with."""
+        m = new.manifest
+        if self._expect is not None and (m["fingerprint"], int(m["dim"])) != self._expect:
+            log.warning(
+                "index %s was replaced by one of another bundle (fingerprint %s, dimension %s; opened with %s, %s): "
+                "still serving version %s, updates are refused",
+                self.path,
+                str(m["fingerprint"])[:12],
+                m["dim"],
+                self._expect[0][:12],
+                self._expect[1],
+                self._state.manifest["version"],
+            )
+            self._refused = new.stamp
+            new.meta.close()
+            return
+        self._state = new
 
     # ---- properties ------------------------------------------------------------------------------------
     @property
@@ -238,7 +265,7 @@ class Index:
         wanted = [int(i) for i in ids]
         missing = sorted(set(wanted) - st.meta.existing(wanted))
         if missing:
-            raise IndexInputError(f"unknown id {missing[0]}" if len(missing) == 1 else f"unknown ids {missing[:10]}")
+            raise UnknownIdError(f"unknown id {missing[0]}" if len(missing) == 1 else f"unknown ids {missing[:10]}")
         try:
             return np.asarray(sx.stored_vectors(st, wanted), dtype=np.float32)
         except RuntimeError as exn:
@@ -249,7 +276,7 @@ class Index:
             raise IndexInputError(f"ids are integers, got {id!r}")
         item = self._current().meta.get_many([int(id)]).get(int(id))
         if item is None:
-            raise IndexInputError(f"unknown id {id}")
+            raise UnknownIdError(f"unknown id {id}")
         return item
 
     def read_image_bytes(self, id: int) -> tuple[bytes, str]:
@@ -301,7 +328,8 @@ class Index:
         return list(range(first, first + added))
 
     def remove(self, ids: list[int]) -> int:
-        """Remove items by id as one atomic new version; unknown ids are an error and nothing changes."""
+        """Remove items by id as one atomic new version; unknown ids are an error (UnknownIdError) and nothing
+        changes."""
         wanted = ux.check_ids(ids)
         self._write(lambda st: ux.remove_ids(self.path, st, wanted, mmap=self.mmap))
         return len(wanted)
@@ -313,7 +341,10 @@ class Index:
     def _write(self, update: Callable[[State], dict[str, Any]]) -> dict[str, Any]:
         """Run `update` on the live version with the writer lock held, then load the version it published."""
         with versions.writer_lock(self.path):
-            manifest = update(self._current())
+            live = self._current()
+            if versions.pointer_stamp(self.path) == self._refused:  # not `live`: another bundle's index
+                raise IndexMismatchError(f"index {self.path} was replaced by one of another bundle: not updated")
+            manifest = update(live)
             with self._reload:
                 self._state = load_state(self.path, self.mmap)
             versions.sweep(self.path)

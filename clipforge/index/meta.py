@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from clipforge.index.types import IndexInputError, Item
+from clipforge.index.types import IndexInputError, IndexUnreadableError, Item
 
 COLUMNS = ("key", "caption", "source", "member", "path", "width", "height")
 SCHEMA = """
@@ -33,6 +33,9 @@ CREATE TABLE IF NOT EXISTS items (
 """
 Row = tuple[int, str, str | None, str, str | None, str | None, int, int, str]
 MAX_FILTER_FIELDS = 64  # SQLite's expression tree is 1,000 deep: ~1,000 ANDed fields would overflow it
+# values over all fields: each is a bound parameter, up to 4 times for a dotted non-ASCII key (`filter_target`), and
+# SQLite refuses a statement with more than its variable limit (32,766 by default, 250,000 in some builds)
+MAX_FILTER_VALUES = 1024
 # a filter key is a field, or a dotted path into nested metadata ("exif.camera"): at most MAX_PATH_DEPTH names of
 # at most 64 characters, none of which ends the quoted label of a JSON path ('"', '\\') or is a control character.
 # A dotted key also matches a flat key spelled with that dot ({"exif.camera": ...}, as flattened EXIF or CSV
@@ -110,11 +113,15 @@ def check_filters(filters: dict[str, Any]) -> list[tuple[str | list[str], list[A
     if len(filters) > MAX_FILTER_FIELDS:
         raise IndexInputError(f"{len(filters)} filter fields is over the limit of {MAX_FILTER_FIELDS}")
     checked = []
+    total = 0
     for name, value in filters.items():
         target = filter_target(name)
         values = list(value) if isinstance(value, list | tuple | set) else [value]
         if not values:
             raise IndexInputError(f"filter {name!r} has an empty list of values")
+        total += len(values)
+        if total > MAX_FILTER_VALUES:
+            raise IndexInputError(f"the filters have more than {MAX_FILTER_VALUES} values in all (the limit)")
         if any(isinstance(v, dict | list) for v in values):
             raise IndexInputError(f"filter {name!r}: values must be strings, numbers or booleans")
         check_extra(values, f"filter {name!r}")  # 64-bit integers, finite numbers, valid Unicode
@@ -171,14 +178,16 @@ class MetaReader:
 
     def __init__(self, path: Path) -> None:
         if not path.is_file():
-            raise IndexInputError(f"{path} is missing: the index is incomplete")
+            raise IndexUnreadableError(f"{path} is missing: the index is incomplete")
         uri = f"file:{path.resolve()}?immutable=1"
         self.conn = sqlite3.connect(uri, uri=True, check_same_thread=False)
         self.lock = threading.Lock()
         try:
             self.count()
         except sqlite3.DatabaseError as exn:
-            raise IndexInputError(f"{path} is not a readable metadata table ({exn}): truncated or corrupt") from exn
+            raise IndexUnreadableError(
+                f"{path} is not a readable metadata table ({exn}): truncated or corrupt"
+            ) from exn
 
     def _query(self, sql: str, args: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
         with self.lock:

@@ -24,7 +24,7 @@ import faiss
 import numpy as np
 
 from clipforge.index import faiss_index, tuning
-from clipforge.index.types import IndexInputError
+from clipforge.index.types import IndexInputError, IndexUnreadableError
 
 DTYPE = np.float16
 FACTORS = (1, 2, 4, 8, 16)  # candidates per result the tuner tries, cheapest first
@@ -57,9 +57,9 @@ class Vectors:
             try:
                 arr = np.load(path, mmap_mode="r")
             except (OSError, ValueError) as exn:
-                raise IndexInputError(f"{path} cannot be read ({exn}): truncated or corrupt") from exn
+                raise IndexUnreadableError(f"{path} cannot be read ({exn}): truncated or corrupt") from exn
             if arr.dtype != DTYPE or arr.ndim != 2 or arr.shape != (int(seg["rows"]), dim):
-                raise IndexInputError(
+                raise IndexUnreadableError(
                     f"{path} holds {arr.dtype} {list(arr.shape)}, the manifest says float16 [{seg['rows']}, {dim}]"
                 )
             starts.append(int(seg["first_id"]))

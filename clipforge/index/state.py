@@ -15,7 +15,7 @@ import faiss
 from clipforge.index import refine as rx
 from clipforge.index import tuning, versions
 from clipforge.index.meta import MetaReader
-from clipforge.index.types import IndexInputError
+from clipforge.index.types import IndexUnreadableError
 
 
 @dataclass
@@ -37,7 +37,7 @@ def read_faiss(path: Path, mmap: bool = False) -> faiss.Index:
     try:
         return faiss.read_index(str(path), flags)
     except RuntimeError as exn:
-        raise IndexInputError(
+        raise IndexUnreadableError(
             f"{path} cannot be read ({str(exn).splitlines()[0][:120]}): truncated or corrupt"
         ) from exn
 
@@ -50,7 +50,9 @@ def load_state(root: Path, mmap: bool = False) -> State:
     images, captions = read_faiss(vdir / "images.faiss", mmap), read_faiss(vdir / "captions.faiss", mmap)
     for index, name in ((images, "images"), (captions, "captions")):
         if index.d != manifest["dim"]:
-            raise IndexInputError(f"{vdir / name}.faiss has dimension {index.d}, the manifest says {manifest['dim']}")
+            raise IndexUnreadableError(
+                f"{vdir / name}.faiss has dimension {index.d}, the manifest says {manifest['dim']}"
+            )
         tuning.apply_search_params(index, manifest[name].get("search_params", {}))
     dim = int(manifest["dim"])
     vectors = {name: rx.Vectors.open(vdir, manifest[name], dim) for name in ("images", "captions")}

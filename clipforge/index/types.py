@@ -20,6 +20,16 @@ class IndexMismatchError(IndexInputError):
     """The bundle's fingerprint differs from the one the index was built with."""
 
 
+class IndexUnreadableError(IndexInputError):
+    """A file of the index on disk is missing, truncated, corrupt or of another format. The message names the
+    file: it is for whoever runs the index (the service logs it and tells its client only that the index is
+    unavailable)."""
+
+
+class UnknownIdError(IndexInputError, LookupError):
+    """An id the index does not hold: never added, or removed (perhaps by another writer a moment ago)."""
+
+
 @dataclass
 class Hit:
     """One search result. `metadata`: key, source, member or path, width, height and the extra fields."""

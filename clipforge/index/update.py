@@ -27,7 +27,7 @@ from clipforge.index import refine as rx
 from clipforge.index.meta import MetaWriter, check_metadata, encodable, row_for
 from clipforge.index.sources import PIL_EXT
 from clipforge.index.state import State, writable_copies
-from clipforge.index.types import IndexInputError, Item
+from clipforge.index.types import IndexInputError, Item, UnknownIdError
 
 MAX_ADD = 10_000  # items per add call: larger batches belong in `index build`
 NewItem = tuple[bytes, str | None, dict[str, Any]]  # (image bytes, caption, extra metadata)
@@ -117,11 +117,11 @@ def add_vectors(
     images, captions = writable_copies(root, st, mmap)
     faiss_index.add_chunks(images, [(ids, image_features)])
     faiss_index.add_chunks(captions, [(caption_ids, text_features)])
-    counts = {
+    counts = {  # not the FAISS indexes' ntotal: an index that cannot remove (HNSW) still holds removed vectors
         **manifest["counts"],
         "items": manifest["counts"]["items"] + len(new),
-        "images": int(images.ntotal),
-        "captions": int(captions.ntotal),
+        "images": manifest["counts"]["images"] + len(new),
+        "captions": manifest["counts"]["captions"] + len(caption_ids),
     }
     added = {"images": (ids, image_features), "captions": (caption_ids, text_features)}
     return _commit(
@@ -147,12 +147,12 @@ def check_ids(ids: Any) -> list[int]:
 
 def remove_ids(root: Path, st: State, wanted: list[int], *, mmap: bool) -> dict[str, Any]:
     """Publish the version after `st` without the items `wanted` (from `check_ids`); unknown ids are an
-    error and nothing changes. Returns the new manifest."""
+    error (UnknownIdError) and nothing changes. Returns the new manifest."""
     found = st.meta.get_many(wanted)
     unknown = [i for i in wanted if i not in found]
     if unknown:
         more = f" (and {len(unknown) - 5} more)" if len(unknown) > 5 else ""
-        raise IndexInputError(f"unknown id(s) {unknown[:5]}{more}; nothing was removed")
+        raise UnknownIdError(f"unknown id(s) {unknown[:5]}{more}; nothing was removed")
     manifest = st.manifest
     images, captions = writable_copies(root, st, mmap)
     sections = {name: dict(manifest[name]) for name in ("images", "captions")}
@@ -224,7 +224,7 @@ def _commit(
         "next_id": next_id,
     }
     for name, idx in (("images", images), ("captions", captions)):
-        new[name] = {**new[name], "count": int(idx.ntotal)}
+        new[name] = {**new[name], "count": int(idx.ntotal) - int(new[name].get("tombstones", 0))}  # live vectors
     new["provenance"] = {**manifest["provenance"], "updated": versions.now(), "last_change": change}
     versions.publish(root, new)
     return new

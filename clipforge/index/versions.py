@@ -26,7 +26,7 @@ from typing import Any
 import faiss
 
 from clipforge.encoders.jsonfile import read_format_json
-from clipforge.index.types import IndexInputError
+from clipforge.index.types import IndexInputError, IndexUnreadableError
 
 FORMAT = "clipforge-index/1"
 MANIFEST = "manifest.json"
@@ -84,7 +84,7 @@ def read_manifest(root: Path) -> dict[str, Any]:
         raise FileNotFoundError(f"no index directory at {root}")
     if not path.is_file():
         raise FileNotFoundError(f"{root} is not a clipforge index (no {MANIFEST})")
-    manifest = read_format_json(path, FORMAT, MANIFEST_SHAPE, REQUIRED, IndexInputError, "index")
+    manifest = read_format_json(path, FORMAT, MANIFEST_SHAPE, REQUIRED, IndexUnreadableError, "index")
     return manifest
 
 
@@ -136,10 +136,10 @@ def verify_files(root: Path, manifest: dict[str, Any]) -> Path:
     for name, size in manifest.get("files", {}).items():
         path = vdir / name
         if not path.is_file():
-            raise IndexInputError(f"{path} is missing: the index is incomplete")
+            raise IndexUnreadableError(f"{path} is missing: the index is incomplete")
         actual = path.stat().st_size
         if actual != size:
-            raise IndexInputError(f"{path} has {actual} bytes, the manifest recorded {size}: truncated or corrupt")
+            raise IndexUnreadableError(f"{path} has {actual} bytes, the manifest recorded {size}: truncated or corrupt")
     return vdir
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clipforge.index import Index, IndexInputError, IndexMismatchError, versions
+from clipforge.index import Index, IndexInputError, IndexMismatchError, UnknownIdError, versions
 
 
 def png_bytes(colour: tuple[int, int, int]) -> bytes:
@@ -56,6 +56,20 @@ def test_bad_updates_change_nothing(index_copy, trained_bundle):
     with pytest.raises(IndexInputError, match="nothing to add"):
         idx.add(trained_bundle, [])
     assert idx.manifest["version"] == before and len(idx) == 600 and idx.get(3).id == 3
+
+
+def test_an_id_removed_meanwhile_is_an_unknown_id_error(index_copy, trained_bundle):
+    """Two writers remove one item: the second meets an unknown id, an error of its own (a LookupError: the
+    service answers it with 404, not with the 422 of a bad request), and removes nothing."""
+    first, second = Index.open(index_copy, bundle=trained_bundle), Index.open(index_copy, bundle=trained_bundle)
+    assert second.get(5).id == 5  # both have seen it
+    assert first.remove([5]) == 1
+    with pytest.raises(UnknownIdError, match=r"unknown id\(s\) \[5\]; nothing was removed") as caught:
+        second.remove([5, 6])
+    assert isinstance(caught.value, LookupError) and isinstance(caught.value, IndexInputError)
+    assert len(second) == 599 and second.get(6).id == 6
+    with pytest.raises(UnknownIdError):
+        second.get(5)
 
 
 def test_add_vectors_stores_what_it_is_given_and_add_is_its_wrapper(index_copy, trained_bundle):
@@ -155,6 +169,58 @@ def test_remove_with_an_index_type_that_cannot_remove(trained_bundle, synth_data
     assert len(hits) == 10 and not {0, 1} & {h.id for h in hits} and hits[0].score < 0.9999
 
 
+def test_counts_after_removes_and_adds_on_an_index_that_cannot_remove(trained_bundle, synth_data, tmp_path):
+    """HNSW keeps removed vectors (tombstones): an add after removes set the manifest's counts to the FAISS
+    indexes' sizes, so removed items were counted again."""
+    idx = Index.build(trained_bundle, synth_data["val"], tmp_path / "hnsw", factory="HNSW8", progress=False)
+    before = dict(idx.manifest["counts"])
+    captioned = sum(idx.get(i).caption is not None for i in (0, 1, 2))
+    assert idx.remove([0, 1, 2]) == 3
+    idx.add(trained_bundle, [(png_bytes((220, 40, 40)), "a red one", {}), (png_bytes((40, 80, 220)), "blue", {})])
+    manifest = idx.manifest
+    counts = manifest["counts"]
+    assert counts["items"] == counts["images"] == before["items"] - 3 + 2 == len(idx)
+    assert counts["captions"] == before["captions"] - captioned + 2
+    assert manifest["images"]["tombstones"] == 3 and idx._current().images.ntotal == before["images"] + 2
+    assert (manifest["images"]["count"], manifest["captions"]["count"]) == (counts["images"], counts["captions"])
+
+
+def test_an_index_rebuilt_with_another_bundle_is_not_switched_to(
+    trained_bundle, micro_bundle, built_index, synth_data, tmp_path, caplog
+):
+    """An index opened with a bundle follows new versions of its directory, but not an index rebuilt there with
+    another bundle (its vectors mean nothing to this model): searches keep the version loaded, a warning is
+    logged, updates are refused and leave the new index alone; a matching index put back is followed again."""
+    import shutil
+
+    from clipforge.encoders.bundle import load_bundle
+
+    root = tmp_path / "idx"
+    Index.build(trained_bundle, synth_data["val"], root, progress=False).close()
+    idx = Index.open(root, bundle=trained_bundle)
+    q = trained_bundle.encode_texts(["a red circle"]).numpy()
+    before = [(h.id, h.score) for h in idx.search_vectors(q, k=5)[0]]
+
+    other = load_bundle(micro_bundle, device="cpu")  # the same architecture, another seed, untrained
+    shutil.rmtree(root)
+    Index.build(other, synth_data["val"], root, progress=False).close()
+    rebuilt = versions.read_manifest(root)
+    assert rebuilt["fingerprint"] == other.fingerprint != trained_bundle.fingerprint
+    with caplog.at_level("WARNING", logger="clipforge.index"):
+        assert [(h.id, h.score) for h in idx.search_vectors(q, k=5)[0]] == before
+        assert idx.fingerprint == trained_bundle.fingerprint and len(idx) == 100
+    assert caplog.text.count("replaced by one of another bundle") == 1  # once, not on every call
+    with pytest.raises(IndexMismatchError, match="another bundle"):
+        idx.remove([0])
+    with pytest.raises(IndexMismatchError, match="another bundle"):
+        idx.add(trained_bundle, [(png_bytes((1, 2, 3)), "x", {})])
+    assert versions.read_manifest(root) == rebuilt  # nothing was written over it
+
+    shutil.rmtree(root)
+    shutil.copytree(built_index, root)  # an index of the bundle it was opened with: followed again
+    assert len(idx) == 600 and idx.remove([0]) == 1
+
+
 def test_memory_mapped_index_searches_and_updates(trained_bundle, synth_data, tmp_path):
     """open(mmap=True): the inverted lists stay in the file (paged in by the OS), results equal the in-RAM
     index's, and adds/removes through the mapped handle work on an in-RAM copy of the file."""
@@ -215,6 +281,9 @@ def test_filters_are_bounded_and_checked(index_copy, trained_bundle):
     assert idx.search_text(trained_bundle, "red", k=3, filters={f"k{i}": 1 for i in range(64)}) == []
     with pytest.raises(IndexInputError, match="finite"):
         idx.search_text(trained_bundle, "red", k=3, filters={"x": float("inf")})
+    # each value is a bound SQL parameter, four times for a dotted non-ASCII key: past SQLite's limit before
+    with pytest.raises(IndexInputError, match="1024 values in all"):
+        idx.search_text(trained_bundle, "red", k=3, filters={"a.ü": list(range(70_000))})
     with pytest.raises(IndexInputError, match="unknown id"):
         idx.get(2**70)
 
