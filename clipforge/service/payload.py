@@ -28,7 +28,8 @@ REQUEST_MODELS: list[type[BaseModel]] = []  # added to the OpenAPI components by
 
 
 def _field_kind(annotation: Any) -> str:
-    """'list_str' | 'json' | 'scalar': how a multipart field's string value(s) become the model's value."""
+    """'list_str' | 'json' | 'number' | 'scalar': how a multipart field's string value(s) become the model's
+    value."""
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
         annotation = args[0] if len(args) == 1 else annotation
@@ -37,6 +38,8 @@ def _field_kind(annotation: Any) -> str:
         return "list_str"
     if origin in (list, dict) or annotation in (list, dict):
         return "json"
+    if annotation in (int, float):
+        return "number"
     return "scalar"
 
 
@@ -95,6 +98,16 @@ async def read_limited(request: Request, limit: int) -> bytes:
     body = b"".join(chunks)
     request._body = body  # so request.form() parses what we already read
     return body
+
+
+def form_number(text: str) -> Any:
+    """A multipart number field's value: the number its text spells ("3", "0.5"), so that a strict field takes
+    it as JSON's 3 would be taken; anything else ("true", "ten") stays text, for the model to refuse."""
+    try:
+        value = loads(text)
+    except ValueError:
+        return text
+    return value if isinstance(value, int | float) and not isinstance(value, bool) else text
 
 
 def check_text(text: str, settings: Settings, where: str) -> str:
@@ -200,6 +213,8 @@ async def _parse_multipart(
                     data[name] = loads(values[0])
                 except ValueError as exn:
                     raise APIError(400, "invalid_json", f"{name}: not valid JSON: {str(exn)[:200]}") from exn
+            elif kind == "number":
+                data[name] = form_number(values[0])
             else:
                 data[name] = values[0]
         return _validate(model, data), blobs

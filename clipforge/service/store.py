@@ -4,11 +4,13 @@ same thread (SQLite connections are thread-bound), and writes are serialised aga
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+log = logging.getLogger("clipforge.service")
 
 
 class IndexHandle:
@@ -31,8 +33,16 @@ class IndexHandle:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
 
     async def run(self, fn: Callable[[Any], T]) -> T:
+        """`fn(index)` on the index's thread. An index that cannot be used (a file of it unreadable, or replaced
+        by another bundle's) is a 503 APIError: its message, which names server paths, only goes to the log."""
         index = self.index
-        return await self.run_raw(lambda: fn(index))
+        try:
+            return await self.run_raw(lambda: fn(index))
+        except unavailable_errors() as exn:
+            from clipforge.service.errors import APIError
+
+            log.error("the index is unavailable: %s", exn)
+            raise APIError(503, "index_unavailable", "the index cannot be used right now") from exn
 
     def close(self) -> None:
         close = getattr(self.index, "close", None)
@@ -41,10 +51,21 @@ class IndexHandle:
         self._executor.shutdown(wait=True)
 
 
+def unavailable_errors() -> tuple[type[Exception], ...]:
+    """What the index raises when the fault is on the server's side, not in the request."""
+    try:
+        from clipforge.index import IndexMismatchError, IndexUnreadableError
+
+        return (IndexMismatchError, IndexUnreadableError)
+    except ImportError:  # the index package is optional for a model-only server
+        return ()
+
+
 def index_errors() -> tuple[type[Exception], ...]:
     """What the index raises for a request it refuses (imported lazily: nothing heavy at import time).
 
-    `index.IndexInputError` covers unknown ids and bad queries alike; LookupError is what simpler stand-ins raise.
+    `index.IndexInputError` covers unknown ids (`index.UnknownIdError`, also a LookupError) and bad queries alike;
+    LookupError is what simpler stand-ins raise for unknown ids.
     """
     try:
         from clipforge.index import IndexInputError
@@ -65,10 +86,13 @@ async def get_item(handle: IndexHandle, item_id: int) -> Any:
 
 
 async def run_query(handle: IndexHandle, fn: Callable[[Any], T]) -> T:
-    """Run a search or update; the index's refusals (limits, filters, ...) become a 422 APIError."""
+    """Run a search or update; the index's refusals (limits, filters, ...) become a 422 APIError, and an unknown
+    id a 404: one the route looked up a moment ago may have been removed by another request since."""
     from clipforge.service.errors import APIError
 
     try:
         return await handle.run(fn)
+    except LookupError as exn:
+        raise APIError(404, "not_found", str(exn)) from exn
     except index_errors() as exn:
         raise APIError(422, "invalid_query", str(exn)) from exn

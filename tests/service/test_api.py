@@ -199,6 +199,27 @@ def test_search_options_reach_the_index(client: TestClient, fake_index: FakeInde
     assert r.status_code == 200 and r.json()["results"] == []
 
 
+def test_search_numbers_are_strict_and_multipart_text_fields_still_parse(
+    client: TestClient, fake_index: FakeIndex
+) -> None:
+    """k, offset and threshold take numbers only (JSON's true was k=1); a multipart form's fields are text,
+    and the text of a number is still that number."""
+    for bad in ({"k": True}, {"offset": True}, {"threshold": True}, {"k": "3"}, {"k": 3.0}):
+        r = client.post("/v1/search", json={"text": "square", **bad})
+        assert r.status_code == 422 and r.json()["error"]["code"] == "validation_error", (bad, r.text)
+    r = client.post("/v1/search", json={"text": "square", "k": 3, "offset": 1, "threshold": -1})
+    assert r.status_code == 200 and fake_index.calls[-1][1]["threshold"] == -1.0
+
+    image = [("image", ("q.png", BLUE_SQUARE, "image/jpeg"))]
+    r = client.post("/v1/search", files=image, data={"k": "3", "offset": "1", "threshold": "-0.5"})
+    assert r.status_code == 200, r.text
+    call = fake_index.calls[-1][1]
+    assert (call["k"], call["offset"], call["threshold"]) == (3, 1, -0.5)
+    for bad in ({"k": "true"}, {"k": "ten"}, {"threshold": "true"}, {"offset": "1.5"}):
+        r = client.post("/v1/search", files=image, data=bad)
+        assert r.status_code == 422 and r.json()["error"]["code"] == "validation_error", (bad, r.text)
+
+
 def test_items_get_image_add_delete(client: TestClient, fake_index: FakeIndex) -> None:
     item = client.get("/v1/items/3").json()
     assert item["caption"] == "a green square" and item["width"] == 48 and item["metadata"]["color"] == "green"

@@ -129,6 +129,14 @@ SEARCH_CASES = {
     "threshold_out_of_range": ({"text": "a", "threshold": 2}, 422, "validation_error"),
     "filter_nested": ({"text": "a", "filters": {"a": {"b": 1}}}, 422, "validation_error"),
     "filter_bad_key": ({"text": "a", "filters": {'a"; drop table items; --': 1}}, 422, "invalid_filter"),
+    # where an item's file lives on the server is never sent out, so no filter may probe it either
+    "filter_on_path": ({"text": "a", "filters": {"path": "images/ab/x.png"}}, 422, "invalid_filter"),
+    "filter_on_source": ({"text": "a", "filters": {"source": ["/data/shard-000000.tar"]}}, 422, "invalid_filter"),
+    "filter_on_member": ({"text": "a", "filters": {"color": "red", "member": "0001.jpg"}}, 422, "invalid_filter"),
+    # JSON's true is not a number: it was taken as k=1, offset 1 or threshold 1.0
+    "k_true": ({"text": "a", "k": True}, 422, "validation_error"),
+    "offset_true": ({"text": "a", "offset": True}, 422, "validation_error"),
+    "threshold_true": ({"text": "a", "threshold": True}, 422, "validation_error"),
 }
 
 

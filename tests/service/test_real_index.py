@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from clipforge.service.app import create_app
 from clipforge.service.settings import Settings
-from tests.service.conftest import WRITE_KEY
+from tests.service.conftest import WRITE_KEY, AppFactory
 from tests.service.fakes import COLORS, png_bytes, shape_items
 from tests.service.test_bad_input import assert_error
 
@@ -207,3 +207,144 @@ def test_a_client_that_leaves_mid_body_is_not_a_server_error(micro_bundle: Path,
             assert f'clipforge_requests_total{{method="POST",route="{route}",status="499"}} 1.0' in metrics, metrics
         assert 'status="500"' not in metrics
         assert c.post("/v1/search", json={"text": "a red circle", "k": 3}).status_code == 200  # still serving
+
+
+def test_a_filter_with_too_many_values_is_a_422_and_the_server_keeps_serving(
+    micro_bundle: Path, real_index: Path
+) -> None:
+    """Each filter value is a bound SQL parameter (four of them for a dotted non-ASCII key): 70,000 values
+    went past SQLite's limit and answered 500 "too many SQL variables". They are capped, in all fields."""
+    app = create_app(Settings(bundle=micro_bundle, index=real_index, max_wait_ms=1.0))
+    with TestClient(app, raise_server_exceptions=False) as c:
+        r = c.post("/v1/search", json={"text": "a", "filters": {"a.ü": list(range(70_000))}})
+        assert_error(r, 422, "invalid_filter")
+        assert "1024 values" in r.json()["error"]["message"]
+        from clipforge.index.meta import MAX_FILTER_VALUES
+
+        over = {"color": ["red"] * MAX_FILTER_VALUES, "shape": "circle"}  # over the cap only in all fields
+        assert_error(c.post("/v1/search", json={"text": "a", "filters": over}), 422, "invalid_filter")
+        at_cap = {"color": ["red"] + [f"v{i}" for i in range(MAX_FILTER_VALUES - 1)]}
+        r = c.post("/v1/search", json={"text": "a red circle", "k": 8, "filters": at_cap})
+        assert r.status_code == 200 and {h["caption"] for h in r.json()["results"]} == {"a red circle", "a red square"}
+        r = c.post("/v1/search", json={"text": "a red circle", "k": 8})
+        assert r.status_code == 200 and len(r.json()["results"]) == 8
+        assert 'status="500"' not in c.get("/metrics").text
+
+
+def test_info_and_errors_name_no_server_path(
+    micro_bundle: Path, real_index: Path, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """/v1/info told any reader the index directory, the bundle's and the folders it was built from (the whole
+    manifest); now a list of fields a client needs. A corrupt index is a 503 whose message names no file."""
+    import shutil
+
+    from clipforge.index import Index
+
+    index_dir = tmp_path / "idx"
+    shutil.copytree(real_index, index_dir)
+    app = create_app(Settings(bundle=micro_bundle, index=index_dir, api_key=WRITE_KEY, max_wait_ms=1.0))
+    base = str(tmp_path_factory.getbasetemp())  # above every test directory: the index, bundle and images
+    with TestClient(app, raise_server_exceptions=False) as c:
+        r = c.get("/v1/info")
+        assert r.status_code == 200 and base not in r.text and str(micro_bundle) not in r.text
+        index = r.json()["index"]
+        assert index["count"] == 8 and index["dim"] == 32 and index["version"] == 1
+        assert index["counts"]["items"] == 8 and index["live"]["images"] == 8
+        assert index["images"]["factory"] == "Flat" and index["images"]["count"] == 8
+        assert "path" not in index and "bundle" not in index and "provenance" not in index
+
+        # another process publishes a version whose metadata table is then damaged
+        writer = Index.open(index_dir)
+        writer.remove([7])
+        writer.close()
+        with open(index_dir / "v0002" / "meta.sqlite", "ab") as f:
+            f.write(b"junk")
+        for r in (
+            c.post("/v1/search", json={"text": "a red circle"}),
+            c.post("/v1/search", json={"id": 1}),
+            c.get("/v1/items/1"),
+            c.delete("/v1/items/1", headers={"X-API-Key": WRITE_KEY}),
+            c.get("/v1/info"),
+        ):
+            assert_error(r, 503, "index_unavailable")
+            assert base not in r.text and "meta.sqlite" not in r.text
+
+
+def test_an_index_rebuilt_with_another_bundle_is_not_served(
+    micro_bundle: Path, siglip_bundle: Path, real_index: Path, tmp_path: Path
+) -> None:
+    """The index directory is rebuilt, in place, with another bundle while the server runs: its searches keep
+    the version they were started with (the new one's vectors mean nothing to this model), and adds are a 503
+    that leaves the new index as it was."""
+    import shutil
+
+    from clipforge.encoders.bundle import load_bundle
+    from clipforge.index import Index
+
+    index_dir = tmp_path / "idx"
+    shutil.copytree(real_index, index_dir)
+    app = create_app(Settings(bundle=micro_bundle, index=index_dir, api_key=WRITE_KEY, max_wait_ms=1.0))
+    with TestClient(app, raise_server_exceptions=False) as c:
+        query = {"text": "a red circle", "k": 3}
+        before = c.post("/v1/search", json=query).json()
+        fingerprint = c.get("/v1/info").json()["index"]["fingerprint"]
+
+        other = load_bundle(siglip_bundle, device="cpu")
+        folder = tmp_path / "images"
+        folder.mkdir()
+        for i, (data, caption, _) in enumerate(shape_items()):
+            (folder / f"img{i}.png").write_bytes(data)
+            (folder / f"img{i}.txt").write_text(caption)
+        shutil.rmtree(index_dir)
+        Index.build(other, str(folder), index_dir, progress=False).close()
+        rebuilt = json.loads((index_dir / "manifest.json").read_text())
+        assert rebuilt["fingerprint"] == other.fingerprint != fingerprint
+
+        assert c.post("/v1/search", json=query).json() == before
+        assert c.get("/v1/info").json()["index"]["fingerprint"] == fingerprint
+        image = base64.b64encode(png_bytes()).decode()
+        r = c.post("/v1/items", headers={"X-API-Key": WRITE_KEY}, json={"images": [image]})
+        assert_error(r, 503, "index_unavailable")
+        assert str(tmp_path) not in r.text
+    assert json.loads((index_dir / "manifest.json").read_text()) == rebuilt  # not written over
+
+
+class RemovedMeanwhile:
+    """The real index, with a second writer (another `Index` on its directory) removing an item just before
+    this one removes or searches by it: what a concurrent DELETE does between a route's lookup and its call."""
+
+    def __init__(self, index: Any, other: Any) -> None:
+        self.index, self.other = index, other
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.index, name)
+
+    def remove(self, ids: list[int]) -> int:
+        self.other.remove(ids)
+        return self.index.remove(ids)
+
+    def search_id(self, id: int, k: int = 10, **kw: Any) -> Any:
+        self.other.remove([id])
+        return self.index.search_id(id, k, **kw)
+
+
+def test_an_item_removed_between_lookup_and_use_is_a_404(
+    make_client: AppFactory, bundle: Any, real_index: Path, tmp_path: Path
+) -> None:
+    """Two DELETEs of one item: both found it, the second's remove then met an unknown id and answered 422."""
+    import shutil
+
+    from clipforge.index import Index
+
+    index_dir = tmp_path / "idx"
+    shutil.copytree(real_index, index_dir)
+    other = Index.open(index_dir)
+    racing = RemovedMeanwhile(Index.open(index_dir, bundle=bundle), other)
+    try:
+        _, c = make_client(index=racing, api_key=WRITE_KEY, raise_server_exceptions=False)
+        assert_error(c.delete("/v1/items/3", headers={"X-API-Key": WRITE_KEY}), 404, "not_found")
+        assert_error(c.post("/v1/search", json={"id": 4, "k": 3}), 404, "not_found")
+        assert_error(c.get("/v1/items/3"), 404, "not_found")
+        assert len(other) == 6 and len(racing.index) == 6  # each removed once
+    finally:
+        other.close()

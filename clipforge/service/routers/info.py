@@ -12,6 +12,10 @@ from clipforge.service.deps import MaybeEngineDep, MaybeIndexDep, ReadAccess, Se
 from clipforge.service.errors import error_responses
 
 router = APIRouter(prefix="/v1", tags=["info"], dependencies=[ReadAccess])
+# what a client is told of the index: never the whole manifest, which names server paths (the index directory,
+# the bundle's, the folders it was built from)
+INDEX_FIELDS = ("version", "dim", "fingerprint", "metric", "normalized", "counts", "live", "count")
+SECTION_FIELDS = ("factory", "count", "recall@10", "tombstones")  # of "images" and "captions"
 
 
 class Info(BaseModel):
@@ -22,6 +26,15 @@ class Info(BaseModel):
     templates: list[str]
     label_sets: dict[str, int]
     writes_enabled: bool
+
+
+def public_index_info(raw: dict[str, Any]) -> dict[str, Any]:
+    """The allowed fields of the index's `info()` (and its count), as JSON values."""
+    out = {key: raw[key] for key in INDEX_FIELDS if key in raw}
+    for name in ("images", "captions"):
+        if isinstance(raw.get(name), dict):
+            out[name] = {key: raw[name][key] for key in SECTION_FIELDS if key in raw[name]}
+    return json.loads(json.dumps(out, default=str))  # numpy scalars and the like as plain JSON
 
 
 @router.get("/info", response_model=Info, summary="Bundle, index and limits", responses=error_responses(401))
@@ -42,7 +55,7 @@ async def info(settings: SettingsDep, engine: MaybeEngineDep, index: MaybeIndexD
     index_info = None
     if index is not None:
         raw = await index.run(lambda idx: {**dict(idx.info()), "count": len(idx)})
-        index_info = json.loads(json.dumps(raw, default=str))  # paths and the like as strings
+        index_info = public_index_info(raw)
     return Info(
         bundle=bundle,
         index=index_info,

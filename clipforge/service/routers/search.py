@@ -31,15 +31,16 @@ class SearchRequest(BaseModel):
     vector: list[float] | None = Field(None, description="a query vector of the index's dimension")
     id: int | None = Field(None, ge=0, le=MAX_ID, description="find items similar to this stored item")
     target: Literal["images", "captions"] = Field("images", description="search image or caption embeddings")
-    k: int = Field(10, ge=1, le=MAX_K, description="number of results (at most the server's max_k)")
-    offset: int = Field(0, ge=0, description="skip this many results (paging)")
+    # strict: JSON true is not k=1 nor threshold 1.0 (multipart's text fields are converted in payload.py)
+    k: int = Field(10, ge=1, le=MAX_K, strict=True, description="number of results (at most the server's max_k)")
+    offset: int = Field(0, ge=0, strict=True, description="skip this many results (paging)")
     filters: dict[str, FilterValue | list[FilterValue]] | None = Field(
         None,
         description="metadata filter: {field: value} or {field: [any of these values]}; a field inside an "
         'object is named by its path, e.g. {"exif.camera": "X100"} (which also matches a flat key "exif.camera")',
     )
     threshold: float | None = Field(
-        None, ge=SCORE_RANGE[0], le=SCORE_RANGE[1], description="drop results scoring below this"
+        None, ge=SCORE_RANGE[0], le=SCORE_RANGE[1], strict=True, description="drop results scoring below this"
     )
 
 
@@ -66,6 +67,9 @@ def check_limits(req: SearchRequest, settings: Settings) -> None:
         raise APIError(422, "k_out_of_range", f"k must be between 1 and {settings.max_k}")
     if req.offset > settings.max_offset:
         raise APIError(422, "offset_out_of_range", f"offset must be at most {settings.max_offset}")
+    hidden = [key for key in req.filters or {} if key in HIDDEN_METADATA]
+    if hidden:  # filtering on where files live would tell a client what public_metadata leaves out
+        raise APIError(422, "invalid_filter", f"filter key {hidden[0]!r} is not a field that can be searched")
     from clipforge.index.meta import check_filters  # the index's own rule for what it can search
 
     try:
