@@ -119,10 +119,13 @@ class ShardStream(IterableDataset):
             before = stats["shard_error"]
             rng = random.Random(f"{s.seed}/{epoch}/{s.rank}/{worker}/samples")
             raw = seeded_shuffle(raw_samples(shards, stats), s.sample_shuffle, rng)
-            cursor, good = 0, 0
+            cursor, good, pre = 0, 0, Counter(stats)
             for sample in raw:
                 cursor += 1
                 if cursor <= skip:
+                    if cursor == skip:  # the checkpoint's counts already hold what the replay read: not twice
+                        stats.clear()
+                        stats.update(pre)
                     continue  # replaying up to the resume point: no decoding
                 out = decode_sample(sample, s.caption_key, s.max_pixels, self.draft_size, s.max_caption_chars)
                 if isinstance(out, str):

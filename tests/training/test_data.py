@@ -168,6 +168,28 @@ def test_resuming_with_another_number_of_ranks_starts_every_rank_at_a_new_epoch(
     assert DataState.for_rank({}, rank=0, world_size=2, workers=2).positions == {}  # a fresh run
 
 
+@pytest.mark.filterwarnings("ignore:.*cannot be opened")
+def test_a_resumed_stream_does_not_count_again_what_its_replay_reads(synth_data, tmp_path):
+    """Replaying to the resume point re-opens the shards before it: a shard that failed was counted in the
+    checkpoint's totals and again by the replay."""
+    urls = [str(tmp_path / "missing.tar"), *expand_urls(synth_data["train"])]
+
+    def stream(**kw):  # noqa: ANN003, ANN202
+        return make_loader(make_stream(urls, seed=5, shard_shuffle=False, **kw), 0)
+
+    full = DataState()
+    for _, b in zip(range(8), stream(), strict=False):
+        full.update(b)
+    state = DataState()
+    for _, b in zip(range(3), stream(), strict=False):
+        state.update(b)
+    assert state.skipped == {"shard_error": 1}  # the missing shard, read first
+    restored = DataState.from_state_dict(state.state_dict(1), 1)
+    for _, b in zip(range(5), stream(resume=restored.positions, first_worker=restored.first_worker), strict=False):
+        restored.update(b)
+    assert restored.skipped == full.skipped == {"shard_error": 1}
+
+
 def test_epochs_reshuffle_with_seed(synth_data):
     urls = expand_urls(synth_data["train"])
     a = next(iter(make_stream(urls, seed=1)))["keys"]
