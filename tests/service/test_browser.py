@@ -105,3 +105,23 @@ def test_search_through_the_page(page: Any, live_server: str) -> None:
     assert [i for i, _ in shown] == [h["id"] for h in api] and len(shown) == 8
     assert all(cap.startswith(h["caption"]) for (_, cap), h in zip(shown, api, strict=True))
     assert "8 indexed items" in page.text_content("#model-info")
+
+
+def test_typing_the_read_key_loads_the_model_line_and_a_server_without_index_has_no_search(
+    chromium: Any, micro_bundle: Path
+) -> None:
+    """With a read key required, the page first shows the 401; typing the key asked only for the heads again,
+    so the header kept the error. Without an index, the search panel showed and failed on use."""
+    app = create_app(Settings(bundle=micro_bundle, max_wait_ms=1.0, read_api_key="sekret"))
+    with served_in_thread(app) as url:
+        context = chromium.new_context()
+        page = context.new_page()
+        page.goto(url + "/")
+        page.wait_for_selector("body[data-ready=true]")
+        assert "X-API-Key" in page.text_content("#model-info")
+        page.fill("#api-key", "sekret")
+        page.dispatch_event("#api-key", "change")
+        page.wait_for_selector("#model-info:has-text('no index')")  # (the page's CSP forbids evaluated strings)
+        assert "dim" in page.text_content("#model-info")
+        assert not page.is_visible("#search-panel")
+        context.close()

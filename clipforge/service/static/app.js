@@ -193,7 +193,7 @@ async function loadInfo() {
     const parts = [b ? `${b.arch} · ${b.loss} · dim ${b.embed_dim}` : "no model"];
     parts.push(info.index ? `${info.index.count} indexed items` : "no index");
     $("model-info").textContent = parts.join(" · ");
-    if (!info.index) $("search-panel").classList.add("disabled");
+    $("search-panel").hidden = !info.index;  // nothing to search: no panel (as the ask panel without heads)
   } catch (error) {
     $("model-info").textContent = String(error.message || error);
   }
@@ -218,7 +218,8 @@ async function setup() {
   $("ask-form").addEventListener("submit", ask);
   $("head-select").addEventListener("change", describeHead);
   $("search-form").addEventListener("submit", search);
-  $("api-key").addEventListener("change", loadHeads);  // a read key may be what hid the heads
+  // a read key may be what hid the model line and the heads: both are asked again with it
+  $("api-key").addEventListener("change", () => Promise.all([loadInfo(), loadHeads()]));
   await Promise.all([loadInfo(), loadHeads()]);
   document.body.dataset.ready = "true";
 }
