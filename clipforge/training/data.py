@@ -217,7 +217,9 @@ class DataState:
         )
         epoch = max((p[0] for sd in ranks.values() for p in _positions(sd).values()), default=0)
         state = cls.after_epoch(epoch, workers)
-        state.base_stats = Counter(ranks.get(str(rank), {}).get("skipped", {}))
+        if rank == 0:  # the counts so far, of every old rank, carried once (the totals sum over ranks)
+            for sd in ranks.values():
+                state.base_stats.update(sd.get("skipped", {}))
         return state
 
     @classmethod

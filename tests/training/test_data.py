@@ -164,7 +164,8 @@ def test_resuming_with_another_number_of_ranks_starts_every_rank_at_a_new_epoch(
         for rank in range(world_size):
             state = DataState.for_rank(two, rank=rank, world_size=world_size, workers=2)
             assert state.positions == {0: (5, 0), 1: (5, 0)}, (world_size, rank)  # after the furthest epoch
-    assert DataState.for_rank(two, rank=0, world_size=1, workers=2).skipped == {"no_caption": 2}
+    assert DataState.for_rank(two, rank=0, world_size=1, workers=2).skipped == {"no_caption": 3}  # both ranks
+    assert DataState.for_rank(two, rank=2, world_size=3, workers=2).skipped == {}  # counted once, on rank 0
     assert DataState.for_rank({}, rank=0, world_size=2, workers=2).positions == {}  # a fresh run
 
 
