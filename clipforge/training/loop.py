@@ -61,7 +61,8 @@ def run_eval(cfg: Config, encoder: TorchEncoder, preprocess: Preprocess) -> dict
 
 def train(cfg: Config, resume: str | None = None, progress: bool = True) -> dict[str, Any]:
     """Train per `cfg`; `resume` is None, "auto" (newest valid checkpoint of the run, if any) or a path."""
-    check_inputs(cfg, world_size=int(os.environ.get("WORLD_SIZE", "1")))  # torchrun's, before the group exists
+    env = os.environ  # torchrun's, read before the process group exists
+    check_inputs(cfg, world_size=int(env.get("WORLD_SIZE", "1")), rank=int(env.get("RANK", "0")))
     rt = Runtime.from_config(cfg)
     run_dir = Path(cfg.out_dir)
     run_dir.mkdir(parents=True, exist_ok=True)

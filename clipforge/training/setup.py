@@ -49,7 +49,7 @@ def _is_local(url: str) -> bool:
     return not url.startswith("pipe:") and "://" not in url
 
 
-def check_inputs(cfg: Config, world_size: int = 1) -> None:
+def check_inputs(cfg: Config, world_size: int = 1, rank: int = 0) -> None:
     """Fail before the first step, in one line, on an input the job would only read later (the held-out
     shards and the zero-shot set are first read at the final evaluation, minutes or hours in), and on shards
     too few for every rank to read one (that rank's stream would end at once and take the job down)."""
@@ -69,19 +69,18 @@ def check_inputs(cfg: Config, world_size: int = 1) -> None:
             "get none. Use fewer data.workers or ranks, more shards, or data.resampled: true"
         )
     slots = world_size * readers
-    if not (cfg.data.resampled or cfg.data.weights) and n_shards > slots and n_shards % slots:
+    uneven = n_shards % slots and (n_shards > slots or world_size > 1)  # one rank, a shard per worker: even
+    if not (cfg.data.resampled or cfg.data.weights) and uneven and rank == 0:  # said once, not per rank
         # each (rank, worker) slot cycles its own shards and the loader takes batches from the slots in turn,
         # so a slot dealt fewer shards starts its next pass sooner: its samples are drawn more often
         log.warning(
-            "%d training shards do not divide among %d readers (%d rank(s) x %d worker(s)): readers dealt %d "
-            "shards repeat theirs while others still read their %d, so some samples are seen more often than "
+            "%d training shards do not divide among %d readers (%d rank(s) x %d worker(s)): readers dealt fewer "
+            "shards (or ranks with fewer readers) repeat theirs sooner, so some samples are seen more often than "
             "others. Use a multiple of %d shards, other data.workers, or data.resampled: true",
             n_shards,
             slots,
             world_size,
             readers,
-            n_shards // slots,
-            n_shards // slots + 1,
             slots,
         )
     for key, spec in [*(("data.train", s) for s in cfg.data.train), ("data.val", cfg.data.val)]:

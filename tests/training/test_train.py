@@ -480,6 +480,12 @@ def test_shards_that_do_not_divide_among_the_readers_warn_of_uneven_sampling(syn
             smoke_cfg(synth_data, tmp_path, f"data.train=['{three}']", "data.workers=2", "data.resampled=true")
         )
     assert "do not divide" not in caplog.text
+    five = "::".join(str(p) for p in shards[:5])  # 2 ranks x 4 workers: rank 1 gets one shard for 4 readers' pace
+    with caplog.at_level("WARNING", logger="clipforge.training.setup"):
+        check_inputs(smoke_cfg(synth_data, tmp_path, f"data.train=['{five}']", "data.workers=4"), world_size=2, rank=1)
+        assert "do not divide" not in caplog.text  # rank 1 leaves the saying to rank 0
+        check_inputs(smoke_cfg(synth_data, tmp_path, f"data.train=['{five}']", "data.workers=4"), world_size=2)
+    assert "5 training shards do not divide among 8 readers" in caplog.text
 
 
 def test_resuming_from_an_older_checkpoint_sets_the_later_ones_aside(synth_data, tmp_path):
