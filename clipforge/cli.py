@@ -340,7 +340,14 @@ def main(argv: list[str] | None = None) -> int:
         close_progress_bars()
         print("clipforge: interrupted", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, RuntimeError, OSError, KeyError, ArithmeticError) as exn:  # a divergence too
+    except (
+        ValueError,
+        FileNotFoundError,
+        RuntimeError,
+        OSError,
+        KeyError,
+        FloatingPointError,
+    ) as exn:  # a divergence too
         if args.verbose:
             raise
         close_progress_bars()
