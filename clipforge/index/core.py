@@ -201,7 +201,9 @@ class Index:
 
     def info(self) -> dict[str, Any]:
         st = self._current()
-        live = {"items": st.meta.count(), "images": int(st.images.ntotal), "captions": int(st.captions.ntotal)}
+        live = {"items": st.meta.count()}
+        for name, idx in (("images", st.images), ("captions", st.captions)):  # removed vectors an HNSW still holds
+            live[name] = int(idx.ntotal) - int(st.manifest[name].get("tombstones", 0))
         return {**st.manifest, "path": str(self.path), "live": live}
 
     # ---- search ----------------------------------------------------------------------------------------

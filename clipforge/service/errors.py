@@ -49,7 +49,7 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         413: "Upload, image or request over the size limits",
         415: "Unsupported content type",
         422: "Input failed validation (limits, labels, k out of range, ...)",
-        503: "Model or index not loaded",
+        503: "Model or index not loaded, or the index unusable (a file of it unreadable)",
     }
     return {s: {"model": ErrorBody, "description": text[s]} for s in statuses}
 

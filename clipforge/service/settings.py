@@ -79,6 +79,12 @@ class Settings(BaseSettings):
     def _templates_have_slot(cls, v: list[str]) -> list[str]:
         return list(check_templates(v))
 
+    @field_validator("bundle", "index", mode="before")
+    @classmethod
+    def _empty_is_none(cls, v: Any) -> Any:
+        """CLIPFORGE_INDEX= (empty) means no index, not the current directory (the image sets a default)."""
+        return None if isinstance(v, str) and not v.strip() else v
+
     @field_validator("heads", mode="before")
     @classmethod
     def _heads_list(cls, v: Any) -> Any:

@@ -92,6 +92,8 @@ async def run_query(handle: IndexHandle, fn: Callable[[Any], T]) -> T:
 
     try:
         return await handle.run(fn)
+    except (KeyError, IndexError):
+        raise  # a bug of ours, not an unknown id: a 500
     except LookupError as exn:
         raise APIError(404, "not_found", str(exn)) from exn
     except index_errors() as exn:

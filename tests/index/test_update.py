@@ -183,6 +183,8 @@ def test_counts_after_removes_and_adds_on_an_index_that_cannot_remove(trained_bu
     assert counts["captions"] == before["captions"] - captioned + 2
     assert manifest["images"]["tombstones"] == 3 and idx._current().images.ntotal == before["images"] + 2
     assert (manifest["images"]["count"], manifest["captions"]["count"]) == (counts["images"], counts["captions"])
+    live = idx.info()["live"]  # what /v1/info shows beside the counts: the same live numbers
+    assert (live["items"], live["images"], live["captions"]) == (counts["items"], counts["images"], counts["captions"])
 
 
 def test_an_index_rebuilt_with_another_bundle_is_not_switched_to(

@@ -278,3 +278,10 @@ def test_an_item_id_in_a_path_is_plain_digits(shared_client: TestClient, raw: st
     """Otherwise "/v1/items/1_0" would be item 10 and "-0" item 0: several URLs for one item."""
     assert_error(shared_client.get(f"/v1/items/{raw}"), 422)
     assert_error(shared_client.delete(f"/v1/items/{raw}", headers={"X-API-Key": WRITE_KEY}), 422)
+
+
+def test_json_true_is_not_an_id_nor_a_top_k(client: Any) -> None:
+    """`{"id": true}` searched for items like item 1; `top_k: true` returned one label."""
+    assert_error(client.post("/v1/search", json={"id": True}), 422)
+    r = client.post("/v1/classify", json={"images": [], "labels": ["a", "b"], "top_k": True})
+    assert r.status_code == 422

@@ -116,3 +116,15 @@ def test_a_port_in_use_is_one_line_before_the_model_loads(micro_bundle: Path, ca
         assert main(["serve", "--bundle", str(micro_bundle), "--port", str(port), "--log-level", "critical"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"cannot listen on 127.0.0.1:{port}" in err, err
+
+
+def test_an_empty_index_or_bundle_variable_means_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Docker image sets CLIPFORGE_INDEX=/models/index; `-e CLIPFORGE_INDEX=` must switch the index off,
+    not point it at the working directory (Path("") is ".")."""
+    from clipforge.service.settings import Settings
+
+    monkeypatch.setenv("CLIPFORGE_INDEX", "")
+    monkeypatch.setenv("CLIPFORGE_BUNDLE", "  ")
+    assert Settings().index is None and Settings().bundle is None
+    monkeypatch.setenv("CLIPFORGE_INDEX", "/models/index")
+    assert Settings().index == Path("/models/index")

@@ -268,6 +268,8 @@ def test_info_and_errors_name_no_server_path(
         ):
             assert_error(r, 503, "index_unavailable")
             assert base not in r.text and "meta.sqlite" not in r.text
+        ready = c.get("/readyz")  # said "ready" while every index route answered 503: no health check noticed
+        assert ready.status_code == 503 and ready.json()["index"] is False
 
 
 def test_an_index_rebuilt_with_another_bundle_is_not_served(

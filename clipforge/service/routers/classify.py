@@ -21,7 +21,7 @@ class ClassifyRequest(BaseModel):
     labels: list[str] | None = Field(None, description="candidate labels, e.g. ['cat', 'dog']")
     label_set: str | None = Field(None, description="name of a label set configured on the server")
     templates: list[str] | None = Field(None, description="prompt templates with '{}'; default: the server's ensemble")
-    top_k: int | None = Field(None, ge=1, description="return only the best k labels per image")
+    top_k: int | None = Field(None, ge=1, strict=True, description="return only the best k labels per image")
 
 
 class LabelScore(BaseModel):

@@ -112,7 +112,7 @@ def pairs(req: PredictRequest, blobs: list[bytes], max_pairs: int) -> int:
     response_model_exclude_none=True,
     summary="Ask a fusion head about (image, text) pairs",
     openapi_extra=request_body(PredictRequest),
-    responses=error_responses(400, 401, 404, 413, 415, 422),
+    responses=error_responses(400, 401, 404, 413, 415, 422, 503),
 )
 async def predict(
     name: HeadName,

@@ -7,7 +7,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from clipforge.service.deps import MaybeEngineDep, MaybeIndexDep, MetricsDep, SettingsDep
-from clipforge.service.errors import error_responses
+from clipforge.service.errors import APIError, error_responses
 
 router = APIRouter(tags=["health"])
 
@@ -32,12 +32,17 @@ async def healthz() -> Health:
     "/readyz",
     response_model=Readiness,
     summary="Readiness",
-    responses={503: {"model": Readiness, "description": "model or configured index not loaded"}},
+    responses={503: {"model": Readiness, "description": "model or configured index not loaded, or the index unusable"}},
 )
 async def readyz(settings: SettingsDep, engine: MaybeEngineDep, index: MaybeIndexDep) -> JSONResponse:
     """Ready when the model is loaded and, if the server was given an index, the index is loaded."""
     model_ok = engine is not None and engine.batcher.running
     index_ok = index is not None
+    if index is not None:  # loaded, and still usable: a version that broke under us answers 503 everywhere
+        try:
+            await index.run(len)  # a stat and the manifest's count
+        except APIError:
+            index_ok = False
     ready = model_ok and (index_ok or settings.index is None)
     body = Readiness(status="ready" if ready else "not_ready", model=model_ok, index=index_ok)
     return JSONResponse(body.model_dump(), status_code=200 if ready else 503)

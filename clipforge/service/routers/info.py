@@ -37,7 +37,7 @@ def public_index_info(raw: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(out, default=str))  # numpy scalars and the like as plain JSON
 
 
-@router.get("/info", response_model=Info, summary="Bundle, index and limits", responses=error_responses(401))
+@router.get("/info", response_model=Info, summary="Bundle, index and limits", responses=error_responses(401, 503))
 async def info(settings: SettingsDep, engine: MaybeEngineDep, index: MaybeIndexDep) -> Info:
     bundle = None
     if engine is not None:

@@ -57,7 +57,9 @@ class DeleteResponse(BaseModel):
     removed: int
 
 
-@router.get("/{item_id}", response_model=ItemOut, dependencies=[ReadAccess], responses=error_responses(401, 404, 422))
+@router.get(
+    "/{item_id}", response_model=ItemOut, dependencies=[ReadAccess], responses=error_responses(401, 404, 422, 503)
+)
 async def get_item(item_id: ItemId, request: Request, index: IndexDep) -> ItemOut:
     """An item's caption, size and metadata (its file path on the server is never exposed)."""
     item = await lookup_item(index, item_id)
@@ -76,7 +78,10 @@ async def get_item(item_id: ItemId, request: Request, index: IndexDep) -> ItemOu
     "/{item_id}/image",
     response_class=Response,
     dependencies=[ReadAccess],
-    responses={200: {"content": {"image/*": {}}, "description": "the stored image"}, **error_responses(401, 404, 422)},
+    responses={
+        200: {"content": {"image/*": {}}, "description": "the stored image"},
+        **error_responses(401, 404, 422, 503),
+    },
 )
 async def get_item_image(item_id: ItemId, index: IndexDep) -> Response:
     """The stored image's bytes, read only from the index's own sources (never a path or URL from a client)."""
@@ -96,7 +101,7 @@ async def get_item_image(item_id: ItemId, index: IndexDep) -> Response:
     response_model=AddItemsResponse,
     dependencies=[WriteAccess],
     openapi_extra=request_body(AddItemsRequest),
-    responses=error_responses(400, 401, 403, 404, 413, 415, 422),
+    responses=error_responses(400, 401, 403, 404, 413, 415, 422, 503),
 )
 async def add_items(request: Request, settings: SettingsDep, engine: EngineDep, index: IndexDep) -> AddItemsResponse:
     """Add images (with optional captions and metadata) to the index; needs the write key."""
@@ -135,7 +140,7 @@ async def add_items(request: Request, settings: SettingsDep, engine: EngineDep, 
     "/{item_id}",
     response_model=DeleteResponse,
     dependencies=[WriteAccess],
-    responses=error_responses(401, 403, 404, 422),
+    responses=error_responses(401, 403, 404, 422, 503),
 )
 async def delete_item(item_id: ItemId, index: IndexDep) -> DeleteResponse:
     """Remove one item from the index; needs the write key."""

@@ -29,7 +29,7 @@ class SearchRequest(BaseModel):
     text: str | None = Field(None, description="a text query")
     image: str | None = Field(None, description="a base64-encoded image query")
     vector: list[float] | None = Field(None, description="a query vector of the index's dimension")
-    id: int | None = Field(None, ge=0, le=MAX_ID, description="find items similar to this stored item")
+    id: int | None = Field(None, ge=0, le=MAX_ID, strict=True, description="find items similar to this stored item")
     target: Literal["images", "captions"] = Field("images", description="search image or caption embeddings")
     # strict: JSON true is not k=1 nor threshold 1.0 (multipart's text fields are converted in payload.py)
     k: int = Field(10, ge=1, le=MAX_K, strict=True, description="number of results (at most the server's max_k)")
@@ -93,7 +93,7 @@ def query_vector(vector: list[float], dim: int) -> np.ndarray:
     response_model=SearchResponse,
     summary="Search the index by text, image, vector or id",
     openapi_extra=request_body(SearchRequest, file_field="image"),
-    responses=error_responses(400, 401, 404, 413, 415, 422),
+    responses=error_responses(400, 401, 404, 413, 415, 422, 503),
 )
 async def search(request: Request, settings: SettingsDep, engine: EngineDep, index: IndexDep) -> SearchResponse:
     """Nearest neighbours by cosine similarity. Each result carries its score, caption, metadata and a
