@@ -127,7 +127,10 @@ def main() -> None:
             scores = []
             for lr, wd in grid:
                 trial = replace(seeded, fit=replace(seeded.fit, lr=lr, weight_decay=wd))
-                scores.append(correct(kind, width, trial, labels, fit_on, val).mean())
+                try:
+                    scores.append(correct(kind, width, trial, labels, fit_on, val).mean())
+                except RuntimeError:  # the loss diverged at this learning rate: a setting not to choose
+                    scores.append(-np.inf)
             lr, wd = grid[int(np.argmax(scores))]
             picks.append(f"{lr:g}, {wd:g}")
             chosen = replace(seeded, fit=replace(seeded.fit, lr=lr, weight_decay=wd))
