@@ -30,12 +30,21 @@ def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
 
 
 def f1_per_class(pred: np.ndarray, true: np.ndarray, n: int) -> np.ndarray:
-    out = np.zeros(n)
+    """F1 of each class; NaN for a class neither true nor predicted anywhere in the set (it has no F1: a
+    perfect head on a one-class subset must not score 0 on the others)."""
+    out = np.full(n, np.nan)
     for c in range(n):
         tp = np.sum((pred == c) & (true == c))
         fp, fn = np.sum((pred == c) & (true != c)), np.sum((pred != c) & (true == c))
-        out[c] = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
+        if tp + fp + fn:
+            out[c] = 2 * tp / (2 * tp + fp + fn)
     return out
+
+
+def macro(values: Any) -> float:
+    """The mean over the classes that have the metric (NaN if none has: an empty or degenerate set)."""
+    v = np.asarray(values, dtype=np.float64)
+    return float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
 
 
 def confusion(pred: np.ndarray, true: np.ndarray, n: int) -> list[list[int]]:
@@ -46,8 +55,8 @@ def confusion(pred: np.ndarray, true: np.ndarray, n: int) -> list[list[int]]:
 
 def reliability(confidence: np.ndarray, correct: np.ndarray, bins: int = 10) -> dict[str, Any]:
     """Reliability diagram data and the expected calibration error (ECE, top-label, equal-width bins)."""
-    edges = np.linspace(0, 1, bins + 1)
-    which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
+    edges = np.round(np.linspace(0, 1, bins + 1), 12)  # 0.6 is an edge, not 0.6000000000000001
+    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)  # bins (a, b], as Guo et al.
     conf: list[float | None] = []
     acc: list[float | None] = []
     count: list[int] = []
@@ -71,13 +80,13 @@ def evaluate(probs: np.ndarray, targets: np.ndarray, task: str, labels: list[str
         t = targets.astype(bool)
         pred = probs >= 0.5
         per = [auroc(probs[:, c], t[:, c]) for c in range(n)]
-        f1 = [f1_per_class(pred[:, c].astype(int), t[:, c].astype(int), 2)[1] for c in range(n)]
+        f1 = [f1_per_class(pred[:, c].astype(int), t[:, c].astype(int), 2)[1] for c in range(n)]  # NaN: never either
         conf = np.where(pred, probs, 1 - probs).ravel()
         return {
             "accuracy": float((pred == t).mean()),
             "exact_match": float((pred == t).all(1).mean()),
-            "auroc": float(np.nanmean(per)),
-            "macro_f1": float(np.mean(f1)),
+            "auroc": macro(per),
+            "macro_f1": macro(f1),
             "reliability": reliability(conf, (pred == t).ravel()),
             "n": len(probs),
         }
@@ -86,8 +95,8 @@ def evaluate(probs: np.ndarray, targets: np.ndarray, task: str, labels: list[str
     aucs = [auroc(probs[:, 1], t == 1)] if task == "binary" else [auroc(probs[:, c], t == c) for c in range(n)]
     return {
         "accuracy": float((pred == t).mean()),
-        "auroc": float(np.nanmean(aucs)) if not np.all(np.isnan(aucs)) else float("nan"),
-        "macro_f1": float(f1_per_class(pred, t, n).mean()),
+        "auroc": macro(aucs),
+        "macro_f1": macro(f1_per_class(pred, t, n)),
         "reliability": reliability(probs.max(1), pred == t),
         "confusion": confusion(pred, t, n),
         "n": len(probs),
