@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import tempfile
+import zipfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,8 @@ from clipforge.fusion.data import Row, data_files, file_stamp, is_table, shard_r
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = 1
+# what np.load raises on a cache entry that is empty, truncated, corrupt or not ours
+UNREADABLE = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)
 
 
 @dataclass
@@ -107,7 +110,7 @@ def load_pairs(
     if path.is_file():
         try:
             pairs = _read(path, fingerprint)
-        except (OSError, ValueError, KeyError) as exn:  # a torn or foreign file: recompute it
+        except UNREADABLE as exn:  # a torn or foreign file: recompute it
             log.warning("feature cache %s unreadable (%s): recomputing", path, exn)
         else:
             _touch(path)  # its last use, for `fuse cache --older-than`
@@ -203,7 +206,7 @@ def cache_entries(cache_dir: str | Path | None = None) -> list[CacheEntry]:
         try:
             with np.load(path, allow_pickle=False) as z:
                 fingerprint, pairs = str(z["fingerprint"]), int(len(z["image_idx"]))
-        except (OSError, ValueError, KeyError):
+        except UNREADABLE:
             fingerprint, pairs = "", 0
         out.append(CacheEntry(path, st.st_size, st.st_mtime, fingerprint, pairs))
     return sorted(out, key=lambda e: e.last_used)
@@ -226,6 +229,8 @@ def _write(path: Path, p: PairSet) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())  # the bytes on disk before the name points at them (a crash mid-way)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -127,6 +127,26 @@ def test_cache_lists_and_removes_entries_by_last_use(
     assert cache_entries(cache) == [] and (cache / ".abc.123.npz").exists()
 
 
+def test_a_truncated_or_empty_cache_entry_is_recomputed_not_a_crash(
+    questions: Path, micro_bundle: Path, tmp_path: Path
+) -> None:
+    """np.load raises BadZipFile on a cut .npz and EOFError on an empty one: both ended `fuse eval` / `fuse
+    cache` in a traceback instead of recomputing the entry or listing it as unreadable."""
+    from clipforge.fusion.features import cache_entries
+
+    cache = tmp_path / "cache"
+    kw = {"cache_dir": cache, "progress": False}
+    spec = str(questions / "test.jsonl")
+    first = load_pairs(spec, micro_bundle, **kw)
+    (entry,) = cache.glob("[!.]*.npz")
+    for damaged in (entry.read_bytes()[:3000], b""):
+        entry.write_bytes(damaged)
+        assert [e.fingerprint for e in cache_entries(cache)] == [""]  # listed, as unreadable
+        again = load_pairs(spec, micro_bundle, **kw)
+        assert not again.cache_hit and np.array_equal(again.image_features, first.image_features)
+        assert load_pairs(spec, micro_bundle, **kw).cache_hit  # rewritten whole
+
+
 def _cfg(questions: Path, bundle: Path, tmp: Path, *extra: str):  # type: ignore[no-untyped-def]
     return load_fuse_config(
         "smoke",
