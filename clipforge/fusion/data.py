@@ -52,11 +52,14 @@ def _flag(v: Any, where: str, key: str) -> bool:
     raise ValueError(f"{where}: group field {key!r} must be true/false (or 1/0), got {v!r}")
 
 
-def _checked(where: str, text: Any, label: Any, text_key: str) -> str:
-    """The row's text, whitespace-normalised; refuses an empty or null text and a non-string in a label list."""
+def _checked(where: str, text: Any, label: Any, text_key: str, labelled: bool = True) -> str:
+    """The row's text, whitespace-normalised; refuses an empty or null text, a null label (a missing CSV cell,
+    JSON null: not a class named "None") and a non-string in a label list."""
     clean = " ".join(text.split()) if isinstance(text, str) else ""
     if not clean:
         raise ValueError(f"{where}: empty or null text field {text_key!r} (got {text!r})")
+    if labelled and label is None:
+        raise ValueError(f"{where}: the label field is missing or null")
     if isinstance(label, list) and not all(isinstance(x, str) for x in label):
         bad = next(x for x in label if not isinstance(x, str))
         raise ValueError(f"{where}: label list {label!r} holds a non-string {bad!r}")
@@ -71,7 +74,7 @@ def table_rows(
     if not path.is_file():
         raise FileNotFoundError(f"no table {path}")
     try:
-        content = path.read_text(encoding="utf-8")
+        content = path.read_text(encoding="utf-8-sig")  # a byte-order mark (Excel's CSV) is not part of a name
     except UnicodeDecodeError as exn:
         raise ValueError(f"{path}: not UTF-8 text ({exn.reason} at byte {exn.start})") from None
     if path.suffix.lower() == ".csv":
@@ -94,7 +97,7 @@ def table_rows(
         image = image if image.is_absolute() else path.parent / image
         where = f"{path}: row {n}"
         label = rec[label_key] if label_key is not None else None
-        text = _checked(where, rec[text_key], label, text_key)
+        text = _checked(where, rec[text_key], label, text_key, labelled=label_key is not None)
         groups = {g: _flag(rec.get(g), where, g) for g in group_keys}
         seen.update(g for g in group_keys if g in rec)
         rows.append(Row(str(image.resolve()), text, label, groups, ref=f"row {n}"))
@@ -156,7 +159,7 @@ def _shard_rows(
         groups = {g: _flag(meta.get(g), where, g) for g in group_keys}
         seen.update(g for g in group_keys if g in meta)
         label = meta[label_key] if label_key is not None else None
-        text = _checked(where, text, label, "text")
+        text = _checked(where, text, label, "text", labelled=label_key is not None)
         ref = f"{sample.get('__url__', spec)}:{sample.get('__key__', '?')}"
         yield Row(hashlib.sha1(data).hexdigest(), text, label, groups, data, ref=ref)
 

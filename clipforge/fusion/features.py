@@ -23,8 +23,10 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from clipforge.data.shards import skip_reasons
 from clipforge.encoders.bundle import read_bundle_meta
 from clipforge.fusion.data import Row, data_files, file_stamp, is_table, shard_rows, table_rows
+from clipforge.index.embed import TALLIES
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = 1
@@ -117,8 +119,13 @@ def load_pairs(
             return pairs
     if rows is None:
         rows = shard_rows(spec, text_key, label_key, group_keys, stats)
+        skipped = skip_reasons(stats, ignore=TALLIES)  # "incomplete": no image, no text or no label field
+        if skipped and rows:
+            log.warning("%s: samples skipped (%s; the label is the json member's %r field)", spec, skipped, label_key)
     if not rows:
-        raise ValueError(f"{spec}: no usable (image, text, label) rows")
+        why = skip_reasons(stats, ignore=TALLIES)
+        hint = f" ({why}; the label is the json member's {label_key!r} field)" if why else ""
+        raise ValueError(f"{spec}: no usable (image, text, label) rows{hint}")
     pairs = _embed(rows, bundle_path, fingerprint, batch_size, device, progress, stats)
     _write(path, pairs)
     return pairs
@@ -162,7 +169,10 @@ def _embed(
     kept = [r for r in rows if r.image in feats]
     if len(kept) < len(rows):
         log.warning(
-            "%d of %d pairs dropped: their image did not decode (%s)", len(rows) - len(kept), len(rows), dict(stats)
+            "%d of %d pairs dropped: their image did not decode (%s)",
+            len(rows) - len(kept),
+            len(rows),
+            skip_reasons(stats, ignore=TALLIES),
         )
     if not kept:
         raise ValueError("no image of the data set could be decoded")

@@ -37,13 +37,21 @@ def label_names(cfg: FuseConfig, train: PairSet) -> list[str]:
     if cfg.head.task == "binary":
         return ["no", "yes"]
     if cfg.head.task == "multilabel":
-        return sorted({x for v in train.labels for x in label_list(v)})
-    return sorted({str(v) for v in train.labels})
+        names = sorted({x for v in train.labels for x in label_list(v)})
+        if not names:
+            raise ValueError(f"{cfg.data.train}: no row has a label: a multilabel head needs at least one")
+        return names
+    names = sorted({str(v) for v in train.labels})
+    if "" in names:
+        raise ValueError(f"{cfg.data.train}: a row has an empty label: a class needs a name")
+    return names
 
 
 def label_list(v: Any) -> list[str]:
-    """A multilabel value: a JSON list, or (CSV) one string with names separated by '|'."""
-    return [str(x) for x in v] if isinstance(v, list) else [x for x in str(v).split("|") if x]
+    """A multilabel value: a JSON list, or (CSV) one string with names separated by '|' (spaces around a name
+    are not part of it: "a| b" is a and b)."""
+    items = v if isinstance(v, list) else str(v).split("|")
+    return [name for name in (str(x).strip() for x in items) if name]
 
 
 def encode_targets(values: list[Any], task: str, labels: list[str]) -> np.ndarray:

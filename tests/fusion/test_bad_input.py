@@ -105,6 +105,7 @@ def test_compare_refuses_too_few_bootstrap_resamples(
         ({"text": "  \t "}, "row 3: empty or null text field 'text'"),
         ({"label": ["circle", 5]}, "row 3: label list .* holds a non-string 5"),
         ({"heldout": "garbage"}, "row 3: group field 'heldout' must be true/false"),
+        ({"label": None}, "row 3: the label field is missing or null"),  # was a class named "None"
     ],
 )
 def test_bad_table_rows_are_refused_with_file_and_row(
@@ -180,3 +181,36 @@ def test_warnings_for_an_absent_group_a_one_class_table_and_a_budget_nothing_fit
     assert any(
         "head.budget=10 is below the smallest tensor head: using width 1" in r.getMessage() for r in caplog.records
     )
+
+
+def test_a_csv_cell_left_empty_is_not_a_label_named_none_and_a_bom_is_not_part_of_a_name(
+    questions: Path, tmp_path: Path
+) -> None:
+    """csv.DictReader gives None for a short row's missing cells; Excel starts its UTF-8 CSV with a BOM, which
+    made the first column 'image' unfindable."""
+    image = str(questions / "images" / sorted(p.name for p in (questions / "images").iterdir())[0])
+    table = tmp_path / "t.csv"
+    table.write_text(f"image,text,label\n{image},is it red?,yes\n", encoding="utf-8-sig")
+    assert [r.label for r in table_rows(table, "image", "text", "label", ())] == ["yes"]
+    table.write_text(f"image,text,label\n{image},is it red?,yes\n{image},is it blue?\n", encoding="utf-8-sig")
+    with pytest.raises(ValueError, match="row 2: the label field is missing or null"):
+        table_rows(table, "image", "text", "label", ())
+    assert [r.label for r in table_rows(table, "image", "text", None, ())] == [None, None]  # predict: no labels
+
+
+def test_label_names_of_multilabel_and_multiclass_tables() -> None:
+    from clipforge.fusion.features import PairSet
+    from clipforge.fusion.train import label_list, label_names
+
+    assert label_list("a| b |") == ["a", "b"] and label_list([" a", "b"]) == ["a", "b"]
+
+    def names(task: str, labels: list) -> list[str]:
+        cfg = load_fuse_config("smoke", [f"head.task={task}", "data.train=t.csv"])
+        empty = torch.zeros((0, 4)).numpy()
+        return label_names(cfg, PairSet(empty, empty, empty[:, 0], empty[:, 0], labels, {}, [], "f"))
+
+    assert names("multilabel", ["a| b", "b"]) == ["a", "b"]
+    with pytest.raises(ValueError, match="no row has a label"):
+        names("multilabel", ["", []])
+    with pytest.raises(ValueError, match="a row has an empty label"):
+        names("multiclass", ["circle", ""])

@@ -8,6 +8,7 @@ import random
 from pathlib import Path
 
 import numpy as np
+import pytest
 import webdataset as wds
 
 from clipforge.fusion.config import load_fuse_config
@@ -100,3 +101,23 @@ def test_csv_multilabel(micro_bundle: Path, tmp_path: Path) -> None:
     probs = head.predict(np.eye(1, head.dim, dtype=np.float32), np.eye(1, head.dim, dtype=np.float32))
     assert probs.shape == (1, 4) and ((probs > 0) & (probs < 1)).all()
     assert 0 <= run["metrics"]["exact_match"] <= 1 and run["metrics"]["n"] == 24
+
+
+def test_shard_samples_without_the_label_field_are_reported(micro_bundle: Path, tmp_path: Path, caplog) -> None:
+    """Half the samples name their answer `answer` instead of `label`: they were dropped without a word, and
+    with none labelled the error gave no reason."""
+    rng = random.Random(1)
+    with wds.TarWriter(str(tmp_path / "s.tar")) as sink:
+        for i in range(12):
+            im, _ = draw_shape("red", "circle", rng)
+            key = "label" if i % 2 else "answer"
+            sink.write(
+                {"__key__": f"{i:04d}", "jpg": jpeg_bytes(im), "txt": "red circle?", "json": json.dumps({key: "yes"})}
+            )
+    kw = {"cache_dir": tmp_path / "cache", "progress": False, "group_keys": ()}
+    with caplog.at_level("WARNING", logger="clipforge.fusion.features"):
+        pairs = load_pairs(str(tmp_path / "s.tar"), micro_bundle, **kw)
+    assert len(pairs) == 6
+    assert "incomplete: 6" in caplog.text and "'label' field" in caplog.text
+    with pytest.raises(ValueError, match=r"no usable .* rows \(incomplete: 12; the label is the json member's 'nope'"):
+        load_pairs(str(tmp_path / "s.tar"), micro_bundle, label_key="nope", **kw)
