@@ -47,7 +47,7 @@ GAINED_OVER = {
 
 
 def parse_kinds(spec: str) -> list[str]:
-    kinds = list(KINDS) if spec == "all" else [k.strip() for k in spec.split(",") if k.strip()]
+    kinds = list(KINDS) if spec == "all" else list(dict.fromkeys(k.strip() for k in spec.split(",") if k.strip()))
     unknown = [k for k in kinds if k not in KINDS]
     if unknown or not kinds:
         raise ValueError(f"unknown fusion kind(s) {unknown} (known: {', '.join(KINDS)}, or 'all')")

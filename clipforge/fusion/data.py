@@ -125,6 +125,11 @@ def iter_shard_rows(
 ) -> Iterator[Row]:
     """The shards' rows one at a time (a missing shard is refused at once, before the first); the group
     fields met are added to `seen`, samples that are not rows counted in `stats`."""
+    if Path(spec).suffix.lower() in (".json", ".tsv", ".txt", ".parquet"):
+        raise ValueError(
+            f"{spec}: a table is a .jsonl (one JSON object per line) or a .csv file; anything else is "
+            "read as WebDataset .tar shards"
+        )
     urls = expand_urls(spec)
     missing = [u for u in urls if "://" not in u and not u.startswith("pipe:") and not Path(u).is_file()]
     if missing:

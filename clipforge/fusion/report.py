@@ -52,7 +52,8 @@ def curves(history: dict[str, list[dict[str, Any]]], key: str, title: str, from_
     ax.set_title(title)
     ax.set_xlabel("epoch")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    if data:  # an empty chart has no legend to draw (matplotlib warns)
+        ax.legend(fontsize=7)
     return png_figure(fig, title, data)
 
 

@@ -206,10 +206,10 @@ def accuracy_plot(s: dict[str, Any], key: str, title: str) -> str:
     ax.set_ylabel("accuracy %")
     ax.set_title(title)
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7)
     if not data:  # e.g. a subset with no test pairs: no chart rather than an empty one
         plt.close(fig)
         return ""
+    ax.legend(fontsize=7)
     return png_figure(fig, title, data)
 
 

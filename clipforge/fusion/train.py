@@ -198,7 +198,8 @@ def _fit(
         module.train()
         t0 = time.perf_counter()
         if module.convex:
-            total = float(opt.step(lambda: _full_batch_loss(module, opt, zi, zt, ii, ti, y, task))) * n
+            opt.step(lambda: _full_batch_loss(module, opt, zi, zt, ii, ti, y, task))
+            total = _loss_now(module, zi, zt, ii, ti, y, task) * n  # step() returns the loss from before it
         else:
             perm, total = torch.randperm(n, generator=gen), 0.0
             for s in range(0, n, f.batch_size):
@@ -233,6 +234,17 @@ def _full_batch_loss(
         loss = loss_fn(module(zi[ii[s : s + chunk]], zt[ti[s : s + chunk]]), y[s : s + chunk], task)
         (loss * len(ii[s : s + chunk]) / len(ii)).backward()
         total += float(loss.detach()) * len(ii[s : s + chunk])
+    return total / len(ii)
+
+
+@torch.no_grad()
+def _loss_now(module: Fusion, zi: Any, zt: Any, ii: Any, ti: Any, y: Any, task: str, chunk: int = 65536) -> float:
+    """The mean loss over all pairs with the module's current weights."""
+    total = 0.0
+    for s in range(0, len(ii), chunk):
+        total += float(loss_fn(module(zi[ii[s : s + chunk]], zt[ti[s : s + chunk]]), y[s : s + chunk], task)) * len(
+            ii[s : s + chunk]
+        )
     return total / len(ii)
 
 

@@ -214,3 +214,31 @@ def test_label_names_of_multilabel_and_multiclass_tables() -> None:
         names("multilabel", ["", []])
     with pytest.raises(ValueError, match="a row has an empty label"):
         names("multiclass", ["circle", ""])
+
+
+def test_kinds_named_twice_train_once_and_a_json_file_is_not_read_as_shards(tmp_path: Path) -> None:
+    from collections import Counter
+
+    from clipforge.fusion.compare import parse_kinds
+    from clipforge.fusion.data import shard_rows
+
+    assert parse_kinds("tensor, late,tensor") == ["tensor", "late"]  # one folder, one row each
+    (tmp_path / "q.json").write_text("[]")
+    with pytest.raises(ValueError, match=r"q.json: a table is a .jsonl .* or a .csv file"):
+        shard_rows(str(tmp_path / "q.json"), "text", "label", (), Counter())
+
+
+def test_the_late_kinds_logged_loss_is_after_its_step() -> None:
+    """L-BFGS's step() returns the loss from before the step: the curve of `late` lagged an epoch."""
+    from clipforge.fusion.kinds import build_fusion
+    from clipforge.fusion.train import _loss_now, encode_targets, fit
+    from tests.fusion.helpers import xor_set
+
+    data = xor_set(n=200)
+    cfg = load_fuse_config("smoke", ["head.kind=late", "fit.epochs=1"])
+    module = build_fusion("late", data.dim, 1)  # binary: one logit
+    history = fit(module, data, None, cfg, ["no", "yes"], progress=False)["history"]
+    y = torch.from_numpy(encode_targets(data.labels, "binary", ["no", "yes"]))
+    zi, zt = torch.from_numpy(data.image_features), torch.from_numpy(data.text_features)
+    ii, ti = torch.from_numpy(data.image_idx), torch.from_numpy(data.text_idx)
+    assert abs(history[-1]["loss"] - _loss_now(module, zi, zt, ii, ti, y, "binary")) < 1e-6
