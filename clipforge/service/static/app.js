@@ -36,6 +36,7 @@ function pick(panel, previewId, file) {
   if (!file) return;
   picked[panel] = file;
   const preview = $(previewId);
+  if (preview.src.startsWith("blob:")) URL.revokeObjectURL(preview.src);  // the previous pick's image
   preview.src = URL.createObjectURL(file);
   preview.hidden = false;
 }
