@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.fusion_bench import TASKS  # noqa: E402
 
-LRS = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
+LRS = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1)
 WEIGHT_DECAYS = (1e-4, 1e-2, 1e-1)
 VAL_SHARE = 0.15  # of the training images (with all their questions) held out to choose the setting
 
