@@ -117,15 +117,15 @@ def load_pairs(
         else:
             _touch(path)  # its last use, for `fuse cache --older-than`
             return pairs
+    why = ""
     if rows is None:
         rows = shard_rows(spec, text_key, label_key, group_keys, stats)
         skipped = skip_reasons(stats, ignore=TALLIES)  # "incomplete": no image, no text or no label field
-        if skipped and rows:
-            log.warning("%s: samples skipped (%s; the label is the json member's %r field)", spec, skipped, label_key)
+        why = f"{skipped}; the label is the json member's {label_key!r} field" if skipped else ""
+        if why and rows:
+            log.warning("%s: samples skipped (%s)", spec, why)
     if not rows:
-        why = skip_reasons(stats, ignore=TALLIES)
-        hint = f" ({why}; the label is the json member's {label_key!r} field)" if why else ""
-        raise ValueError(f"{spec}: no usable (image, text, label) rows{hint}")
+        raise ValueError(f"{spec}: no usable (image, text, label) rows" + (f" ({why})" if why else ""))
     pairs = _embed(rows, bundle_path, fingerprint, batch_size, device, progress, stats)
     _write(path, pairs)
     return pairs

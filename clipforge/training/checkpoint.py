@@ -83,7 +83,7 @@ def set_aside_later(run_dir: Path, step: int) -> Path | None:
     """Move the checkpoints newer than `step` (a branch abandoned by resuming from an older one) into
     checkpoints/abandoned-after-STEP[.N]/: kept, but no longer what `--resume auto` picks, nor what pruning
     to `train.keep_ckpts` keeps in place of the new branch's. Returns that folder, or None if none was newer."""
-    later = [p for p in list_checkpoints(run_dir) if int(CKPT_RE.match(p.name).group(1)) > step]  # type: ignore[union-attr]
+    later = [p for p in list_checkpoints(run_dir) if p.name > f"step-{step:08d}.pt"]  # fixed-width step numbers
     if not later:
         return None
     base = ckpt_dir(run_dir) / f"abandoned-after-{step:08d}"

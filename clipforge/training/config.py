@@ -41,6 +41,11 @@ class DataCfg:
     max_pixels: int = DEFAULT_MAX_PIXELS  # images above this are skipped as decompression bombs
     max_caption_chars: int = MAX_CAPTION_CHARS
 
+    @property
+    def draws_with_replacement(self) -> bool:
+        """Shards are drawn with replacement: asked for, or implied by mixing weights (they mean nothing else)."""
+        return self.resampled or bool(self.weights)
+
 
 @dataclass(frozen=True)
 class LossCfg:

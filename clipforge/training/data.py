@@ -71,7 +71,7 @@ class StreamSpec:
         return cls(
             sources=sources,
             weights=weights,
-            resampled=data.resampled or bool(data.weights),  # mixing weights only mean something when resampling
+            resampled=data.draws_with_replacement,
             seed=seed,
             rank=rank,
             world_size=world_size,

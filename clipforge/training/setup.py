@@ -63,14 +63,14 @@ def check_inputs(cfg: Config, world_size: int = 1, rank: int = 0) -> None:
         raise ValueError(f"data.weights must be >= 0 with a positive sum, got {list(cfg.data.weights)}")
     n_shards = sum(len(expand_urls(s)) for s in cfg.data.train)
     readers = max(cfg.data.workers, 1)  # shards are dealt to (rank, worker) slots in turn: rank r starts at r*W
-    if not (cfg.data.resampled or cfg.data.weights) and n_shards <= (world_size - 1) * readers:
+    if not cfg.data.draws_with_replacement and n_shards <= (world_size - 1) * readers:
         raise ValueError(
             f"{n_shards} training shard(s) for {world_size} ranks x {readers} data worker(s): the last ranks would "
             "get none. Use fewer data.workers or ranks, more shards, or data.resampled: true"
         )
     slots = world_size * readers
     uneven = n_shards % slots and (n_shards > slots or world_size > 1)  # one rank, a shard per worker: even
-    if not (cfg.data.resampled or cfg.data.weights) and uneven and rank == 0:  # said once, not per rank
+    if not cfg.data.draws_with_replacement and uneven and rank == 0:  # said once, not per rank
         # each (rank, worker) slot cycles its own shards and the loader takes batches from the slots in turn,
         # so a slot dealt fewer shards starts its next pass sooner: its samples are drawn more often
         log.warning(
